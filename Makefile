@@ -1,0 +1,40 @@
+# Two commands on a fresh Debian machine:  make demo   and   make test
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+APT_PKGS := libpmem1 qemu-system-x86 busybox-static cpio gcc
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup deps demo test lint bench clean
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
+
+$(BIN)/provisor: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+setup: deps $(BIN)/provisor
+
+demo: setup
+	$(BIN)/python -m provisor.demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow and not guest" tests
+	$(BIN)/python -m pytest -q -m "slow or guest" tests
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python bench/ring.py
+	$(BIN)/python bench/daemon.py
+	$(BIN)/python bench/recovery.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The hypervisor side: guest introspection, the syscall interceptor, the synthetic guest."""

@@ -1,0 +1,1 @@
+"""Persistent-memory region and the crash-durable record ring that lives in it."""

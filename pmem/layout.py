@@ -1,0 +1,236 @@
+"""The on-image layout of docs/FORMAT.md: constants, header and record codecs, the chain scan.
+
+Pure functions over a buffer, so that the live ring, ``ring info`` and recovery read images one
+way, and the power-failure simulator can check any crash image with the same code.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid as uuidlib
+from dataclasses import dataclass, replace
+from enum import IntEnum
+
+from crc32c import crc32c
+
+from provisor.errors import ProvisorError
+
+MAGIC = b"PROVRING"
+VERSION = 1
+HEADER_LEN = 128
+HEADER_SLOT = 4096
+PRODUCER_OFF = 8192
+PRODUCER_SLOT = 64
+DATA_OFFSET = 12288
+ALIGN = 32
+REC_HDR = 32
+MIN_DATA = 64 * 1024
+MAX_PAYLOAD = 16 * 1024 * 1024
+
+_HDR = struct.Struct("<8sII16sIIQQQQQQQ28x")  # 124 bytes, then u32 crc
+_PROD = struct.Struct("<4sIQQQ28x")  # 60 bytes, then u32 crc
+_REC = struct.Struct("<QIHH12xI")  # seq, len, type, flags, crc
+_REC_BODY = struct.Struct("<IHH12x")  # bytes 8..27 of a record header
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+ZERO_HDR = bytes(REC_HDR)
+
+
+class RecType(IntEnum):
+    PAD = 1
+    NOTE = 2
+    LOSS = 3
+    EVENT = 16
+
+
+class FormatError(ProvisorError):
+    """The image is not a readable ring (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    uuid: bytes
+    data_size: int
+    generation: int = 0
+    checkpoint_seq: int = 0
+    checkpoint_off: int = 0
+    ring_id: int = 0
+    created_ns: int = 0
+    unsafe_shutdowns: int = 0
+    version: int = VERSION
+
+    @property
+    def uuid_str(self) -> str:
+        return str(uuidlib.UUID(bytes=self.uuid))
+
+    def pack(self) -> bytes:
+        body = _HDR.pack(
+            MAGIC, self.version, HEADER_LEN, self.uuid, self.ring_id, ALIGN, DATA_OFFSET,
+            self.data_size, self.generation, self.checkpoint_seq, self.checkpoint_off,
+            self.created_ns, self.unsafe_shutdowns,
+        )
+        return body + _U32.pack(crc32c(body))
+
+    def advanced(self, seq: int, off: int) -> Header:
+        return replace(self, generation=self.generation + 1, checkpoint_seq=seq, checkpoint_off=off)
+
+
+def unpack_header(raw: bytes) -> Header | str:
+    """A Header, or the reason this copy is not valid."""
+    if raw[:8] != MAGIC:
+        return "bad magic"
+    fields = _HDR.unpack_from(raw)
+    (_, version, hlen, uid, ring_id, align, data_off, data_size, gen, cseq, coff, created,
+     usc) = fields
+    if hlen != HEADER_LEN or _U32.unpack_from(raw, 124)[0] != crc32c(raw[:124]):
+        return "bad checksum"
+    if version > VERSION:
+        return f"newer format version {version} (this provisor reads version {VERSION})"
+    if align != ALIGN or data_off != DATA_OFFSET or data_size % 4096 or data_size < MIN_DATA:
+        return "bad geometry"
+    if coff >= data_size or coff % ALIGN:
+        return "bad checkpoint offset"
+    return Header(uid, data_size, gen, cseq, coff, ring_id, created, usc, version)
+
+
+def read_header(buf) -> tuple[Header, int]:
+    """The current header copy and its slot (0 = A, 1 = B); FormatError if neither is valid."""
+    if len(buf) < DATA_OFFSET + MIN_DATA:
+        if bytes(buf[:8]) != MAGIC:
+            raise FormatError("not a provisor ring (bad magic)")
+        raise FormatError(f"truncated ring image ({len(buf)} bytes)")
+    results = [unpack_header(bytes(buf[i * HEADER_SLOT:i * HEADER_SLOT + HEADER_LEN]))
+               for i in (0, 1)]
+    valid = [(h, i) for i, h in enumerate(results) if isinstance(h, Header)]
+    if not valid:
+        newer = [r for r in results if isinstance(r, str) and r.startswith("newer")]
+        if newer:
+            raise FormatError(newer[0])
+        if all(r == "bad magic" for r in results):
+            raise FormatError("not a provisor ring (bad magic in both header copies)")
+        raise FormatError(f"both header copies are corrupt (A: {results[0]}, B: {results[1]})")
+    hdr, slot = max(valid, key=lambda v: v[0].generation)
+    if DATA_OFFSET + hdr.data_size > len(buf):
+        raise FormatError(
+            f"truncated ring image: header says {DATA_OFFSET + hdr.data_size} bytes, "
+            f"image has {len(buf)}")
+    return hdr, slot
+
+
+def header_slot_for(generation: int) -> int:
+    return generation % 2
+
+
+@dataclass(frozen=True)
+class ProducerState:
+    generation: int = 0
+    lost_total: int = 0
+    lost_reported: int = 0
+
+    def pack(self) -> bytes:
+        body = _PROD.pack(b"PROD", 0, self.generation, self.lost_total, self.lost_reported)
+        return body + _U32.pack(crc32c(body))
+
+
+def read_producer_state(buf) -> ProducerState:
+    best = ProducerState()
+    for i in (0, 1):
+        off = PRODUCER_OFF + i * PRODUCER_SLOT
+        raw = bytes(buf[off:off + PRODUCER_SLOT])
+        if raw[:4] != b"PROD" or _U32.unpack_from(raw, 60)[0] != crc32c(raw[:60]):
+            continue
+        _, _, gen, total, reported = _PROD.unpack_from(raw)
+        if gen >= best.generation:
+            best = ProducerState(gen, total, reported)
+    return best
+
+
+def padded(n: int) -> int:
+    return (REC_HDR + n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def record_crc(uuid: bytes, seq: int, body: bytes, payload) -> int:
+    return crc32c(payload, crc32c(body, crc32c(_U64.pack(seq), crc32c(uuid))))
+
+
+def encode_record(uuid: bytes, seq: int, rtype: int, payload: bytes) -> tuple[bytes, bytes]:
+    """(bytes 8.. of the record incl. payload and padding, the 8-byte sequence field)."""
+    body = _REC_BODY.pack(len(payload), rtype, 0)
+    crc = record_crc(uuid, seq, body, payload)
+    pad = padded(len(payload)) - REC_HDR - len(payload)
+    return b"".join((body, _U32.pack(crc), payload, bytes(pad))), _U64.pack(seq)
+
+
+class End:
+    """Why a chain ended."""
+
+    CLEAN = "clean end"
+    TORN = "torn record"
+    GAP = "sequence gap"
+    STALE = "stale lap"
+    CHECKSUM = "checksum mismatch"
+    FULL = "ring full"  # the chain came all the way round to its own start
+
+
+@dataclass
+class Record:
+    seq: int
+    type: int
+    offset: int
+    payload: bytes
+
+
+def read_record(buf, uuid: bytes, data_size: int, off: int, expect: int) -> Record | str:
+    """The record at data-area offset ``off`` if it is the valid record ``expect``, else the
+    End reason. A valid PAD is returned as a Record of type PAD."""
+    base = DATA_OFFSET + off
+    seq, length, rtype, _flags, crc = _REC.unpack_from(buf, base)
+    if seq != expect:
+        if seq == 0 and bytes(buf[base:base + REC_HDR]) == ZERO_HDR:
+            return End.CLEAN
+        if length <= data_size - off - REC_HDR:
+            payload = buf[base + REC_HDR:base + REC_HDR + length]
+            if record_crc(uuid, seq, bytes(buf[base + 8:base + 28]), payload) == crc:
+                return End.STALE if seq < expect else End.GAP
+        return End.CHECKSUM
+    if length > data_size - off - REC_HDR or length > MAX_PAYLOAD:
+        return End.TORN
+    payload = bytes(buf[base + REC_HDR:base + REC_HDR + length])
+    if record_crc(uuid, seq, bytes(buf[base + 8:base + 28]), payload) != crc:
+        return End.TORN
+    if rtype == RecType.PAD and off + padded(length) != data_size:
+        return End.TORN
+    return Record(seq, rtype, off, payload)
+
+
+@dataclass
+class ChainEnd:
+    reason: str
+    offset: int  # data-area offset where the next record would start
+    seq: int  # the sequence number that was expected there
+
+
+def scan(buf, hdr: Header, start_seq: int | None = None, start_off: int | None = None,
+         limit: int | None = None):
+    """Yield the valid chain from the checkpoint (or a given position) as Records (PAD
+    included); then return a ChainEnd (``StopIteration.value``). ``limit`` stops early."""
+    expect = hdr.checkpoint_seq + 1 if start_seq is None else start_seq
+    off = hdr.checkpoint_off if start_off is None else start_off
+    size = hdr.data_size
+    consumed = 0
+    n = 0
+    while True:
+        if limit is not None and n >= limit:
+            return ChainEnd("limit", off, expect)
+        rec = read_record(buf, hdr.uuid, size, off, expect)
+        if isinstance(rec, str):
+            return ChainEnd(rec, off, expect)
+        step = size - off if rec.type == RecType.PAD else padded(len(rec.payload))
+        consumed += step
+        if consumed > size:
+            return ChainEnd(End.FULL, off, expect)
+        off = (off + step) % size
+        if rec.type != RecType.PAD:
+            expect += 1
+        n += 1
+        yield rec

@@ -1,0 +1,347 @@
+"""The crash-durable record ring (docs/FORMAT.md): one producer, one consumer.
+
+``Producer.append`` returns a sequence number only once the record is persistent (the
+write-ahead rule). ``Consumer.read`` returns the valid chain after the checkpoint;
+``Consumer.release`` moves the checkpoint, which is what frees space for the producer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid as uuidlib
+from collections.abc import Iterable, Sequence
+from enum import Enum
+
+from pmem import layout as L
+from pmem.layout import FormatError, Header, ProducerState, RecType, Record
+from pmem.region import Region, RegionError
+from provisor.errors import ProvisorError
+
+
+class Policy(str, Enum):
+    BLOCK = "block"
+    DROP = "drop"
+    FAIL = "fail"
+
+
+class RingError(ProvisorError):
+    """One-line, user-facing ring error."""
+
+
+class RingFull(RingError):
+    """Raised by the ``fail`` policy: the ring is full and the producer must halt."""
+
+
+def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region) -> Header:
+    """Create a ring image of ``size`` bytes in all (rounded down to whole pages)."""
+    data_size = (size - L.DATA_OFFSET) // 4096 * 4096
+    if data_size < L.MIN_DATA:
+        raise RingError(f"ring size too small: need at least {L.DATA_OFFSET + L.MIN_DATA} bytes")
+    try:
+        region = region_cls.create(path, L.DATA_OFFSET + data_size)
+    except RegionError as e:
+        raise RingError(str(e)) from None
+    try:
+        hdr = Header(uuid=uuidlib.uuid4().bytes, data_size=data_size, ring_id=ring_id,
+                     created_ns=time.time_ns())
+        buf = region.buf
+        # the first record slot must read as a clean end, whatever the file held before
+        buf[L.DATA_OFFSET:L.DATA_OFFSET + L.REC_HDR] = L.ZERO_HDR
+        region.persist(L.DATA_OFFSET, L.REC_HDR)
+        buf[L.PRODUCER_OFF:L.PRODUCER_OFF + 2 * L.PRODUCER_SLOT] = bytes(2 * L.PRODUCER_SLOT)
+        region.persist(L.PRODUCER_OFF, 2 * L.PRODUCER_SLOT)
+        buf[L.HEADER_SLOT:L.HEADER_SLOT + L.HEADER_LEN] = bytes(L.HEADER_LEN)
+        region.persist(L.HEADER_SLOT, L.HEADER_LEN)
+        buf[0:L.HEADER_LEN] = hdr.pack()
+        region.persist(0, L.HEADER_LEN)
+    finally:
+        region.close()
+    return hdr
+
+
+def open_region(path: str, *, readonly: bool = False, region_cls=Region) -> Region:
+    if not os.path.exists(path):
+        raise RingError(f"{path}: no such ring image")
+    try:
+        return region_cls(path, readonly=readonly)
+    except RegionError as e:
+        raise RingError(str(e)) from None
+
+
+class _RingBase:
+    def __init__(self, region: Region) -> None:
+        self.region = region
+        self.buf = region.buf
+        try:
+            self.header, self._slot = L.read_header(self.buf)
+        except FormatError as e:
+            region.close()
+            raise RingError(f"{region.path}: {e}") from None
+        self.uuid = self.header.uuid
+        self.size = self.header.data_size
+
+    def reload_header(self) -> Header:
+        self.header, self._slot = L.read_header(self.buf)
+        return self.header
+
+    def close(self) -> None:
+        self.region.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Producer(_RingBase):
+    """The only writer of records. On open it finds the tail: the end of the valid chain."""
+
+    def __init__(self, region: Region, policy: Policy | str = Policy.BLOCK,
+                 block_timeout: float | None = None) -> None:
+        super().__init__(region)
+        self.policy = Policy(policy)
+        self.block_timeout = block_timeout
+        last = None
+        it = L.scan(self.buf, self.header)
+        while True:
+            try:
+                last = next(it)
+            except StopIteration as stop:
+                end: L.ChainEnd = stop.value
+                break
+        del last
+        self.tail = end.offset
+        self.next_seq = end.seq
+        self.state: ProducerState = L.read_producer_state(self.buf)
+        self._head_seq = self.header.checkpoint_seq
+        self._head_off = self.header.checkpoint_off
+        if end.reason != L.End.CLEAN and self._free() >= L.REC_HDR:
+            # bytes a crashed producer left beyond the tail must never become reachable
+            self._zero_trailer()
+
+    @classmethod
+    def open(cls, path: str, policy: Policy | str = Policy.BLOCK, **kw) -> Producer:
+        return cls(open_region(path, region_cls=kw.pop("region_cls", Region)), policy, **kw)
+
+    # -- space accounting -------------------------------------------------------------
+    def _free(self) -> int:
+        if self.next_seq - 1 == self._head_seq:
+            return self.size
+        used = (self.tail - self._head_off) % self.size
+        return self.size - used if used else 0
+
+    def _refresh_head(self) -> None:
+        hdr = self.reload_header()
+        self._head_seq, self._head_off = hdr.checkpoint_seq, hdr.checkpoint_off
+
+    def _need(self, nbytes: int) -> int:
+        """Bytes of free space needed to place a record of ``nbytes`` padded bytes at tail
+        (including a PAD when it must wrap)."""
+        room = self.size - self.tail
+        return nbytes if nbytes <= room else room + nbytes
+
+    def _fits(self, nbytes: int) -> bool:
+        if nbytes > self.size // 2:
+            raise RingError(f"record of {nbytes} bytes exceeds half the ring ({self.size})")
+        if self._need(nbytes) <= self._free():
+            return True
+        self._refresh_head()
+        return self._need(nbytes) <= self._free()
+
+    def _wait_for(self, nbytes: int) -> bool:
+        """Apply the ring-full policy; True when there is room now."""
+        if self._fits(nbytes):
+            return True
+        if self.policy is Policy.FAIL:
+            raise RingFull(f"ring full at sequence {self.next_seq} (policy: fail)")
+        if self.policy is Policy.DROP:
+            return False
+        deadline = None if self.block_timeout is None else time.monotonic() + self.block_timeout
+        delay = 50e-6
+        while not self._fits(nbytes):
+            if deadline is not None and time.monotonic() > deadline:
+                raise RingFull(f"ring full for {self.block_timeout}s (policy: block)")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+        return True
+
+    # -- writing ---------------------------------------------------------------------------
+    def _place(self, rtype: int, payload: bytes) -> tuple[int, int]:
+        """Write one record at tail (PAD first when needed); return (seq, start offset of the
+        written span). Caller has checked space and persists afterwards."""
+        seq = self.next_seq
+        nbytes = L.padded(len(payload))
+        start = self.tail
+        if self.tail + nbytes > self.size:
+            self._write(self.tail, seq, RecType.PAD,
+                        bytes(self.size - self.tail - L.REC_HDR))
+            self.tail = 0
+        self._write(self.tail, seq, rtype, payload)
+        self.tail = (self.tail + nbytes) % self.size
+        self.next_seq = seq + 1
+        return seq, start
+
+    def _write(self, off: int, seq: int, rtype: int, payload: bytes) -> None:
+        body, seqb = L.encode_record(self.uuid, seq, rtype, payload)
+        base = L.DATA_OFFSET + off
+        self.buf[base + 8:base + 8 + len(body)] = body
+        self.buf[base:base + 8] = seqb  # rule 2: the sequence field last
+
+    def _zero_trailer(self) -> tuple[int, int] | None:
+        """Rule 3: zero the next record slot when it is free space; returns its span."""
+        if self.next_seq - 1 != self._head_seq and self.tail == self._head_off:
+            return None  # exactly full: the next slot is the unreleased head
+        if self._free() < L.REC_HDR:
+            return None
+        base = L.DATA_OFFSET + self.tail
+        self.buf[base:base + L.REC_HDR] = L.ZERO_HDR
+        return self.tail, L.REC_HDR
+
+    def _commit(self, start: int, total: int) -> None:
+        """Persist ``total`` bytes written from ``start`` (circularly) plus the zero trailer."""
+        span = total + (L.REC_HDR if self._zero_trailer() else 0)
+        first = min(span, self.size - start)
+        self.region.persist(L.DATA_OFFSET + start, first)
+        if span > first:
+            self.region.persist(L.DATA_OFFSET, span - first)
+
+    def _report_loss(self) -> None:
+        pending = self.state.lost_total - self.state.lost_reported
+        if pending <= 0:
+            return
+        payload = L._U64.pack(pending) + L._U64.pack(self.state.lost_total)
+        nbytes = L.padded(len(payload))
+        if not self._fits(nbytes):
+            return
+        need = self._need(nbytes)
+        _seq, start = self._place(RecType.LOSS, payload)
+        self._commit(start, need)
+        self._save_state(ProducerState(self.state.generation + 1, self.state.lost_total,
+                                       self.state.lost_total))
+
+    def _save_state(self, st: ProducerState) -> None:
+        off = L.PRODUCER_OFF + (st.generation % 2) * L.PRODUCER_SLOT
+        self.buf[off:off + L.PRODUCER_SLOT] = st.pack()
+        self.region.persist(off, L.PRODUCER_SLOT)
+        self.state = st
+
+    def _drop(self, n: int) -> None:
+        st = self.state
+        self._save_state(ProducerState(st.generation + 1, st.lost_total + n, st.lost_reported))
+
+    def append(self, rtype: int, payload: bytes) -> int | None:
+        """Append one record; returns its sequence number once it is persistent, or None when
+        the ``drop`` policy dropped it (counted persistently, reported by a LOSS record)."""
+        if self.state.lost_total != self.state.lost_reported:
+            self._report_loss()
+        nbytes = L.padded(len(payload))
+        if not self._wait_for(nbytes) or (
+                self.state.lost_total != self.state.lost_reported):
+            self._drop(1)
+            return None
+        need = self._need(nbytes)
+        seq, start = self._place(rtype, payload)
+        self._commit(start, need)
+        return seq
+
+    def append_many(self, items: Sequence[tuple[int, bytes]]) -> list[int | None]:
+        """Append a batch with one persist; the returned sequence numbers are acknowledged
+        together. Under ``drop``, records from the first that does not fit come back None."""
+        if self.state.lost_total != self.state.lost_reported:
+            self._report_loss()
+        out: list[int | None] = []
+        start, total, dropped = self.tail, 0, 0
+        for rtype, payload in items:
+            nbytes = L.padded(len(payload))
+            if not dropped and not self._fits(nbytes):
+                if total:  # persist what is written before waiting on the consumer
+                    self._commit(start, total)
+                    start, total = self.tail, 0
+                if not self._wait_for(nbytes):
+                    dropped = 1
+                    out.append(None)
+                    continue
+            if dropped:
+                dropped += 1
+                out.append(None)
+                continue
+            need = self._need(nbytes)
+            seq, _ = self._place(rtype, payload)
+            total += need
+            out.append(seq)
+        if total:
+            self._commit(start, total)
+        if dropped:
+            self._drop(dropped)
+        return out
+
+    def note(self, text: str) -> int | None:
+        return self.append(RecType.NOTE, text.encode())
+
+
+class Consumer(_RingBase):
+    """Reads the valid chain after the checkpoint and releases what is durable elsewhere."""
+
+    def __init__(self, region: Region) -> None:
+        super().__init__(region)
+        self.next_seq = self.header.checkpoint_seq + 1
+        self.next_off = self.header.checkpoint_off
+        self.last_end: L.ChainEnd | None = None
+
+    @classmethod
+    def open(cls, path: str, *, readonly: bool = False, region_cls=Region) -> Consumer:
+        return cls(open_region(path, readonly=readonly, region_cls=region_cls))
+
+    @property
+    def checkpoint(self) -> int:
+        return self.header.checkpoint_seq
+
+    def read(self, limit: int = 4096) -> list[Record]:
+        """Up to ``limit`` records after the ones already read (PADs skipped)."""
+        out: list[Record] = []
+        it = L.scan(self.buf, self.header, self.next_seq, self.next_off, limit)
+        while True:
+            try:
+                rec = next(it)
+            except StopIteration as stop:
+                self.last_end = stop.value
+                break
+            if rec.type == RecType.PAD:
+                continue
+            out.append(rec)
+        if out:
+            last = out[-1]
+            self.next_seq = last.seq + 1
+            self.next_off = (last.offset + L.padded(len(last.payload))) % self.size
+        return out
+
+    def seek(self, seq: int, off: int) -> None:
+        """Continue reading at a known position (after records replayed elsewhere)."""
+        self.next_seq, self.next_off = seq, off
+
+    def release(self, seq: int, off: int) -> None:
+        """Move the checkpoint to ``seq``; ``off`` is where record ``seq+1`` starts."""
+        if seq <= self.header.checkpoint_seq:
+            return
+        if self.region.readonly:
+            raise RingError("ring opened read-only: cannot release")
+        hdr = self.header.advanced(seq, off)
+        slot = L.header_slot_for(hdr.generation)
+        base = slot * L.HEADER_SLOT
+        self.buf[base:base + L.HEADER_LEN] = hdr.pack()
+        self.region.persist(base, L.HEADER_LEN)
+        self.header, self._slot = hdr, slot
+
+    def fill(self) -> float:
+        """Fraction of the data area holding unreleased records (as of the last read)."""
+        self.reload_header()
+        used = (self.next_off - self.header.checkpoint_off) % self.size
+        return used / self.size
+
+
+def iter_records(path: str) -> Iterable[Record]:
+    with Consumer.open(path, readonly=True) as c:
+        while batch := c.read(4096):
+            yield from batch

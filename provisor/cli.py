@@ -1,0 +1,74 @@
+"""The ``provisor`` command: a thin click layer over the packages.
+
+Each package contributes its commands (``COMMANDS`` in its ``cli`` module). Every user-facing
+failure is a ProvisorError and becomes one line on stderr and exit status 2; anything else is a
+bug, reported on one line with exit status 70 (set PROVISOR_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from provisor import __version__
+from provisor.errors import ProvisorError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="provisor")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              envvar="PROVISOR_CONFIG", help="TOML file overriding config/provisor.toml.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """provisor: provenance collected from the hypervisor, kept through crashes.
+
+    \b
+    Example:
+      provisor ring create /dev/shm/p.ring --size 64M
+      provisor synth --ring /dev/shm/p.ring --events 10000
+      provisor daemon --ring /dev/shm/p.ring --db /dev/shm/p.db --once
+    """
+    from provisor.config import load
+
+    ctx.obj = load(config_path)
+
+
+def _register() -> None:
+    import daemon.cli
+    import hv.cli
+    import pmem.cli
+    import recovery.cli
+
+    for mod in (pmem.cli, hv.cli, daemon.cli, recovery.cli):
+        for cmd in mod.COMMANDS:
+            cli.add_command(cmd)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        rv = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("provisor: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except ProvisorError as e:
+        click.echo(f"provisor: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as e:  # a bug: still one line unless asked for more
+        if os.environ.get("PROVISOR_DEBUG"):
+            raise
+        click.echo(f"provisor: internal error: {type(e).__name__}: {e}", err=True)
+        sys.exit(70)
+    else:
+        sys.exit(rv if isinstance(rv, int) else 0)

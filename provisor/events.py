@@ -1,0 +1,172 @@
+"""The syscall event: what the hypervisor side writes into the ring as an EVENT record.
+
+One module for hv/ (encode), daemon/ and recovery/ (decode). The encoding is a fixed
+little-endian struct followed by tagged, length-prefixed fields; version 1 is described in
+docs/FORMAT.md ("EVENT payload"). No pickle, no JSON: decoding untrusted bytes can only raise
+EventDecodeError.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from hv.syscalls import name_of
+from provisor.errors import ProvisorError
+
+EVENT_VERSION = 1
+ENTRY, EXIT = 0, 1
+
+# flags
+F_HAS_RET = 1 << 0
+F_CWD_UNREADABLE = 1 << 1
+F_PATH_UNREADABLE = 1 << 2
+F_ARGV_UNREADABLE = 1 << 3
+F_TASK_UNREADABLE = 1 << 4
+F_FILE_UNREADABLE = 1 << 5
+F_TRUNCATED = 1 << 6  # a string or list hit its bound
+
+_FIXED = struct.Struct("<BBHHHQQIIIIQqQ6Q")
+_TLV = struct.Struct("<BH")
+_FILE = struct.Struct("<QQ")
+_I32 = struct.Struct("<i")
+
+T_COMM, T_CWD, T_PATH, T_ARGV, T_ENVP, T_FILE, T_OUTFD = 1, 2, 3, 4, 5, 6, 7
+MAX_FIELD = 0xFFFF
+
+
+class EventDecodeError(ProvisorError, ValueError):
+    """A payload that is not a valid version-1 event."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileId:
+    """A file as the kernel knows it: device, inode, and the kernel's own path (d_path)."""
+
+    dev: int
+    ino: int
+    path: str = ""
+
+
+@dataclass(slots=True)
+class Event:
+    nr: int
+    phase: int = ENTRY
+    ts_ns: int = 0
+    vcpu: int = 0
+    entry_seq: int = 0  # on an exit: the sequence number of its entry
+    tgid: int = 0
+    pid: int = 0
+    ppid: int = 0
+    uid: int = 0
+    start_time: int = 0  # task start time (ns since boot): tells reused PIDs apart
+    ret: int | None = None
+    cwd_mnt: int = 0  # identity of the mount holding the CWD (the seed's "volume ID")
+    args: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
+    flags: int = 0
+    comm: str = ""
+    cwd: str | None = None
+    paths: list[str] = field(default_factory=list)
+    argv: list[str] | None = None
+    envp: list[str] | None = None
+    files: list[FileId] = field(default_factory=list)
+    out_fds: list[int] = field(default_factory=list)
+    seq: int = 0  # the ring sequence number (from the record, not the payload)
+
+    @property
+    def name(self) -> str:
+        return name_of(self.nr)
+
+    def arg(self, i: int) -> int:
+        """Argument register ``i`` as a signed 64-bit integer (fds, AT_FDCWD, flags)."""
+        v = self.args[i]
+        return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _s(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def encode(ev: Event) -> bytes:
+    flags = ev.flags | (F_HAS_RET if ev.ret is not None else 0)
+    args = tuple(a & 0xFFFFFFFFFFFFFFFF for a in ev.args) + (0,) * (6 - len(ev.args))
+    parts = [_FIXED.pack(
+        EVENT_VERSION, ev.phase, ev.vcpu, ev.nr, flags, ev.entry_seq, ev.ts_ns, ev.tgid,
+        ev.pid, ev.ppid, ev.uid, ev.start_time, ev.ret or 0, ev.cwd_mnt, *args[:6])]
+
+    def put(tag: int, data: bytes) -> None:
+        data = data[:MAX_FIELD]
+        parts.append(_TLV.pack(tag, len(data)))
+        parts.append(data)
+
+    if ev.comm:
+        put(T_COMM, _s(ev.comm))
+    if ev.cwd is not None:
+        put(T_CWD, _s(ev.cwd))
+    for p in ev.paths:
+        put(T_PATH, _s(p))
+    for a in ev.argv or ():
+        put(T_ARGV, _s(a))
+    for a in ev.envp or ():
+        put(T_ENVP, _s(a))
+    for f in ev.files:
+        put(T_FILE, _FILE.pack(f.dev, f.ino) + _s(f.path))
+    for fd in ev.out_fds:
+        put(T_OUTFD, _I32.pack(fd))
+    return b"".join(parts)
+
+
+def decode(data: bytes, seq: int = 0) -> Event:
+    """Decode an EVENT payload; EventDecodeError on anything malformed."""
+    try:
+        if len(data) < _FIXED.size:
+            raise EventDecodeError(f"event payload too short ({len(data)} bytes)")
+        (version, phase, vcpu, nr, flags, entry_seq, ts, tgid, pid, ppid, uid, start, ret,
+         mnt, *args) = _FIXED.unpack_from(data)
+        if version != EVENT_VERSION:
+            raise EventDecodeError(f"unknown event version {version}")
+        if phase not in (ENTRY, EXIT):
+            raise EventDecodeError(f"bad phase {phase}")
+        ev = Event(nr, phase, ts, vcpu, entry_seq, tgid, pid, ppid, uid, start,
+                   ret if flags & F_HAS_RET else None, mnt, tuple(args), flags & ~F_HAS_RET,
+                   seq=seq)
+        off, end = _FIXED.size, len(data)
+        mv = memoryview(data)
+        while off < end:
+            if off + 3 > end:
+                raise EventDecodeError("truncated field header")
+            tag, n = _TLV.unpack_from(data, off)
+            off += 3
+            if off + n > end:
+                raise EventDecodeError("field runs past the payload")
+            raw = bytes(mv[off:off + n])
+            off += n
+            if tag == T_FILE:
+                if n < 16:
+                    raise EventDecodeError("short file identity")
+                dev, ino = _FILE.unpack_from(raw)
+                ev.files.append(FileId(dev, ino, raw[16:].decode("utf-8", "surrogateescape")))
+                continue
+            if tag == T_OUTFD:
+                if n != 4:
+                    raise EventDecodeError("bad fd field")
+                ev.out_fds.append(_I32.unpack(raw)[0])
+                continue
+            text = raw.decode("utf-8", "surrogateescape")
+            if tag == T_COMM:
+                ev.comm = text
+            elif tag == T_CWD:
+                ev.cwd = text
+            elif tag == T_PATH:
+                ev.paths.append(text)
+            elif tag == T_ARGV:
+                ev.argv = (ev.argv or []) + [text]
+            elif tag == T_ENVP:
+                ev.envp = (ev.envp or []) + [text]
+            else:
+                raise EventDecodeError(f"unknown field tag {tag}")
+        return ev
+    except EventDecodeError:
+        raise
+    except Exception as e:  # struct.error and friends: still a clean, typed error
+        raise EventDecodeError(f"malformed event: {e}") from None
