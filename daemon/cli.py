@@ -1,7 +1,48 @@
-"""Commands of this package for the ``provisor`` CLI."""
+"""``provisor daemon``: drain a ring into a SQLite provenance store."""
 
 from __future__ import annotations
 
+import logging
+
 import click
 
-COMMANDS: list[click.Command] = []
+from daemon.service import Daemon
+
+
+@click.command("daemon")
+@click.option("--ring", "ring_path", default=None, help="Ring image (default: config).")
+@click.option("--db", "db_path", default=None, help="SQLite store (default: config).")
+@click.option("--cpu", type=int, default=None, help="Pin the daemon to this CPU core.")
+@click.option("--once", is_flag=True, help="Drain what is in the ring now, then exit.")
+@click.option("--force", is_flag=True, help="Accept a DB made for another ring UUID.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+@click.pass_obj
+def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int | None,
+               once: bool, force: bool, quiet: bool) -> None:
+    """Consume the ring and store the provenance graph, exactly once.
+
+    SIGTERM or SIGINT finish the current batch, commit, release and exit 0.
+
+    \b
+    Example:
+      provisor daemon --ring /dev/shm/p.ring --db /dev/shm/p.db --once
+      provisor daemon --cpu 1 &     # runs until stopped, logs status every few seconds
+    """
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    dc = cfg["daemon"]
+    d = Daemon(ring_path or cfg["ring"]["path"], db_path or dc["db"], force=force,
+               batch_min=dc["batch_min"], batch_max=dc["batch_max"],
+               status_interval=dc["status_interval"], fill_warn=dc["fill_warn"], cpu=cpu)
+    try:
+        stats = d.run(once=once)
+        counts = d.store.counts()
+    finally:
+        d.close()
+    if not quiet:
+        click.echo(f"applied {stats.records} records in {stats.batches} batches "
+                   f"(applied seq {d.store.applied_seq}); store: "
+                   + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
+
+
+COMMANDS: list[click.Command] = [daemon_cmd]

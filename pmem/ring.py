@@ -11,15 +11,15 @@ import os
 import time
 import uuid as uuidlib
 from collections.abc import Iterable, Sequence
-from enum import Enum
+from enum import StrEnum
 
 from pmem import layout as L
-from pmem.layout import FormatError, Header, ProducerState, RecType, Record
+from pmem.layout import FormatError, Header, ProducerState, Record, RecType
 from pmem.region import Region, RegionError
 from provisor.errors import ProvisorError
 
 
-class Policy(str, Enum):
+class Policy(StrEnum):
     BLOCK = "block"
     DROP = "drop"
     FAIL = "fail"

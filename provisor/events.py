@@ -72,6 +72,7 @@ class Event:
     files: list[FileId] = field(default_factory=list)
     out_fds: list[int] = field(default_factory=list)
     seq: int = 0  # the ring sequence number (from the record, not the payload)
+    payload: bytes = b""  # the encoded form, as decoded (kept for the store)
 
     @property
     def name(self) -> str:
@@ -129,7 +130,7 @@ def decode(data: bytes, seq: int = 0) -> Event:
             raise EventDecodeError(f"bad phase {phase}")
         ev = Event(nr, phase, ts, vcpu, entry_seq, tgid, pid, ppid, uid, start,
                    ret if flags & F_HAS_RET else None, mnt, tuple(args), flags & ~F_HAS_RET,
-                   seq=seq)
+                   seq=seq, payload=data)
         off, end = _FIXED.size, len(data)
         mv = memoryview(data)
         while off < end:

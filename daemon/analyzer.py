@@ -1,0 +1,507 @@
+"""Syscall events to a PASS-style provenance graph, named as in W3C PROV.
+
+Nodes are *versions*: of processes (a new one at execve) and of artifacts (files, pipes,
+sockets). Edges (``relations``): process-version **used** artifact-version, artifact-version
+**wasGeneratedBy** process-version, process-version **wasInformedBy** process-version (fork, and
+a process's previous version), artifact-version **wasDerivedFrom** artifact-version (through a
+process that read one and wrote the other, and a file's previous version).
+
+Cycle avoidance, as in PASS: a node whose incoming edges have started is *frozen* and takes no
+more outgoing edges; an edge that would leave a frozen node goes from a new version of its
+object instead. Then every node's outgoing edges predate its incoming ones, so no cycle can
+close (each edge of a cycle would have to be older than the one before it).
+
+The analyzer only computes rows; daemon/store.py writes them (and this state) in the same
+transaction that advances the applied sequence number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hv.syscalls import AT_FDCWD
+from provisor.events import ENTRY, Event, FileId
+
+O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o1, 0o2, 0o100, 0o1000
+O_CLOEXEC = 0o2000000
+F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC = 0, 2, 1030
+FD_CLOEXEC = 1
+CLONE_THREAD = 0x10000
+PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
+USED_CAP = 4096  # bound on the per-process set of versions read since exec
+
+USED, GENERATED, INFORMED, DERIVED = "used", "wasGeneratedBy", "wasInformedBy", "wasDerivedFrom"
+
+READS = {"read", "readv", "pread64"}
+WRITES = {"write", "writev", "pwrite64"}
+NORETURN = {"exit", "exit_group"}
+
+
+@dataclass
+class Proc:
+    id: int
+    tgid: int
+    start_time: int
+    parent_id: int | None
+    node: int
+    version: int = 1
+    exe: str = ""
+    comm: str = ""
+    cwd: str = "/"
+    cwd_mnt: int = 0
+    uid: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    exit_seq: int | None = None
+    frozen: bool = False
+    used: dict[int, None] = field(default_factory=dict)
+    fds: dict[int, tuple[int, int]] = field(default_factory=dict)  # fd -> (artifact, cloexec)
+
+    def row(self) -> tuple:
+        return (self.id, self.tgid, self.start_time, self.parent_id, self.exe, self.comm,
+                self.cwd, self.cwd_mnt, self.uid, self.version, self.node, self.first_seq,
+                self.last_seq, self.exit_seq)
+
+
+@dataclass
+class Art:
+    id: int
+    kind: str
+    dev: int | None
+    ino: int | None
+    path: str | None
+    node: int
+    version: int = 1
+    created_seq: int = 0
+    frozen: bool = False
+    gens: set[int] = field(default_factory=set)  # generators of the current version
+    derived: set[int] = field(default_factory=set)  # what the current version derives from
+
+    def row(self) -> tuple:
+        return (self.id, self.kind, self.dev, self.ino, self.path, self.version, self.node,
+                self.created_seq)
+
+
+@dataclass
+class Batch:
+    """Rows produced by one batch of events."""
+
+    events: list[tuple] = field(default_factory=list)
+    versions: list[tuple] = field(default_factory=list)
+    relations: list[tuple] = field(default_factory=list)
+    names_new: list[tuple] = field(default_factory=list)
+    names_unbound: list[tuple] = field(default_factory=list)  # (unbind_seq, name_id)
+    losses: list[tuple] = field(default_factory=list)
+    notes: list[tuple] = field(default_factory=list)
+    procs: dict[int, Proc] = field(default_factory=dict)
+    arts: dict[int, Art] = field(default_factory=dict)
+    pending_done: list[int] = field(default_factory=list)
+
+
+class Analyzer:
+    """Holds the live state (processes, fd tables, name bindings, current versions)."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, Proc] = {}  # live processes by tgid
+        self.proc_by_id: dict[int, Proc] = {}
+        self.arts: dict[int, Art] = {}
+        self.by_devino: dict[tuple[int, int], int] = {}
+        self.by_path: dict[str, tuple[int, int]] = {}  # path -> (artifact, name id)
+        self.pending: dict[int, Event] = {}  # entry seq -> entry event awaiting its exit
+        self.next_proc = 1
+        self.next_art = 1
+        self.next_node = 1
+        self.next_rel = 1
+        self.next_name = 1
+        self.b = Batch()
+
+    # -- ids and nodes ---------------------------------------------------------------------
+    def _node(self, kind: str, obj: int, version: int, ev: Event, reason: str) -> int:
+        nid = self.next_node
+        self.next_node += 1
+        self.b.versions.append((nid, kind, obj, version, ev.seq, ev.ts_ns, reason))
+        return nid
+
+    def _rel(self, kind: str, src: int, dst: int, ev: Event, entry_seq: int | None) -> None:
+        self.b.relations.append((self.next_rel, kind, src, dst, entry_seq, ev.seq, ev.ts_ns))
+        self.next_rel += 1
+
+    def _dirty_p(self, p: Proc) -> None:
+        self.b.procs[p.id] = p
+
+    def _dirty_a(self, a: Art) -> None:
+        self.b.arts[a.id] = a
+
+    # -- processes -------------------------------------------------------------------------
+    def _new_proc(self, ev: Event, tgid: int, start_time: int, parent: Proc | None,
+                  reason: str) -> Proc:
+        pid = self.next_proc
+        self.next_proc += 1
+        p = Proc(pid, tgid, start_time, parent.id if parent else None, 0,
+                 first_seq=ev.seq, last_seq=ev.seq)
+        p.node = self._node("process", pid, 1, ev, reason)
+        if parent is not None:
+            p.exe, p.comm, p.cwd, p.cwd_mnt, p.uid = (parent.exe, parent.comm, parent.cwd,
+                                                     parent.cwd_mnt, parent.uid)
+            p.fds = dict(parent.fds)
+            self._rel(INFORMED, p.node, parent.node, ev, None)
+            self._freeze_p(parent)
+        old = self.procs.get(tgid)
+        if old is not None and old.exit_seq is None:
+            old.exit_seq = ev.seq  # the PID was reused: the old process is gone
+            self._dirty_p(old)
+        self.procs[tgid] = p
+        self.proc_by_id[p.id] = p
+        self._dirty_p(p)
+        return p
+
+    def _freeze_p(self, p: Proc) -> None:
+        p.frozen = True
+
+    def _proc_for(self, ev: Event) -> Proc:
+        """The process an event belongs to, created on first sight (parent from ppid)."""
+        p = self.procs.get(ev.tgid)
+        leader = ev.pid == ev.tgid
+        if p is None or (leader and ev.start_time and p.start_time
+                         and p.start_time != ev.start_time):
+            parent = self.procs.get(ev.ppid)
+            p = self._new_proc(ev, ev.tgid, ev.start_time if leader else 0, parent, "first seen")
+        elif leader and ev.start_time and not p.start_time:
+            p.start_time = ev.start_time
+        p.last_seq = ev.seq
+        if ev.comm:
+            p.comm = ev.comm
+        if ev.cwd is not None:
+            p.cwd, p.cwd_mnt = ev.cwd, ev.cwd_mnt
+        p.uid = ev.uid
+        self._dirty_p(p)
+        return p
+
+    def _unfrozen_proc(self, p: Proc, ev: Event) -> int:
+        """The node of ``p`` that may take a new outgoing edge (a new version if frozen)."""
+        if p.frozen:
+            prev = p.node
+            p.version += 1
+            p.node = self._node("process", p.id, p.version, ev, "cycle avoidance")
+            p.frozen = False
+            self._rel(INFORMED, p.node, prev, ev, None)
+            self._dirty_p(p)
+        return p.node
+
+    # -- artifacts -------------------------------------------------------------------------
+    def _new_art(self, ev: Event, kind: str, fid: FileId | None, path: str | None) -> Art:
+        aid = self.next_art
+        self.next_art += 1
+        a = Art(aid, kind, fid.dev if fid else None, fid.ino if fid else None, path, 0,
+                created_seq=ev.seq)
+        a.node = self._node(kind, aid, 1, ev, "created")
+        self.arts[aid] = a
+        if fid is not None and fid.ino:
+            self.by_devino[(fid.dev, fid.ino)] = aid
+        self._dirty_a(a)
+        return a
+
+    def _bind(self, path: str, aid: int, ev: Event) -> None:
+        cur = self.by_path.get(path)
+        if cur is not None:
+            if cur[0] == aid:
+                return
+            self._unbind(path, ev)
+        nid = self.next_name
+        self.next_name += 1
+        self.by_path[path] = (aid, nid)
+        self.b.names_new.append((nid, aid, path, ev.seq, None))
+        a = self.arts[aid]
+        a.path = path
+        self._dirty_a(a)
+
+    def _unbind(self, path: str, ev: Event) -> int | None:
+        cur = self.by_path.pop(path, None)
+        if cur is None:
+            return None
+        self.b.names_unbound.append((ev.seq, cur[1]))
+        return cur[0]
+
+    def _file(self, ev: Event, path: str | None, fid: FileId | None) -> Art:
+        """The file artifact for an identity (dev, ino) and/or an absolute path: the identity
+        wins; a name now bound to a different inode means the file was replaced."""
+        if fid is not None and fid.ino:
+            aid = self.by_devino.get((fid.dev, fid.ino))
+            if aid is not None:
+                if path and self.by_path.get(path, (None,))[0] != aid:
+                    self._bind(path, aid, ev)
+                return self.arts[aid]
+            cur = self.by_path.get(path) if path else None
+            if cur is not None and self.arts[cur[0]].ino is None:
+                a = self.arts[cur[0]]
+                a.dev, a.ino = fid.dev, fid.ino
+                self.by_devino[(fid.dev, fid.ino)] = a.id
+                self._dirty_a(a)
+                return a
+            return self._bound_new(ev, "file", fid, path)
+        cur = self.by_path.get(path) if path else None
+        if cur is not None:
+            return self.arts[cur[0]]
+        return self._bound_new(ev, "file", None, path)
+
+    def _bound_new(self, ev: Event, kind: str, fid: FileId | None, path: str | None) -> Art:
+        a = self._new_art(ev, kind, fid, path)
+        if path:
+            self._bind(path, a.id, ev)
+        return a
+
+    # -- edges with cycle avoidance ------------------------------------------------------
+    def _use(self, p: Proc, a: Art, ev: Event, entry_seq: int | None) -> None:
+        if a.node in p.used:
+            return
+        src = self._unfrozen_proc(p, ev)
+        self._rel(USED, src, a.node, ev, entry_seq)
+        a.frozen = True
+        if len(p.used) >= USED_CAP:
+            p.used.pop(next(iter(p.used)))
+        p.used[a.node] = None
+        self._dirty_p(p)
+
+    def _generate(self, p: Proc, a: Art, ev: Event, entry_seq: int | None,
+                  truncate: bool = False) -> None:
+        """``a`` wasGeneratedBy ``p`` and derives from what ``p`` read. A used (frozen) version
+        gets a successor derived from it; a truncation starts a successor derived from nothing."""
+        if a.frozen or (truncate and (a.gens or a.derived)):
+            prev = a.node
+            a.version += 1
+            a.node = self._node(a.kind, a.id, a.version, ev,
+                                "truncated" if truncate else "written after use")
+            a.frozen = False
+            a.gens, a.derived = set(), set()
+            if not truncate:
+                self._rel(DERIVED, a.node, prev, ev, entry_seq)
+                a.derived.add(prev)
+            self._dirty_a(a)
+        if p.node in a.gens:
+            return
+        self._rel(GENERATED, a.node, p.node, ev, entry_seq)
+        a.gens.add(p.node)
+        p.frozen = True
+        for src in p.used:
+            if src not in a.derived:
+                self._rel(DERIVED, a.node, src, ev, entry_seq)
+                a.derived.add(src)
+        self._dirty_a(a)
+
+    # -- paths and fds ---------------------------------------------------------------------
+    def _abspath(self, p: Proc, path: str, dirfd: int = AT_FDCWD) -> str:
+        if path.startswith("/"):
+            base = ""
+        elif dirfd != AT_FDCWD and dirfd in p.fds:
+            base = self.arts[p.fds[dirfd][0]].path or ""
+        else:
+            base = p.cwd or "/"
+        return _normpath(base + "/" + path if base else path)
+
+    def _fd_art(self, p: Proc, fd: int, fid: FileId | None, ev: Event) -> Art | None:
+        """The artifact behind fd: the event's own file identity wins over the fd table."""
+        if fid is not None and fid.ino:
+            aid = self.by_devino.get((fid.dev, fid.ino))
+            if aid is not None:
+                return self.arts[aid]
+            kind = "pipe" if fid.path.startswith("pipe:") else (
+                "socket" if fid.path.startswith("socket:") else "file")
+            path = fid.path if fid.path.startswith("/") else None
+            a = self._file(ev, path, fid) if kind == "file" else self._new_art(ev, kind, fid, None)
+            if fd >= 0 and fd not in p.fds:
+                p.fds[fd] = (a.id, 0)
+            return a
+        ref = p.fds.get(fd)
+        return self.arts[ref[0]] if ref else None
+
+    # -- the entry point -------------------------------------------------------------------
+    def event(self, ev: Event) -> None:
+        """Analyze one event (called in sequence order)."""
+        p = self._proc_for(ev)
+        paths = "\n".join(ev.paths) if ev.paths else None
+        self.b.events.append((ev.seq, ev.ts_ns, ev.vcpu, "exit" if ev.phase else "entry",
+                              ev.entry_seq or None, ev.nr, ev.name, ev.tgid, ev.pid, ev.ppid,
+                              ev.uid, ev.start_time, ev.comm, ev.cwd, paths, ev.ret, ev.flags,
+                              ev.payload))
+        if ev.phase == ENTRY:
+            if ev.name not in NORETURN:
+                self.pending[ev.seq] = ev
+            elif ev.name == "exit_group" or ev.pid == ev.tgid:
+                p.exit_seq = ev.seq
+            return
+        entry = self.pending.pop(ev.entry_seq, None)
+        if entry is not None:
+            self.b.pending_done.append(entry.seq)
+        if ev.ret is None or ev.ret < 0:
+            return  # a failed call is an event, never a relation
+        self._exit(p, ev, entry or ev)
+
+    def _exit(self, p: Proc, ev: Event, en: Event) -> None:
+        name, ret, eseq = ev.name, ev.ret or 0, (en.seq if en is not ev else None)
+        fid = ev.files[0] if ev.files else (en.files[0] if en.files else None)
+        paths = en.paths or ev.paths
+        args = en.args
+
+        def arg(i: int) -> int:
+            v = args[i]
+            return v - (1 << 64) if v >= 1 << 63 else v
+
+        if name in READS:
+            a = self._fd_art(p, arg(0), fid, ev)
+            if a is not None:
+                self._use(p, a, ev, eseq)
+        elif name in WRITES:
+            a = self._fd_art(p, arg(0), fid, ev)
+            if a is not None:
+                self._generate(p, a, ev, eseq)
+        elif name in ("open", "openat", "creat"):
+            if not paths:
+                return
+            dirfd = arg(0) if name == "openat" else AT_FDCWD
+            flags = arg(2) if name == "openat" else (arg(1) if name == "open" else
+                                                      O_CREAT | O_WRONLY | O_TRUNC)
+            path = self._abspath(p, paths[0], dirfd)
+            a = self._file(ev, path, fid)
+            p.fds[ret] = (a.id, 1 if flags & O_CLOEXEC else 0)
+            if flags & O_TRUNC and flags & (O_WRONLY | O_RDWR):
+                self._generate(p, a, ev, eseq, truncate=True)
+        elif name in ("close",):
+            p.fds.pop(arg(0), None)
+        elif name == "dup":
+            if arg(0) in p.fds:
+                p.fds[ret] = (p.fds[arg(0)][0], 0)
+        elif name in ("dup2", "dup3"):
+            if arg(0) in p.fds and arg(0) != arg(1):
+                cloexec = 1 if name == "dup3" and arg(2) & O_CLOEXEC else 0
+                p.fds[ret] = (p.fds[arg(0)][0], cloexec)
+        elif name == "fcntl":
+            if arg(1) in (F_DUPFD, F_DUPFD_CLOEXEC) and arg(0) in p.fds:
+                p.fds[ret] = (p.fds[arg(0)][0], 1 if arg(1) == F_DUPFD_CLOEXEC else 0)
+            elif arg(1) == F_SETFD and arg(0) in p.fds:
+                p.fds[arg(0)] = (p.fds[arg(0)][0], arg(2) & FD_CLOEXEC)
+        elif name in ("pipe", "pipe2"):
+            fds = ev.out_fds
+            if len(fds) == 2:
+                a = self._new_art(ev, "pipe", fid, None)
+                cloexec = 1 if name == "pipe2" and arg(1) & O_CLOEXEC else 0
+                p.fds[fds[0]] = (a.id, cloexec)
+                p.fds[fds[1]] = (a.id, cloexec)
+        elif name in ("fork", "vfork", "clone", "clone3"):
+            if name == "clone" and arg(0) & CLONE_THREAD:
+                return
+            if ret > 0 and name != "clone3":
+                child = self.procs.get(ret)
+                if child is None or child.exit_seq is not None or child.parent_id != p.id:
+                    self._new_proc(ev, ret, 0, p, name)
+        elif name in ("execve", "execveat"):
+            self._exec(p, ev, en, paths)
+        elif name in ("mmap",):
+            prot, flags, fd = arg(2), arg(3), arg(4)
+            a = self._fd_art(p, fd, fid, ev) if fd >= 0 else None
+            if a is not None and a.kind == "file":
+                if prot & PROT_READ:
+                    self._use(p, a, ev, eseq)
+                if prot & PROT_WRITE and flags & MAP_SHARED:
+                    self._generate(p, a, ev, eseq)
+        elif name == "truncate":
+            if paths:
+                a = self._file(ev, self._abspath(p, paths[0]), fid)
+                self._generate(p, a, ev, eseq, truncate=arg(1) == 0)
+        elif name == "ftruncate":
+            a = self._fd_art(p, arg(0), fid, ev)
+            if a is not None:
+                self._generate(p, a, ev, eseq, truncate=arg(1) == 0)
+        elif name in ("sendfile", "splice", "tee"):
+            if name == "sendfile":
+                out_fd, in_fd = arg(0), arg(1)
+            elif name == "splice":
+                in_fd, out_fd = arg(0), arg(2)
+            else:
+                in_fd, out_fd = arg(0), arg(1)
+            src, dst = p.fds.get(in_fd), p.fds.get(out_fd)
+            if src:
+                self._use(p, self.arts[src[0]], ev, eseq)
+            if dst:
+                self._generate(p, self.arts[dst[0]], ev, eseq)
+        elif name in ("rename", "renameat", "renameat2"):
+            if len(paths) >= 2:
+                i_old, i_new = (0, 1)
+                d_old = arg(0) if name != "rename" else AT_FDCWD
+                d_new = arg(2) if name != "rename" else AT_FDCWD
+                old = self._abspath(p, paths[i_old], d_old)
+                new = self._abspath(p, paths[i_new], d_new)
+                aid = self._unbind(old, ev)
+                if aid is None:
+                    aid = self._file(ev, old, fid).id
+                    self._unbind(old, ev)
+                self._bind(new, aid, ev)
+        elif name in ("link", "linkat"):
+            if len(paths) >= 2:
+                d_old = arg(0) if name == "linkat" else AT_FDCWD
+                d_new = arg(2) if name == "linkat" else AT_FDCWD
+                a = self._file(ev, self._abspath(p, paths[0], d_old), fid)
+                self._bind(self._abspath(p, paths[1], d_new), a.id, ev)
+        elif name in ("symlink", "symlinkat"):
+            if len(paths) >= 2:
+                d_new = arg(1) if name == "symlinkat" else AT_FDCWD
+                self._bound_new(ev, "symlink", None, self._abspath(p, paths[1], d_new))
+        elif name in ("unlink", "unlinkat", "rmdir"):
+            if paths:
+                d = arg(0) if name == "unlinkat" else AT_FDCWD
+                self._unbind(self._abspath(p, paths[0], d), ev)
+        elif name == "chdir":
+            if paths and ev.cwd is None:
+                p.cwd = self._abspath(p, paths[0])
+        elif name == "fchdir":
+            ref = p.fds.get(arg(0))
+            if ref and ev.cwd is None and self.arts[ref[0]].path:
+                p.cwd = self.arts[ref[0]].path or p.cwd
+        elif name in ("socket", "accept"):
+            p.fds[ret] = (self._new_art(ev, "socket", fid, None).id, 0)
+        self._dirty_p(p)
+
+    def _exec(self, p: Proc, ev: Event, en: Event, paths: list[str]) -> None:
+        """execve replaces the process image: a new process version that used the binary (and
+        interpreter); close-on-exec fds go; what the old image read no longer counts."""
+        prev = p.node
+        p.version += 1
+        p.node = self._node("process", p.id, p.version, ev, "execve")
+        p.frozen = False
+        self._rel(INFORMED, p.node, prev, ev, en.seq if en is not ev else None)
+        p.used = {}
+        p.fds = {fd: ref for fd, ref in p.fds.items() if not ref[1]}
+        if paths:
+            p.exe = self._abspath(p, paths[0])
+        if en.argv:
+            p.comm = ev.comm or p.comm
+        files = ev.files or en.files
+        targets: list[Art] = []
+        if files:
+            for i, f in enumerate(files):
+                path = f.path if f.path.startswith("/") else (p.exe if i == 0 else None)
+                a = self._file(ev, path, f)
+                if a is not None:
+                    targets.append(a)
+        elif paths:
+            a = self._file(ev, p.exe, None)
+            if a is not None:
+                targets.append(a)
+        for a in targets:
+            self._use(p, a, ev, en.seq if en is not ev else None)
+
+    def take(self) -> Batch:
+        b, self.b = self.b, Batch()
+        return b
+
+
+def _normpath(path: str) -> str:
+    parts: list[str] = []
+    for seg in path.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if parts:
+                parts.pop()
+        else:
+            parts.append(seg)
+    return "/" + "/".join(parts)

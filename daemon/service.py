@@ -1,0 +1,127 @@
+"""The daemon loop: drain the ring into the store, release only what is committed.
+
+Order per batch: read records -> ``Store.apply`` (one durable transaction) -> ``release`` up to
+the batch's last sequence number. A crash anywhere in between loses nothing (unreleased records
+are read again) and duplicates nothing (applied ones are skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from daemon.store import Store
+from pmem import layout as L
+from pmem.ring import Consumer
+from provisor.errors import ProvisorError
+
+log = logging.getLogger("provisor.daemon")
+
+
+@dataclass
+class Stats:
+    records: int = 0
+    batches: int = 0
+    started: float = 0.0
+
+    def rate(self) -> float:
+        dt = time.monotonic() - self.started
+        return self.records / dt if dt > 0 else 0.0
+
+
+def position_after(rec: L.Record, data_size: int) -> int:
+    return (rec.offset + L.padded(len(rec.payload))) % data_size
+
+
+class Daemon:
+    def __init__(self, ring_path: str, db_path: str, *, force: bool = False,
+                 batch_min: int = 256, batch_max: int = 16384, status_interval: float = 5.0,
+                 fill_warn: float = 0.8, cpu: int | None = None) -> None:
+        self.consumer = Consumer.open(ring_path)
+        try:
+            self.store = Store(db_path, self.consumer.header.uuid_str, force=force)
+            self.store.bind_ring(self.consumer.header.uuid_str)
+        except BaseException:
+            self.consumer.close()
+            raise
+        self.batch_min, self.batch_max = batch_min, batch_max
+        self.batch = batch_min
+        self.status_interval = status_interval
+        self.fill_warn = fill_warn
+        self.stop = False
+        self.stats = Stats()
+        self.proc = psutil.Process()
+        if cpu is not None:
+            try:
+                self.proc.cpu_affinity([cpu])
+            except (ValueError, psutil.Error, AttributeError) as e:
+                self.close()
+                raise ProvisorError(f"cannot pin to CPU {cpu}: {e}") from None
+
+    def _signal(self, signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the batch", signum)
+        self.stop = True
+
+    def step(self) -> int:
+        """Read, apply and release one batch; returns the number of records read."""
+        recs = self.consumer.read(self.batch)
+        if not recs:
+            self.batch = self.batch_min
+            return 0
+        self.store.apply(recs)
+        last = recs[-1]
+        self.consumer.release(last.seq, position_after(last, self.consumer.size))
+        self.stats.records += len(recs)
+        self.stats.batches += 1
+        # adapt: a full batch means we are behind; grow until we catch up
+        if len(recs) >= self.batch:
+            self.batch = min(self.batch * 2, self.batch_max)
+        elif len(recs) < self.batch // 4:
+            self.batch = max(self.batch // 2, self.batch_min)
+        return len(recs)
+
+    def status(self) -> dict:
+        fill = self.consumer.fill()
+        pending = sum(1 for _ in L.scan(self.consumer.buf, self.consumer.header,
+                                        self.consumer.next_seq, self.consumer.next_off,
+                                        limit=1_000_000))
+        return {"events_per_s": round(self.stats.rate()), "applied_seq": self.store.applied_seq,
+                "lag": pending, "fill": fill, "rss_mb": self.proc.memory_info().rss / 2**20,
+                "batch": self.batch}
+
+    def _log_status(self) -> None:
+        s = self.status()
+        msg = ("events/s %(events_per_s)d  applied %(applied_seq)d  lag %(lag)d  "
+               "fill %(fill).1f%%  rss %(rss_mb).0f MiB  batch %(batch)d")
+        log.info(msg, {**s, "fill": s["fill"] * 100})
+        if s["fill"] > self.fill_warn:
+            log.warning("ring %.0f%% full: the producer may block or drop", s["fill"] * 100)
+
+    def run(self, once: bool = False, idle_sleep: float = 0.002) -> Stats:
+        """Drain until stopped (SIGTERM/SIGINT finish the batch) or, with ``once``, until the
+        ring holds nothing more."""
+        old = {s: signal.signal(s, self._signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.stats.started = time.monotonic()
+        next_status = time.monotonic() + self.status_interval
+        try:
+            while not self.stop:
+                n = self.step()
+                if time.monotonic() >= next_status:
+                    self._log_status()
+                    next_status = time.monotonic() + self.status_interval
+                if n == 0:
+                    if once:
+                        break
+                    time.sleep(idle_sleep)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return self.stats
+
+    def close(self) -> None:
+        self.store.close()
+        self.consumer.close()

@@ -1,0 +1,313 @@
+"""The SQLite store, and ``apply``: the one path by which ring records become rows.
+
+Exactly once: a batch of records is analyzed and written in one transaction that also records
+the batch's last sequence number as ``applied_seq`` (``synchronous=FULL``, so the commit is
+durable when it returns). Records at or below ``applied_seq`` are skipped, so replaying the same
+ring twice, or recovery after the daemon, changes nothing. The analyzer's live state (processes,
+fd tables, current versions, name bindings, entries awaiting exits) is written back in the same
+transaction, so a restarted daemon resumes exactly where the last commit left it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+
+import sqlite_utils
+
+from daemon import chain
+from daemon.analyzer import Analyzer, Art, Batch, Proc
+from pmem.layout import Record, RecType
+from provisor.errors import ProvisorError
+from provisor.events import EventDecodeError, decode
+
+SCHEMA_VERSION = 1
+APP_ID = 0x50524F56  # "PROV": marks a provisor database (PRAGMA application_id)
+
+
+class StoreError(ProvisorError):
+    pass
+
+
+def _schema(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["events"].create({
+        "seq": int, "ts_ns": int, "vcpu": int, "phase": str, "entry_seq": int, "nr": int,
+        "name": str, "tgid": int, "pid": int, "ppid": int, "uid": int, "start_time": int,
+        "comm": str, "cwd": str, "paths": str, "ret": int, "flags": int, "payload": bytes,
+    }, pk="seq")
+    db["processes"].create({
+        "id": int, "tgid": int, "start_time": int, "parent_id": int, "exe": str, "comm": str,
+        "cwd": str, "cwd_mnt": int, "uid": int, "version": int, "node": int, "first_seq": int,
+        "last_seq": int, "exit_seq": int,
+    }, pk="id")
+    db["artifacts"].create({
+        "id": int, "kind": str, "dev": int, "ino": int, "path": str, "version": int,
+        "node": int, "created_seq": int,
+    }, pk="id")
+    db["versions"].create({
+        "id": int, "kind": str, "object_id": int, "version": int, "seq": int, "ts_ns": int,
+        "reason": str,
+    }, pk="id")
+    db["relations"].create({
+        "id": int, "kind": str, "src": int, "dst": int, "entry_seq": int, "exit_seq": int,
+        "ts_ns": int,
+    }, pk="id")
+    db["names"].create({"id": int, "artifact_id": int, "path": str, "bind_seq": int,
+                        "unbind_seq": int}, pk="id")
+    db["fds"].create({"proc_id": int, "fd": int, "artifact_id": int, "cloexec": int},
+                     pk=("proc_id", "fd"))
+    db["proc_used"].create({"proc_id": int, "pos": int, "node": int}, pk=("proc_id", "pos"))
+    db["pending"].create({"seq": int}, pk="seq")
+    db["losses"].create({"seq": int, "lost": int, "lost_total": int}, pk="seq")
+    db["notes"].create({"seq": int, "text": str}, pk="seq")
+    db["chain"].create({"batch": int, "first_seq": int, "last_seq": int, "first_rel": int,
+                        "last_rel": int, "digest": bytes}, pk="batch")
+    db["relations"].create_index(["src", "kind"])
+    db["relations"].create_index(["dst", "kind"])
+    db["versions"].create_index(["object_id", "kind", "version"])
+    db["names"].create_index(["path"])
+    db["names"].create_index(["artifact_id"])
+    db["events"].create_index(["tgid", "seq"])
+    db["artifacts"].create_index(["dev", "ino"])
+    db["processes"].create_index(["tgid"])
+    db.execute("""CREATE VIEW outcome_unknown AS
+        SELECT e.* FROM events e JOIN pending p ON p.seq = e.seq""")
+
+
+class Store:
+    """A provisor database bound to one ring (by UUID)."""
+
+    def __init__(self, path: str, ring_uuid: str | None = None, *, force: bool = False,
+                 readonly: bool = False) -> None:
+        self.path = path
+        if os.path.isdir(path):
+            raise StoreError(f"{path}: is a directory")
+        exists = os.path.exists(path) and os.path.getsize(path) > 0
+        if readonly and not exists:
+            raise StoreError(f"{path}: no such database")
+        if not exists:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.access(parent, os.W_OK):
+                raise StoreError(f"{path}: cannot create the database (directory not writable)")
+        try:
+            uri = f"file:{path}?mode=ro" if readonly else path
+            self.conn = sqlite3.connect(uri, uri=readonly, isolation_level=None,
+                                        check_same_thread=False)
+            self.conn.execute("PRAGMA busy_timeout=10000")
+            if exists:
+                self._check_existing()
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+            if not exists:
+                self._create(ring_uuid)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: {e}") from None
+        self.readonly = readonly
+        self.ring_uuid = self.meta("ring_uuid")
+        if ring_uuid and self.ring_uuid and ring_uuid != self.ring_uuid:
+            if not force:
+                raise StoreError(
+                    f"{path} belongs to ring {self.ring_uuid}, not {ring_uuid} "
+                    "(use --force to apply another ring's records to it)")
+        self.applied_seq = int(self.meta("applied_seq") or 0)
+        self.an = Analyzer()
+        self._load()
+
+    # -- opening ---------------------------------------------------------------------------
+    def _check_existing(self) -> None:
+        try:
+            app = self.conn.execute("PRAGMA application_id").fetchone()[0]
+        except sqlite3.DatabaseError:
+            raise StoreError(f"{self.path}: not a SQLite database") from None
+        if app != APP_ID:
+            raise StoreError(f"{self.path}: not a provisor database")
+        ver = int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'")
+                  .fetchone()[0])
+        if ver > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {ver} is newer than this provisor")
+
+    def _create(self, ring_uuid: str | None) -> None:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            _schema(sqlite_utils.Database(c))
+            c.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("schema_version", str(SCHEMA_VERSION)), ("ring_uuid", ring_uuid or ""),
+                ("applied_seq", "0"), ("chain_head", chain.GENESIS.hex()), ("batches", "0")])
+            c.execute(f"PRAGMA application_id={APP_ID}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def bind_ring(self, ring_uuid: str) -> None:
+        """Record the ring UUID in a DB made without one."""
+        if not self.ring_uuid:
+            self.conn.execute("UPDATE meta SET value=? WHERE key='ring_uuid'", (ring_uuid,))
+            self.ring_uuid = ring_uuid
+
+    def _load(self) -> None:
+        """Rebuild the analyzer's live state from the last commit."""
+        an, c = self.an, self.conn
+        q = c.execute
+        for row in q("SELECT * FROM processes"):
+            p = Proc(row[0], row[1], row[2], row[3], row[10], row[9], row[4], row[5], row[6],
+                     row[7], row[8], row[11], row[12], row[13])
+            an.proc_by_id[p.id] = p
+            cur = an.procs.get(p.tgid)
+            if cur is None or cur.id < p.id:
+                an.procs[p.tgid] = p
+        for pid, fd, aid, cloexec in q("SELECT * FROM fds ORDER BY proc_id, fd"):
+            an.proc_by_id[pid].fds[fd] = (aid, cloexec)
+        for pid, _pos, node in q("SELECT * FROM proc_used ORDER BY proc_id, pos"):
+            an.proc_by_id[pid].used[node] = None
+        for row in q("SELECT * FROM artifacts"):
+            a = Art(row[0], row[1], row[2], row[3], row[4], row[6], row[5], row[7])
+            an.arts[a.id] = a
+            if a.ino:
+                an.by_devino[(a.dev, a.ino)] = a.id
+        current = {a.node: a for a in an.arts.values()}
+        pcur = {p.node: p for p in an.proc_by_id.values()}
+        for kind, src, dst in q("SELECT kind, src, dst FROM relations WHERE src IN "
+                                "(SELECT node FROM artifacts) OR dst IN (SELECT node FROM "
+                                "artifacts UNION SELECT node FROM processes)"):
+            if dst in current:
+                current[dst].frozen = True
+            if dst in pcur:
+                pcur[dst].frozen = True
+            a = current.get(src)
+            if a is not None:
+                if kind == "wasGeneratedBy":
+                    a.gens.add(dst)
+                elif kind == "wasDerivedFrom":
+                    a.derived.add(dst)
+        for nid, aid, path in q("SELECT id, artifact_id, path FROM names "
+                                "WHERE unbind_seq IS NULL ORDER BY id"):
+            an.by_path[path] = (aid, nid)
+        for seq, payload in q("SELECT e.seq, e.payload FROM pending p JOIN events e "
+                              "ON e.seq = p.seq ORDER BY e.seq"):
+            an.pending[seq] = decode(payload, seq)
+
+        def nxt(sql: str) -> int:
+            return (q(sql).fetchone()[0] or 0) + 1
+
+        an.next_proc = nxt("SELECT max(id) FROM processes")
+        an.next_art = nxt("SELECT max(id) FROM artifacts")
+        an.next_node = nxt("SELECT max(id) FROM versions")
+        an.next_rel = nxt("SELECT max(id) FROM relations")
+        an.next_name = nxt("SELECT max(id) FROM names")
+        self.chain_head = bytes.fromhex(self.meta("chain_head") or chain.GENESIS.hex())
+        self.batches = int(self.meta("batches") or 0)
+
+    # -- applying --------------------------------------------------------------------------
+    def apply(self, records: Sequence[Record]) -> int:
+        """Apply records (in sequence order) in one durable transaction; returns the applied
+        sequence number afterwards. Already-applied records are skipped."""
+        if self.readonly:
+            raise StoreError("database opened read-only")
+        an = self.an
+        last = self.applied_seq
+        for r in records:
+            if r.seq <= last:
+                continue
+            if r.type == RecType.EVENT:
+                try:
+                    ev = decode(r.payload, r.seq)
+                except EventDecodeError as e:
+                    an.b.notes.append((r.seq, f"undecodable event: {e}"))
+                else:
+                    an.event(ev)
+            elif r.type == RecType.LOSS:
+                lost = int.from_bytes(r.payload[:8], "little")
+                total = int.from_bytes(r.payload[8:16], "little")
+                an.b.losses.append((r.seq, lost, total))
+            elif r.type == RecType.NOTE:
+                an.b.notes.append((r.seq, r.payload.decode("utf-8", "replace")))
+            last = r.seq
+        if last == self.applied_seq:
+            return last
+        batch = an.take()
+        try:
+            self._write(batch, last)
+        except BaseException:
+            # the transaction rolled back: rebuild the live state from the last commit
+            self.an = Analyzer()
+            self._load()
+            raise
+        self.applied_seq = last
+        return last
+
+    def _write(self, b: Batch, last: int) -> None:
+        c = self.conn
+        head = chain.digest(self.chain_head, b.events, b.relations)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if b.events:
+                c.executemany("INSERT INTO events VALUES "
+                              "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", b.events)
+            if b.versions:
+                c.executemany("INSERT INTO versions VALUES (?,?,?,?,?,?,?)", b.versions)
+            if b.relations:
+                c.executemany("INSERT INTO relations VALUES (?,?,?,?,?,?,?)", b.relations)
+            if b.names_new:
+                c.executemany("INSERT INTO names VALUES (?,?,?,?,?)", b.names_new)
+            if b.names_unbound:
+                c.executemany("UPDATE names SET unbind_seq=? WHERE id=?", b.names_unbound)
+            if b.losses:
+                c.executemany("INSERT INTO losses VALUES (?,?,?)", b.losses)
+            if b.notes:
+                c.executemany("INSERT INTO notes VALUES (?,?)", b.notes)
+            if b.procs:
+                ids = [(i,) for i in b.procs]
+                c.executemany("INSERT OR REPLACE INTO processes VALUES "
+                              "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [p.row() for p in b.procs.values()])
+                c.executemany("DELETE FROM fds WHERE proc_id=?", ids)
+                c.executemany("DELETE FROM proc_used WHERE proc_id=?", ids)
+                c.executemany("INSERT INTO fds VALUES (?,?,?,?)", [
+                    (p.id, fd, ref[0], ref[1]) for p in b.procs.values()
+                    for fd, ref in p.fds.items()])
+                c.executemany("INSERT INTO proc_used VALUES (?,?,?)", [
+                    (p.id, i, node) for p in b.procs.values()
+                    for i, node in enumerate(p.used)])
+            if b.arts:
+                c.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?)",
+                              [a.row() for a in b.arts.values()])
+            if b.pending_done:
+                c.executemany("DELETE FROM pending WHERE seq=?", [(s,) for s in b.pending_done])
+            new_pending = [(s,) for s in self.an.pending if s > self.applied_seq]
+            if new_pending:
+                c.executemany("INSERT OR IGNORE INTO pending VALUES (?)", new_pending)
+            first_rel = b.relations[0][0] if b.relations else None
+            last_rel = b.relations[-1][0] if b.relations else None
+            first_seq = b.events[0][0] if b.events else None
+            c.execute("INSERT INTO chain VALUES (?,?,?,?,?,?)",
+                      (self.batches + 1, first_seq, last, first_rel, last_rel, head))
+            c.executemany("UPDATE meta SET value=? WHERE key=?", [
+                (str(last), "applied_seq"), (head.hex(), "chain_head"),
+                (str(self.batches + 1), "batches")])
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        self.chain_head = head
+        self.batches += 1
+
+    def counts(self) -> dict[str, int]:
+        q = self.conn.execute
+        out = {t: q(f"SELECT count(*) FROM {t}").fetchone()[0]
+               for t in ("events", "processes", "artifacts", "versions", "relations")}
+        for kind, n in q("SELECT kind, count(*) FROM relations GROUP BY kind"):
+            out[kind] = n
+        out["outcome_unknown"] = q("SELECT count(*) FROM pending").fetchone()[0]
+        return out
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,215 @@
+"""PASS semantics per syscall family, through the real store (SQLite) and apply path."""
+
+from __future__ import annotations
+
+import pytest
+from eventscript import Script
+
+from daemon.store import Store
+from provisor.events import FileId
+
+O_WRONLY, O_CREAT, O_TRUNC, O_CLOEXEC = 0o1, 0o100, 0o1000, 0o2000000
+W = O_WRONLY | O_CREAT | O_TRUNC
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "p.db"), "test-ring")
+    yield s
+    s.close()
+
+
+def labels(store: Store) -> set[tuple[str, str, str]]:
+    """Relations as (kind, src, dst) with readable node labels: p<tgid>.v<n> / f<name>.v<n>."""
+    q = store.conn.execute
+    names = {aid: path for aid, path in q(
+        "SELECT artifact_id, path FROM names n WHERE id = (SELECT min(id) FROM names "
+        "WHERE artifact_id = n.artifact_id)")}
+    tgids = dict(q("SELECT id, tgid FROM processes"))
+    kinds = {r[0]: r[1:] for r in q("SELECT id, kind, object_id, version FROM versions")}
+
+    def lab(node: int) -> str:
+        kind, obj, ver = kinds[node]
+        if kind == "process":
+            return f"p{tgids[obj]}.v{ver}"
+        return f"{kind}:{names.get(obj, obj)}.v{ver}"
+
+    return {(k, lab(s), lab(d)) for k, s, d in q("SELECT kind, src, dst FROM relations")}
+
+
+def test_cat_redirect_attributes_write_to_target(store):
+    """sh forks; the child opens b on fd 1 by dup2 (cat a > b), reads a, writes fd 1."""
+    sc = Script()
+    sc.fork(1, 10)
+    sc.open(10, "b", W, fd=3)
+    sc.call(10, "dup2", (3, 1), (), 1)
+    sc.call(10, "close", (3,), (), 0)
+    sc.call(10, "execve", (0, 0, 0), ["/bin/cat"], 0, argv=["cat", "a"])
+    sc.open(10, "a", 0, fd=3)
+    sc.call(10, "read", (3, 0, 4096), (), 100)
+    sc.call(10, "write", (1, 0, 100), (), 100)
+    store.apply(sc.records)
+    rel = labels(store)
+    assert ("wasInformedBy", "p10.v1", "p1.v1") in rel
+    assert ("used", "p10.v2", "file:/bin/cat.v1") in rel
+    assert ("used", "p10.v2", "file:/w/a.v1") in rel
+    assert ("wasGeneratedBy", "file:/w/b.v2", "p10.v2") in rel or \
+        ("wasGeneratedBy", "file:/w/b.v1", "p10.v2") in rel
+    derived = {r for r in rel if r[0] == "wasDerivedFrom" and r[2] == "file:/w/a.v1"}
+    assert derived and all(r[1].startswith("file:/w/b") for r in derived)
+
+
+def test_failed_calls_make_events_not_relations(store):
+    sc = Script()
+    sc.call(1, "openat", (-100, 0, 0, 0), ["missing"], -2)
+    sc.call(1, "read", (7, 0, 10), (), -9)
+    store.apply(sc.records)
+    assert store.counts()["events"] == 4
+    assert store.counts()["relations"] == 0
+
+
+def test_entry_without_exit_is_outcome_unknown(store):
+    sc = Script()
+    sc.open(1, "a", 0, fd=3)
+    e = sc.entry(1, "read", (3, 0, 10))
+    store.apply(sc.records)
+    rows = store.conn.execute("SELECT seq, name FROM outcome_unknown").fetchall()
+    assert rows == [(e, "read")]
+    # the exit arrives later (another batch): no longer unknown, and the relation appears
+    sc.exit(e, 1, "read", 10)
+    store.apply(sc.records)
+    assert store.conn.execute("SELECT count(*) FROM outcome_unknown").fetchone()[0] == 0
+    assert ("used", "p1.v1", "file:/w/a.v1") in labels(store)
+
+
+def test_pipe_between_two_processes(store):
+    """cat a | sort > c: the pipe is an artifact between writer and reader."""
+    sc = Script()
+    sc.call(1, "pipe2", (0, 0), (), 0, out_fds=[3, 4])
+    sc.fork(1, 20)
+    sc.fork(1, 21)
+    sc.call(20, "dup2", (4, 1), (), 1)
+    sc.open(20, "a", 0, fd=5)
+    sc.call(20, "read", (5, 0, 10), (), 10)
+    sc.call(20, "write", (1, 0, 10), (), 10)
+    sc.call(21, "dup2", (3, 0), (), 0)
+    sc.open(21, "c", W, fd=5)
+    sc.call(21, "read", (0, 0, 10), (), 10)
+    sc.call(21, "write", (5, 0, 10), (), 10)
+    store.apply(sc.records)
+    rel = labels(store)
+    pipe = [r for r in rel if r[0] == "wasGeneratedBy" and r[1].startswith("pipe")]
+    assert pipe and pipe[0][2] == "p20.v1"
+    pipe_node = pipe[0][1]
+    # (p21 generated c by opening it O_TRUNC first, so its read is by a later version)
+    assert any(r[0] == "used" and r[1].startswith("p21.") and r[2] == pipe_node for r in rel)
+    assert ("wasDerivedFrom", pipe_node, "file:/w/a.v1") in rel
+    assert any(r[0] == "wasDerivedFrom" and r[1].startswith("file:/w/c") and r[2] == pipe_node
+               for r in rel)
+
+
+def test_rename_chain_keeps_identity(store):
+    sc = Script()
+    sc.open(1, "x", W, fd=3, ino=77)
+    sc.call(1, "write", (3, 0, 5), (), 5)
+    sc.call(1, "rename", (0, 0), ["x", "y"], 0)
+    sc.call(1, "rename", (0, 0), ["y", "z"], 0)
+    sc.open(1, "z", 0, fd=4, ino=77)
+    store.apply(sc.records)
+    q = store.conn.execute
+    assert q("SELECT count(*) FROM artifacts WHERE kind='file'").fetchone()[0] == 1
+    names = q("SELECT path, unbind_seq IS NULL FROM names ORDER BY id").fetchall()
+    assert names == [("/w/x", 0), ("/w/y", 0), ("/w/z", 1)]
+
+
+def test_exec_replaces_image_and_cloexec(store):
+    sc = Script()
+    sc.open(1, "keep", 0, fd=3)
+    sc.open(1, "drop", O_CLOEXEC, fd=4)
+    sc.call(1, "execve", (0, 0, 0), ["/bin/tool"], 0, files=[FileId(8, 500, "/bin/tool"),
+                                                              FileId(8, 501, "/lib/ld.so")])
+    sc.call(1, "read", (4, 0, 1), (), 1)  # fd 4 closed at exec: unknown fd, no relation
+    sc.call(1, "read", (3, 0, 1), (), 1)
+    store.apply(sc.records)
+    rel = labels(store)
+    assert ("wasInformedBy", "p1.v2", "p1.v1") in rel
+    assert ("used", "p1.v2", "file:/bin/tool.v1") in rel
+    assert ("used", "p1.v2", "file:/lib/ld.so.v1") in rel
+    assert ("used", "p1.v2", "file:/w/keep.v1") in rel
+    assert not any("drop" in r[2] for r in rel)
+
+
+def test_read_write_same_file_avoids_cycle(store):
+    """A process that writes f, reads it back and writes again: versions, never a cycle."""
+    sc = Script()
+    sc.open(1, "f", O_CREAT | 2, fd=3)
+    sc.call(1, "write", (3, 0, 1), (), 1)
+    sc.call(1, "read", (3, 0, 1), (), 1)
+    sc.call(1, "write", (3, 0, 1), (), 1)
+    sc.fork(1, 2)
+    sc.call(2, "read", (3, 0, 1), (), 1)
+    sc.call(2, "write", (3, 0, 1), (), 1)
+    sc.call(1, "read", (3, 0, 1), (), 1)
+    store.apply(sc.records)
+    edges = store.conn.execute("SELECT src, dst FROM relations").fetchall()
+    graph: dict[int, list[int]] = {}
+    for s, d in edges:
+        graph.setdefault(s, []).append(d)
+    seen: dict[int, int] = {}
+
+    def dfs(n: int) -> None:
+        seen[n] = 1
+        for m in graph.get(n, []):
+            assert seen.get(m) != 1, "cycle in the provenance graph"
+            if m not in seen:
+                dfs(m)
+        seen[n] = 2
+
+    for n in list(graph):
+        if n not in seen:
+            dfs(n)
+    assert store.conn.execute("SELECT max(version) FROM versions WHERE kind='file'"
+                              ).fetchone()[0] >= 2
+
+
+def test_apply_is_idempotent(store):
+    sc = Script()
+    sc.open(1, "a", 0, fd=3)
+    sc.call(1, "read", (3, 0, 1), (), 1)
+    store.apply(sc.records)
+    before = store.counts()
+    store.apply(sc.records)
+    assert store.counts() == before
+    assert store.applied_seq == sc.seq
+
+
+def test_threads_share_the_process(store):
+    sc = Script()
+    sc.call(1, "clone", (0x10000 | 0x100, 0, 0, 0, 0), (), 101)
+    sc.open(1, "t", W, fd=3)
+    sc.call(1, "write", (3, 0, 1), (), 1, pid=101)
+    store.apply(sc.records)
+    assert store.conn.execute("SELECT count(*) FROM processes").fetchone()[0] == 1
+    assert ("wasGeneratedBy", "file:/w/t.v1", "p1.v1") in labels(store) or \
+        ("wasGeneratedBy", "file:/w/t.v2", "p1.v1") in labels(store)
+
+
+def test_reused_pid_is_a_new_process(store):
+    sc = Script()
+    sc.call(1, "read", (0, 0, 1), (), -9)
+    e = sc.entry(1, "read", (0, 0, 1))
+    store.apply(sc.records)
+    # same tgid, new start time
+    from pmem.layout import Record, RecType
+    from provisor.events import ENTRY, Event, encode
+    ev = Event(0, ENTRY, tgid=1, pid=1, start_time=999, comm="new")
+    store.apply([Record(e + 1, RecType.EVENT, 0, encode(ev))])
+    assert store.conn.execute("SELECT count(*) FROM processes WHERE tgid=1").fetchone()[0] == 2
+
+
+def test_db_of_another_ring_is_refused(tmp_path):
+    from provisor.errors import ProvisorError
+    Store(str(tmp_path / "d.db"), "ring-a").close()
+    with pytest.raises(ProvisorError, match="belongs to ring ring-a"):
+        Store(str(tmp_path / "d.db"), "ring-b")
+    Store(str(tmp_path / "d.db"), "ring-b", force=True).close()
