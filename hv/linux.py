@@ -1,0 +1,339 @@
+"""The Linux layer: tasks, CWDs, open files and user strings read from outside the guest.
+
+An API in the spirit of XenAccess/LibVMI on top of ``hv.memory``: the caller gives the kernel
+address space (the CR3 of a vCPU stopped in a syscall maps the user half too, PTI or not) and a
+profile (member offsets and symbols). Guest memory is hostile: every walk is bounded (string
+bytes, dentry depth, argv count and bytes), every pointer is checked before use, cycles are
+detected, and anything that fails yields ``None`` plus a flag, never an exception.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from hv.memory import Unreadable, Virtual, canonical
+from provisor.events import FileId
+
+MAX_STR = 4096
+MAX_DEPTH = 64  # dentries in one path
+MAX_MOUNTS = 16  # mount crossings in one path
+MAX_ARGV = 256
+MAX_ARGV_BYTES = 32 * 1024
+MAX_NAME = 255  # NAME_MAX: a longer qstr is a lie
+MAX_FDS = 1 << 20
+
+# every member the layer reads; a profile must provide them all
+MEMBERS = (
+    "task_struct.pid", "task_struct.tgid", "task_struct.comm", "task_struct.real_parent",
+    "task_struct.cred", "task_struct.start_time", "task_struct.fs", "task_struct.files",
+    "cred.uid", "fs_struct.pwd", "fs_struct.root", "path.mnt", "path.dentry",
+    "dentry.d_name", "dentry.d_parent", "dentry.d_inode", "qstr.name", "qstr.len",
+    "inode.i_ino", "inode.i_sb", "super_block.s_dev", "files_struct.fdt", "fdtable.max_fds",
+    "fdtable.fd", "file.f_path", "file.f_inode", "mount.mnt", "mount.mnt_parent",
+    "mount.mnt_mountpoint", "mount.mnt_id", "vfsmount.mnt_root",
+    "pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.r10", "pt_regs.r8", "pt_regs.r9",
+    "pt_regs.orig_ax",
+)
+
+
+class ProfileLike(Protocol):
+    def symbol(self, name: str) -> int: ...
+    def offset(self, member: str) -> int: ...
+
+
+class DictProfile:
+    """A profile from plain dicts: tests, and the fallback when no profile file exists."""
+
+    def __init__(self, symbols: dict[str, int], offsets: dict[str, int]) -> None:
+        self.symbols = symbols
+        self.offsets = offsets
+
+    def symbol(self, name: str) -> int:
+        return self.symbols[name]
+
+    def offset(self, member: str) -> int:
+        return self.offsets[member]
+
+
+class _Off:
+    """Member offsets resolved once into attributes: task_struct.pid -> self.task_struct_pid."""
+
+    def __init__(self, profile: ProfileLike) -> None:
+        missing = []
+        for m in MEMBERS:
+            try:
+                setattr(self, m.replace(".", "_"), int(profile.offset(m)))
+            except (KeyError, LookupError, TypeError, ValueError):
+                missing.append(m)
+        if missing:
+            raise KeyError(f"profile lacks {', '.join(missing)}")
+
+    def __getattr__(self, name: str) -> int:  # only reached for unknown members
+        raise AttributeError(name)
+
+
+@dataclass(slots=True)
+class Task:
+    addr: int
+    pid: int = 0
+    tgid: int = 0
+    ppid: int = 0
+    uid: int = 0
+    start_time: int = 0
+    comm: str = ""
+    fs: int = 0
+    files: int = 0
+    ok: bool = False
+
+
+def kernel_ptr(v: int) -> int:
+    """``v`` if it can be a kernel pointer, else Unreadable."""
+    if v < 0xFFFF_8000_0000_0000 or not canonical(v):
+        raise Unreadable(f"not a kernel pointer: {v:#x}")
+    return v
+
+
+def user_ptr(v: int) -> int:
+    if v == 0 or v >= 0x0000_8000_0000_0000:
+        raise Unreadable(f"not a user pointer: {v:#x}")
+    return v
+
+
+def encode_dev(kdev: int) -> int:
+    """Kernel dev_t (major << 20 | minor) to the st_dev user space sees (new_encode_dev)."""
+    major, minor = kdev >> 20, kdev & 0xFFFFF
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+
+
+class Linux:
+    def __init__(self, mem: Virtual, profile: ProfileLike, slide: int = 0) -> None:
+        self.mem = mem
+        self.o = _Off(profile)
+        self.current_task_off = profile.symbol("current_task")  # a per-cpu offset: no slide
+        self.slide = slide
+        o = self.o
+        fields = (o.task_struct_pid, o.task_struct_tgid, o.task_struct_comm,
+                  o.task_struct_real_parent, o.task_struct_cred, o.task_struct_start_time,
+                  o.task_struct_fs, o.task_struct_files)
+        self._task_lo = min(fields)
+        self._task_len = max(fields) + 16 - self._task_lo
+        self._regs_lo = min(o.pt_regs_di, o.pt_regs_si, o.pt_regs_dx, o.pt_regs_r10,
+                            o.pt_regs_r8, o.pt_regs_r9, o.pt_regs_orig_ax)
+        self._regs_len = max(o.pt_regs_di, o.pt_regs_si, o.pt_regs_dx, o.pt_regs_r10,
+                             o.pt_regs_r8, o.pt_regs_r9, o.pt_regs_orig_ax) + 8 - self._regs_lo
+
+    # -- primitives ----------------------------------------------------------------------
+    def u64(self, va: int) -> int:
+        return self.mem.u64(va)
+
+    def u32(self, va: int) -> int:
+        return struct.unpack("<I", self.mem.read(va, 4))[0]
+
+    def kptr(self, va: int) -> int:
+        return kernel_ptr(self.mem.u64(va))
+
+    def symbol_addr(self, profile: ProfileLike, name: str) -> int:
+        return profile.symbol(name) + self.slide
+
+    # -- tasks ---------------------------------------------------------------------------
+    def current_task(self, gs_base: int) -> int:
+        """The running task: the per-cpu ``current_task`` at gs_base (kernel mode)."""
+        return self.kptr(kernel_ptr(gs_base) + self.current_task_off)
+
+    def task(self, addr: int) -> Task:
+        """Identity of a task; ``ok`` False when its memory cannot be read."""
+        t = Task(addr)
+        o = self.o
+        try:
+            blob = self.mem.read(kernel_ptr(addr) + self._task_lo, self._task_len)
+            lo = self._task_lo
+
+            def at(off: int, fmt: str) -> int:
+                return struct.unpack_from(fmt, blob, off - lo)[0]
+
+            t.pid = at(o.task_struct_pid, "<i")
+            t.tgid = at(o.task_struct_tgid, "<i")
+            t.start_time = at(o.task_struct_start_time, "<Q")
+            comm = blob[o.task_struct_comm - lo:o.task_struct_comm - lo + 16]
+            t.comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+            t.fs = at(o.task_struct_fs, "<Q")
+            t.files = at(o.task_struct_files, "<Q")
+            parent = kernel_ptr(at(o.task_struct_real_parent, "<Q"))
+            t.ppid = struct.unpack("<i", self.mem.read(parent + o.task_struct_tgid, 4))[0]
+            cred = kernel_ptr(at(o.task_struct_cred, "<Q"))
+            t.uid = self.u32(cred + o.cred_uid)
+            t.ok = True
+        except (Unreadable, struct.error):
+            t.ok = False
+        return t
+
+    def syscall_args(self, regs_ptr: int) -> tuple[tuple[int, ...], int]:
+        """The six user arguments and orig_ax from a ``struct pt_regs``."""
+        o = self.o
+        blob = self.mem.read(kernel_ptr(regs_ptr) + self._regs_lo, self._regs_len)
+        lo = self._regs_lo
+
+        def at(off: int) -> int:
+            return struct.unpack_from("<Q", blob, off - lo)[0]
+
+        args = tuple(at(x) for x in (o.pt_regs_di, o.pt_regs_si, o.pt_regs_dx,
+                                     o.pt_regs_r10, o.pt_regs_r8, o.pt_regs_r9))
+        return args, at(o.pt_regs_orig_ax)
+
+    # -- paths ---------------------------------------------------------------------------
+    def _qstr(self, dentry: int) -> bytes:
+        o = self.o
+        q = dentry + o.dentry_d_name
+        n = self.u32(q + o.qstr_len)
+        if n > MAX_NAME:
+            raise Unreadable(f"dentry name of {n} bytes")
+        if n == 0:
+            return b""
+        return self.mem.read(self.kptr(q + o.qstr_name), n)
+
+    def path_of(self, mnt: int, dentry: int, root_mount: int | None = None
+                ) -> tuple[str | None, int]:
+        """Absolute path of (vfsmount, dentry), walking d_parent and crossing mounts.
+        Returns (path or None, mnt_id of ``mnt``'s mount). Bounded and cycle-safe; a path
+        on a mount outside the namespace tree (pipes, sockets) comes back as 'fs:[ino]'."""
+        o = self.o
+        try:
+            mount = kernel_ptr(mnt) - o.mount_mnt
+            dentry = kernel_ptr(dentry)
+            mnt_id = self.u32(mount + o.mount_mnt_id)
+        except Unreadable:
+            return None, 0
+        parts: list[bytes] = []
+        seen: set[tuple[int, int]] = set()
+        start_dentry = dentry
+        depth = crossings = 0
+        try:
+            while True:
+                if (dentry, mount) in seen:
+                    return None, mnt_id
+                seen.add((dentry, mount))
+                mnt_root = self.kptr(mount + o.mount_mnt + o.vfsmount_mnt_root)
+                parent = self.kptr(dentry + o.dentry_d_parent)
+                if dentry == mnt_root or parent == dentry:
+                    up = self.kptr(mount + o.mount_mnt_parent)
+                    if up == mount:  # the top of a mount tree
+                        if root_mount is not None and mount != root_mount - o.mount_mnt:
+                            return self._pseudo(start_dentry), mnt_id
+                        break
+                    crossings += 1
+                    if crossings > MAX_MOUNTS:
+                        return None, mnt_id
+                    dentry = self.kptr(mount + o.mount_mnt_mountpoint)
+                    mount = up
+                    continue
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return None, mnt_id
+                parts.append(self._qstr(dentry))
+                dentry = parent
+        except Unreadable:
+            return None, mnt_id
+        path = b"/" + b"/".join(reversed(parts))
+        return path.decode("utf-8", "surrogateescape"), mnt_id
+
+    def _pseudo(self, dentry: int) -> str:
+        try:
+            ino = self.u64(self.kptr(dentry + self.o.dentry_d_inode) + self.o.inode_i_ino)
+        except Unreadable:
+            ino = 0
+        try:
+            name = self._qstr(dentry).decode("utf-8", "replace")
+        except Unreadable:
+            name = ""
+        return name if ":" in name else f"anon:[{ino}]"
+
+    def _root_mount(self, fs: int) -> int | None:
+        try:
+            return self.kptr(kernel_ptr(fs) + self.o.fs_struct_root + self.o.path_mnt)
+        except Unreadable:
+            return None
+
+    def cwd(self, task: Task) -> tuple[str | None, int]:
+        """(CWD path or None, mnt_id of the mount holding it)."""
+        o = self.o
+        try:
+            fs = kernel_ptr(task.fs)
+            pwd = fs + o.fs_struct_pwd
+            mnt = self.kptr(pwd + o.path_mnt)
+            dentry = self.kptr(pwd + o.path_dentry)
+        except Unreadable:
+            return None, 0
+        return self.path_of(mnt, dentry, self._root_mount(fs))
+
+    # -- files ---------------------------------------------------------------------------
+    def fd_file(self, task: Task, fd: int) -> FileId | None:
+        """The file open as ``fd`` in ``task``: (st_dev, inode number, path); None if
+        the fd is not open or its structures cannot be read."""
+        o = self.o
+        if fd < 0 or fd >= MAX_FDS:
+            return None
+        try:
+            files = kernel_ptr(task.files)
+            fdt = self.kptr(files + o.files_struct_fdt)
+            if fd >= self.u32(fdt + o.fdtable_max_fds):
+                return None
+            arr = self.kptr(fdt + o.fdtable_fd)
+            f = self.u64(arr + 8 * fd)
+            if f == 0:
+                return None
+            f = kernel_ptr(f)
+            inode = self.kptr(f + o.file_f_inode)
+            ino = self.u64(inode + o.inode_i_ino)
+            sb = self.kptr(inode + o.inode_i_sb)
+            dev = encode_dev(self.u32(sb + o.super_block_s_dev))
+            mnt = self.u64(f + o.file_f_path + o.path_mnt)
+            dentry = self.u64(f + o.file_f_path + o.path_dentry)
+        except Unreadable:
+            return None
+        path, _ = self.path_of(mnt, dentry, self._root_mount(task.fs))
+        return FileId(dev, ino, path if path is not None else "")
+
+    # -- user memory ---------------------------------------------------------------------
+    def user_string(self, va: int, limit: int = MAX_STR) -> tuple[str | None, bool]:
+        """(string or None if unreadable, truncated)."""
+        try:
+            raw, trunc = self.mem.read_cstr(user_ptr(va), limit)
+        except Unreadable:
+            return None, False
+        return raw.decode("utf-8", "surrogateescape"), trunc
+
+    def user_strv(self, va: int, max_count: int = MAX_ARGV,
+                  max_bytes: int = MAX_ARGV_BYTES) -> tuple[list[str] | None, bool]:
+        """A NULL-terminated array of strings (argv, envp), bounded in count and bytes.
+        Returns (list or None if the array itself is unreadable, truncated)."""
+        if va == 0:
+            return [], False
+        out: list[str] = []
+        budget = max_bytes
+        try:
+            p = user_ptr(va)
+            while True:
+                if len(out) >= max_count or budget <= 0:
+                    return out, True
+                sp = self.u64(p)
+                if sp == 0:
+                    return out, False
+                s, trunc = self.user_string(sp, min(MAX_STR, budget))
+                if s is None:
+                    return out, True
+                out.append(s)
+                budget -= len(s) + 1
+                if trunc:
+                    return out, True
+                p += 8
+        except Unreadable:
+            return (out or None), True
+
+    def user_ints(self, va: int, count: int) -> list[int] | None:
+        try:
+            raw = self.mem.read(user_ptr(va), 4 * count)
+        except Unreadable:
+            return None
+        return list(struct.unpack(f"<{count}i", raw))
