@@ -40,8 +40,10 @@ def position_after(rec: L.Record, data_size: int) -> int:
 class Daemon:
     def __init__(self, ring_path: str, db_path: str, *, force: bool = False,
                  batch_min: int = 256, batch_max: int = 16384, status_interval: float = 5.0,
-                 fill_warn: float = 0.8, cpu: int | None = None) -> None:
-        self.consumer = Consumer.open(ring_path)
+                 fill_warn: float = 0.8, cpu: int | None = None,
+                 readonly: bool = False) -> None:
+        self.readonly = readonly  # forensic: read the image, never write it (no release)
+        self.consumer = Consumer.open(ring_path, readonly=readonly)
         try:
             self.store = Store(db_path, self.consumer.header.uuid_str, force=force)
             self.store.bind_ring(self.consumer.header.uuid_str)
@@ -74,7 +76,8 @@ class Daemon:
             return 0
         self.store.apply(recs)
         last = recs[-1]
-        self.consumer.release(last.seq, position_after(last, self.consumer.size))
+        if not self.readonly:
+            self.consumer.release(last.seq, position_after(last, self.consumer.size))
         self.stats.records += len(recs)
         self.stats.batches += 1
         # adapt: a full batch means we are behind; grow until we catch up
