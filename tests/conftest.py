@@ -1,0 +1,26 @@
+"""Shared fixtures: ring images on emulated pmem (/dev/shm when there is one) or simulated."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pmem import layout as L
+
+SMALL_RING = L.DATA_OFFSET + L.MIN_DATA  # 64 KiB of data: wraps after a few hundred records
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """A private directory in /dev/shm (fast, like the default ring path), else in /tmp."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    d = tempfile.mkdtemp(prefix="provisor-test-", dir=base)
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
