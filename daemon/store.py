@@ -19,6 +19,7 @@ import sqlite_utils
 from daemon import chain
 from daemon.analyzer import Analyzer, Art, Batch, Proc
 from pmem.layout import Record, RecType
+from provisor import faults
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 
@@ -292,7 +293,9 @@ class Store:
             c.executemany("UPDATE meta SET value=? WHERE key=?", [
                 (str(last), "applied_seq"), (head.hex(), "chain_head"),
                 (str(self.batches + 1), "batches")])
+            faults.point("before_commit")
             c.execute("COMMIT")
+            faults.point("after_commit")
         except BaseException:
             if c.in_transaction:
                 c.execute("ROLLBACK")

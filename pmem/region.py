@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from enum import Enum
+from enum import StrEnum
 
 from pmem.libpmem import libpmem
 from provisor.errors import ProvisorError
@@ -20,7 +20,7 @@ PAGE = mmap.PAGESIZE
 DEFAULT_DIR = "/dev/shm"
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     PMEM = "pmem"  # DAX on persistent memory: pmem_persist
     EMULATED = "emulated"  # libpmem on a non-pmem file: pmem_msync
     MMAP = "mmap"  # no libpmem: Python mmap.flush (msync)

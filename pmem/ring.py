@@ -16,6 +16,7 @@ from enum import StrEnum
 from pmem import layout as L
 from pmem.layout import FormatError, Header, ProducerState, Record, RecType
 from pmem.region import Region, RegionError
+from provisor import faults
 from provisor.errors import ProvisorError
 
 
@@ -133,7 +134,13 @@ class Producer(_RingBase):
         return self.size - used if used else 0
 
     def _refresh_head(self) -> None:
+        old = self.header.generation
         hdr = self.reload_header()
+        if hdr.generation != old:
+            # The consumer may not have flushed this copy yet: make it durable before reusing
+            # the space it frees, or a power failure brings back the old checkpoint pointing
+            # at overwritten records (a flush from any core writes the line back).
+            self.region.persist(self._slot * L.HEADER_SLOT, L.HEADER_LEN)
         self._head_seq, self._head_off = hdr.checkpoint_seq, hdr.checkpoint_off
 
     def _need(self, nbytes: int) -> int:
@@ -330,7 +337,10 @@ class Consumer(_RingBase):
         hdr = self.header.advanced(seq, off)
         slot = L.header_slot_for(hdr.generation)
         base = slot * L.HEADER_SLOT
-        self.buf[base:base + L.HEADER_LEN] = hdr.pack()
+        packed = hdr.pack()
+        self.buf[base:base + 64] = packed[:64]
+        faults.point("mid_release")  # a torn header copy: the other copy must still serve
+        self.buf[base + 64:base + L.HEADER_LEN] = packed[64:]
         self.region.persist(base, L.HEADER_LEN)
         self.header, self._slot = hdr, slot
 
