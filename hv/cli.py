@@ -4,4 +4,6 @@ from __future__ import annotations
 
 import click
 
-COMMANDS: list[click.Command] = []
+from hv.synth import synth_command
+
+COMMANDS: list[click.Command] = [synth_command]
