@@ -31,6 +31,20 @@ class StoreError(ProvisorError):
     pass
 
 
+# Covering indexes for the recursive lineage walks of daemon/query.py: a step up (src -> dst)
+# or down (dst -> src), optionally within a time window, reads only the index.
+QUERY_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS relations_walk_up ON relations(src, ts_ns, dst)",
+    "CREATE INDEX IF NOT EXISTS relations_walk_down ON relations(dst, ts_ns, src)",
+)
+
+
+def ensure_indexes(conn: sqlite3.Connection) -> None:
+    """Additive migration: create the query indexes on databases made before they existed."""
+    for sql in QUERY_INDEXES:
+        conn.execute(sql)
+
+
 def _schema(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")
     db["events"].create({
@@ -73,6 +87,7 @@ def _schema(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["tgid", "seq"])
     db["artifacts"].create_index(["dev", "ino"])
     db["processes"].create_index(["tgid"])
+    ensure_indexes(db.conn)
     db.execute("""CREATE VIEW outcome_unknown AS
         SELECT e.* FROM events e JOIN pending p ON p.seq = e.seq""")
 
@@ -102,6 +117,8 @@ class Store:
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
+                if exists:
+                    ensure_indexes(self.conn)
             if not exists:
                 self._create(ring_uuid)
         except sqlite3.DatabaseError as e:
