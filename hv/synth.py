@@ -33,6 +33,7 @@ from provisor.errors import ProvisorError
 from provisor.events import ENTRY, EXIT, F_FILE_UNREADABLE, Event, FileId, encode
 
 U64 = 1 << 64
+_Z6 = (0, 0, 0, 0, 0, 0)
 AT_FDCWD_REG = U64 - 100  # AT_FDCWD as the register holds it
 
 O_RDONLY, O_WRONLY, O_RDWR = 0, 1, 2
@@ -289,6 +290,8 @@ class Guest:
             files: list[FileId] | None = None, flags: int = 0,
             argv: list[str] | None = None) -> Event:
         p = t.proc
+        if len(args) != 6:
+            args = (args + _Z6)[:6]
         if paths is not None:
             return Event(nr, ENTRY, 0, 0, 0, p.tgid, t.pid, p.ppid, p.uid, p.start_time, None,
                          p.cwd_mnt, args, flags, p.comm, p.cwd, paths, argv, None, files or [],
@@ -389,7 +392,8 @@ class Guest:
         def emitted() -> int:
             return base + len(self.out)
 
-        margin = crash_tail + 3 + 2 * 16
+        spare = 16 if crash_tail else 0  # room for threads an exit_group may take along
+        margin = crash_tail + 8 + spare
         while emitted() + self.open_entries + margin + 2 * max(
                 0, crash_tail - len(self.runnable)) < n:
             self._step()
@@ -399,6 +403,13 @@ class Guest:
                 self.out = []
         # drain: every open entry gets its exit
         for t in list(self.pids.values()):
+            if t.pending is not None:
+                self._leave(t)
+        # then calls one at a time (entry, exit) until only a few events remain
+        while n - emitted() - crash_tail >= 7 + spare + 2 * max(
+                0, crash_tail - len(self.runnable)):
+            t = self.runnable[int(self.r() * len(self.runnable))]
+            self._enter(t)
             if t.pending is not None:
                 self._leave(t)
         rest = n - emitted() - crash_tail
