@@ -1,0 +1,672 @@
+"""Lineage queries over the provenance store: what an examiner asks of it.
+
+Every answer is a :class:`Result` (nodes, edges, table rows, outcome-unknown events) so that the
+CLI can print it as a table, JSON or Graphviz DOT without knowing the query. Walks are recursive
+CTEs over the covering indexes ``relations_walk_up`` / ``relations_walk_down`` (daemon/store.py),
+so a step reads only the index. All edges point from effect to cause (used: process -> artifact,
+wasGeneratedBy: artifact -> process, wasInformedBy: newer/child -> older/parent, wasDerivedFrom:
+artifact -> artifact), so *ancestors* follow ``src -> dst`` and *descendants* ``dst -> src``.
+
+TARGET syntax (see :func:`resolve`): an absolute path (current or past name: the artifact it
+names now, else the one it named last), or ``v:ID`` (one version node), ``artifact:ID`` /
+``a:ID``, ``process:ID`` / ``p:ID`` (object ids, as shown in query output), ``tgid:N`` (the last
+process with that thread-group id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from daemon.store import APP_ID, QUERY_INDEXES, SCHEMA_VERSION
+from provisor.errors import ProvisorError
+from provisor.events import EventDecodeError, decode
+
+NO_LIMIT = 1 << 62
+EPOCH_MIN_NS = 10**17  # timestamps below this are nanoseconds since boot, not since 1970
+TARGET_HELP = ("an absolute path, or an id: v:VERSION, artifact:ID (a:ID), process:ID (p:ID), "
+               "tgid:N")
+
+
+class QueryError(ProvisorError):
+    pass
+
+
+# -- opening and input ---------------------------------------------------------------------
+def connect(path: str) -> sqlite3.Connection:
+    """Open a provisor DB for reading; add missing query indexes first when it is writable
+    (an older DB), so walks never fall back to a table scan."""
+    if not path:
+        raise QueryError("no database given (--db, or [daemon] db in the config)")
+    if os.path.isdir(path):
+        raise QueryError(f"{path}: is a directory")
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        raise QueryError(f"{path}: no such database")
+    writable = os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)),
+                                                      os.W_OK)
+    try:
+        conn = sqlite3.connect(path if writable else f"file:{path}?mode=ro", uri=not writable,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        if conn.execute("PRAGMA application_id").fetchone()[0] != APP_ID:
+            raise QueryError(f"{path}: not a provisor database")
+        ver = int(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        if ver > SCHEMA_VERSION:
+            raise QueryError(f"{path}: schema version {ver} is newer than this provisor")
+        have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        if writable and any(sql.split()[5] not in have for sql in QUERY_INDEXES):
+            for sql in QUERY_INDEXES:
+                conn.execute(sql)
+        conn.execute("PRAGMA query_only=1")
+    except sqlite3.DatabaseError as e:
+        raise QueryError(f"{path}: {e}") from None
+    return conn
+
+
+def parse_time(text: str | int | None) -> int | None:
+    """ISO-8601 (naive means UTC) or an integer of nanoseconds -> nanoseconds."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int):
+        return text
+    t = text.strip()
+    if t.lstrip("-").isdigit():
+        return int(t)
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        raise QueryError(f"not a timestamp: {text!r} (use ISO-8601 such as "
+                         "2026-11-23T08:00:00Z, or nanoseconds)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
+
+
+def fmt_ts(ns: int | None) -> str:
+    """Wall-clock ISO time for epoch timestamps, seconds since boot for small ones."""
+    if ns is None:
+        return "-"
+    if ns >= EPOCH_MIN_NS:
+        dt = datetime.fromtimestamp(ns // 10**9, UTC).replace(microsecond=ns % 10**9 // 1000)
+        return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return f"+{ns / 1e9:.6f}s"
+
+
+def _normpath(path: str) -> str:
+    parts: list[str] = []
+    for seg in path.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if parts:
+                parts.pop()
+        else:
+            parts.append(seg)
+    return "/" + "/".join(parts)
+
+
+# -- results -------------------------------------------------------------------------------
+@dataclass
+class Result:
+    query: str
+    target: str
+    columns: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    nodes: dict[int, dict] = field(default_factory=dict)
+    edges: list[dict] = field(default_factory=list)
+    unknown: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"query": self.query, "target": self.target, "notes": self.notes,
+                "rows": self.rows, "nodes": list(self.nodes.values()), "edges": self.edges,
+                "outcome_unknown": self.unknown}
+
+
+@dataclass
+class Target:
+    text: str
+    nodes: list[int]
+    desc: str
+    artifacts: list[int] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)
+
+
+class Window:
+    """A --since/--until window over timestamps in nanoseconds (inclusive)."""
+
+    def __init__(self, since: int | None = None, until: int | None = None) -> None:
+        self.lo = since if since is not None else -NO_LIMIT
+        self.hi = until if until is not None else NO_LIMIT
+        if self.lo > self.hi:
+            raise QueryError("--since is after --until")
+
+    def __contains__(self, ns: int | None) -> bool:
+        return ns is None or self.lo <= ns <= self.hi
+
+
+def _ints(xs: Iterable[int]) -> str:
+    return json.dumps(sorted(set(xs)))
+
+
+# -- targets -------------------------------------------------------------------------------
+def resolve(conn: sqlite3.Connection, text: str, all_versions: bool = False) -> Target:
+    """TARGET -> start nodes. A path names an artifact through ``names`` (bound now, else the
+    last binding); ``all_versions`` starts from every version of the object, not the latest."""
+    q = conn.execute
+    t = (text or "").strip()
+    prefix, _, num = t.partition(":")
+    if t.startswith("/"):
+        path = _normpath(t)
+        row = q("SELECT artifact_id FROM names WHERE path=? "
+                "ORDER BY unbind_seq IS NULL DESC, bind_seq DESC, id DESC LIMIT 1",
+                (path,)).fetchone()
+        if row is None:
+            raise QueryError(f"{path}: no file of that name in the store")
+        aid = row[0]
+        others = [r[0] for r in q("SELECT DISTINCT artifact_id FROM names WHERE path=? AND "
+                                  "artifact_id != ?", (path, aid))]
+        tg = _artifact_target(conn, t, aid, all_versions)
+        if others:
+            tg.desc += (" (the name also denoted artifact " + ", ".join(map(str, others))
+                        + "; use artifact:ID or `history` for those)")
+        return tg
+    if not num.isdigit() or prefix not in ("v", "version", "a", "artifact", "p", "process",
+                                           "tgid"):
+        raise QueryError(f"bad target {text!r}: expected {TARGET_HELP}")
+    n = int(num)
+    if prefix in ("v", "version"):
+        row = q("SELECT kind, object_id FROM versions WHERE id=?", (n,)).fetchone()
+        if row is None:
+            raise QueryError(f"no version v:{n}")
+        tg = Target(t, [n], f"version v:{n}")
+        (tg.processes if row[0] == "process" else tg.artifacts).append(row[1])
+        return tg
+    if prefix in ("a", "artifact"):
+        if q("SELECT 1 FROM artifacts WHERE id=?", (n,)).fetchone() is None:
+            raise QueryError(f"no artifact:{n}")
+        return _artifact_target(conn, t, n, all_versions)
+    if prefix == "tgid":
+        row = q("SELECT id FROM processes WHERE tgid=? ORDER BY id DESC LIMIT 1", (n,)).fetchone()
+        if row is None:
+            raise QueryError(f"no process with tgid {n}")
+        n = row[0]
+    row = q("SELECT node, tgid FROM processes WHERE id=?", (n,)).fetchone()
+    if row is None:
+        raise QueryError(f"no process:{n}")
+    nodes = ([r[0] for r in q("SELECT id FROM versions WHERE kind='process' AND object_id=? "
+                              "ORDER BY version", (n,))] if all_versions else [row[0]])
+    return Target(t, nodes, f"process:{n} (tgid {row[1]})", processes=[n])
+
+
+def _artifact_target(conn: sqlite3.Connection, text: str, aid: int, all_versions: bool
+                     ) -> Target:
+    q = conn.execute
+    kind, node, path = q("SELECT kind, node, path FROM artifacts WHERE id=?", (aid,)).fetchone()
+    nodes = ([r[0] for r in q("SELECT id FROM versions WHERE kind=? AND object_id=? "
+                              "ORDER BY version", (kind, aid))] if all_versions else [node])
+    return Target(text, nodes, f"artifact:{aid} ({kind} {path or ''})".replace(" )", ")"),
+                  artifacts=[aid])
+
+
+# -- node and edge details -----------------------------------------------------------------
+def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, dict]:
+    """Version id -> a dict with its object and a readable label (the name it had then)."""
+    ids = list(ids)
+    if not ids:
+        return {}
+    out: dict[int, dict] = {}
+    arts: set[int] = set()
+    for (vid, kind, obj, ver, seq, ts, reason, tgid, exe, comm, uid, path, dev, ino) in conn.execute(
+            "SELECT v.id, v.kind, v.object_id, v.version, v.seq, v.ts_ns, v.reason, p.tgid, "
+            "p.exe, p.comm, p.uid, a.path, a.dev, a.ino FROM versions v "
+            "LEFT JOIN processes p ON v.kind='process' AND p.id=v.object_id "
+            "LEFT JOIN artifacts a ON v.kind!='process' AND a.id=v.object_id "
+            "WHERE v.id IN (SELECT value FROM json_each(?))", (_ints(ids),)):
+        d = {"id": vid, "kind": kind, "object_id": obj, "version": ver, "seq": seq,
+             "ts_ns": ts, "time": fmt_ts(ts), "reason": reason}
+        if kind == "process":
+            d.update(tgid=tgid, exe=exe, comm=comm, uid=uid)
+        else:
+            d.update(path=path, dev=dev, ino=ino)
+            arts.add(obj)
+        out[vid] = d
+    procs = {d["object_id"] for d in out.values() if d["kind"] == "process"}
+    if procs:
+        exes: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        for obj, ver, paths, cwd in conn.execute(
+                "SELECT v.object_id, v.version, en.paths, en.cwd FROM versions v "
+                "JOIN events x ON x.seq = v.seq JOIN events en ON en.seq = x.entry_seq "
+                "WHERE v.kind='process' AND v.reason='execve' AND v.object_id IN "
+                "(SELECT value FROM json_each(?)) ORDER BY v.version", (_ints(procs),)):
+            if paths:
+                p = paths.split("\n")[0]
+                exes[obj].append((ver, _normpath(p if p.startswith("/") else
+                                                 f"{cwd or '/'}/{p}")))
+        for d in out.values():
+            if d["kind"] == "process":
+                # the image this version runs: the last exec at or before it
+                run = [e for v, e in exes.get(d["object_id"], []) if v <= d["version"]]
+                d["exe"] = run[-1] if run else None
+    if arts:
+        names: dict[int, list[tuple[int, int | None, str]]] = defaultdict(list)
+        for aid, path, b, u in conn.execute(
+                "SELECT artifact_id, path, bind_seq, unbind_seq FROM names WHERE artifact_id IN "
+                "(SELECT value FROM json_each(?)) ORDER BY bind_seq, id", (_ints(arts),)):
+            names[aid].append((b, u, path))
+        for d in out.values():
+            if d["kind"] == "process":
+                continue
+            ns = names.get(d["object_id"], [])
+            # the name bound when this version came to be, else the first one given later
+            at = [p for b, u, p in ns if b <= d["seq"] and (u is None or u > d["seq"])]
+            d["path"] = at[-1] if at else (ns[0][2] if ns else d["path"])
+            d["deleted"] = bool(ns) and all(u is not None for _b, u, _p in ns)
+    for d in out.values():
+        d["label"] = label(d)
+    return out
+
+
+def label(d: dict) -> str:
+    if d["kind"] == "process":
+        who = d.get("exe") or d.get("comm") or "?"
+        return f"process {d.get('tgid')} {who} v{d['version']}"
+    name = d.get("path") or f"#{d['object_id']}"
+    gone = " (deleted)" if d.get("deleted") else ""
+    return f"{d['kind']} {name} v{d['version']}{gone}"
+
+
+def fetch_edges(conn: sqlite3.Connection, nodes: set[int], up: bool, win: Window,
+                inner: bool = True) -> list[dict]:
+    """The relations leaving ``nodes`` upwards (src in nodes), else arriving (dst in nodes);
+    with ``inner`` only those whose other end is in ``nodes`` too."""
+    if not nodes:
+        return []
+    col = "src" if up else "dst"
+    out = []
+    for rid, kind, src, dst, en, ex, ts, name in conn.execute(
+            f"SELECT r.id, r.kind, r.src, r.dst, r.entry_seq, r.exit_seq, r.ts_ns, e.name "
+            f"FROM relations r LEFT JOIN events e ON e.seq = r.exit_seq "
+            f"WHERE r.{col} IN (SELECT value FROM json_each(?)) AND r.ts_ns BETWEEN ? AND ?",
+            (_ints(nodes), win.lo, win.hi)):
+        if not inner or (dst if up else src) in nodes:
+            out.append({"id": rid, "kind": kind, "src": src, "dst": dst, "entry_seq": en,
+                        "exit_seq": ex, "ts_ns": ts, "time": fmt_ts(ts), "syscall": name})
+    return out
+
+
+def outcome_unknown(conn: sqlite3.Connection, procs: set[int] | None = None,
+                    arts: dict[int, tuple] | None = None, paths: set[str] | None = None
+                    ) -> list[dict]:
+    """Entries whose exit never came: the syscall may or may not have happened. Those of the
+    given process objects, or touching the given artifacts ((dev, ino)) or absolute paths."""
+    rows = conn.execute(
+        "SELECT e.seq, e.ts_ns, e.tgid, e.pid, e.name, e.cwd, e.paths, e.payload, "
+        "(SELECT id FROM processes p WHERE p.tgid = e.tgid AND p.first_seq <= e.seq "
+        " AND (p.exit_seq IS NULL OR p.exit_seq >= e.seq) ORDER BY id DESC LIMIT 1) "
+        "FROM pending k JOIN events e ON e.seq = k.seq ORDER BY e.seq").fetchall()
+    devino = {v: k for k, v in (arts or {}).items() if v[1]}
+    out = []
+    for seq, ts, tgid, pid, name, cwd, epaths, payload, proc in rows:
+        abspaths = [_normpath(p if p.startswith("/") else f"{cwd or '/'}/{p}")
+                    for p in (epaths or "").split("\n") if p]
+        hit_arts: list[int] = []
+        try:
+            ev = decode(payload, seq)
+            hit_arts = [devino[(f.dev, f.ino)] for f in ev.files if (f.dev, f.ino) in devino]
+            arg0 = ev.arg(0)
+        except EventDecodeError:
+            arg0 = None
+        if not ((procs and proc in procs) or hit_arts or (paths and set(abspaths) & paths)):
+            continue
+        out.append({"seq": seq, "ts_ns": ts, "time": fmt_ts(ts), "tgid": tgid, "pid": pid,
+                    "process_id": proc, "syscall": name, "paths": abspaths, "arg0": arg0,
+                    "artifacts": hit_arts, "outcome": "unknown"})
+    return out
+
+
+def _unknown_text(u: dict) -> str:
+    what = ", ".join(u["paths"]) if u["paths"] else f"fd {u['arg0']}"
+    return f"{u['syscall']}({what})"
+
+
+# -- walks ---------------------------------------------------------------------------------
+def walk(conn: sqlite3.Connection, starts: list[int], up: bool, depth: int | None = None,
+         win: Window | None = None) -> set[int]:
+    """Every node reachable from ``starts`` (ancestors when ``up``), within ``depth`` steps
+    and over relations inside the time window."""
+    win = win or Window()
+    a, b = ("src", "dst") if up else ("dst", "src")
+    if depth is None:
+        sql = (f"WITH RECURSIVE w(node) AS (SELECT value FROM json_each(?) UNION "
+               f"SELECT r.{b} FROM w JOIN relations r ON r.{a} = w.node "
+               f"WHERE r.ts_ns BETWEEN ? AND ?) SELECT node FROM w")
+        args: tuple = (_ints(starts), win.lo, win.hi)
+    else:
+        sql = (f"WITH RECURSIVE w(node, d) AS (SELECT value, 0 FROM json_each(?) UNION "
+               f"SELECT r.{b}, w.d + 1 FROM w JOIN relations r ON r.{a} = w.node "
+               f"WHERE w.d < ? AND r.ts_ns BETWEEN ? AND ?) SELECT DISTINCT node FROM w")
+        args = (_ints(starts), depth, win.lo, win.hi)
+    return {r[0] for r in conn.execute(sql, args)}
+
+
+def _depths(starts: list[int], edges: list[dict], up: bool) -> dict[int, int]:
+    adj: dict[int, list[int]] = defaultdict(list)
+    for e in edges:
+        s, d = (e["src"], e["dst"]) if up else (e["dst"], e["src"])
+        adj[s].append(d)
+    dist = {s: 0 for s in starts}
+    dq = deque(starts)
+    while dq:
+        n = dq.popleft()
+        for m in adj[n]:
+            if m not in dist:
+                dist[m] = dist[n] + 1
+                dq.append(m)
+    return dist
+
+
+def lineage(conn: sqlite3.Connection, target: str, up: bool, depth: int | None = None,
+            win: Window | None = None, all_versions: bool = False) -> Result:
+    """ancestors (``up``) or descendants of TARGET, with outcome-unknown events of the
+    processes involved."""
+    win = win or Window()
+    if depth is not None and depth < 0:
+        raise QueryError("--depth must not be negative")
+    tg = resolve(conn, target, all_versions)
+    nodes = walk(conn, tg.nodes, up, depth, win)
+    edges = fetch_edges(conn, nodes, up, win)
+    info = describe_nodes(conn, nodes)
+    dist = _depths(tg.nodes, edges, up)
+    via: dict[int, str] = {}
+    for e in edges:
+        via.setdefault(e["dst"] if up else e["src"], e["kind"])
+    res = Result("ancestors" if up else "descendants", target,
+                 ["depth", "node", "kind", "object", "time", "seq", "reason", "via"])
+    res.notes.append(f"{res.query} of {tg.desc}: {len(nodes) - len(tg.nodes)} nodes, "
+                     f"{len(edges)} relations")
+    for n, d in info.items():
+        d["depth"] = dist.get(n, 0)
+    res.nodes = info
+    res.edges = edges
+    for d in sorted(info.values(), key=lambda d: (d["depth"], d["seq"], d["id"])):
+        res.rows.append({"depth": d["depth"], "node": f"v:{d['id']}", "kind": d["kind"],
+                         "object": d["label"], "time": d["time"], "seq": d["seq"],
+                         "reason": d["reason"], "via": via.get(d["id"], "(target)")
+                         if d["depth"] else "(target)"})
+    procs = {d["object_id"] for d in info.values() if d["kind"] == "process"}
+    arts = _art_ids(conn, {d["object_id"] for d in info.values() if d["kind"] != "process"})
+    res.unknown = [u for u in outcome_unknown(conn, procs, arts) if u["ts_ns"] in win]
+    _unknown_rows(res)
+    return res
+
+
+def _art_ids(conn: sqlite3.Connection, ids: set[int]) -> dict[int, tuple]:
+    return {r[0]: (r[1], r[2]) for r in conn.execute(
+        "SELECT id, dev, ino FROM artifacts WHERE id IN (SELECT value FROM json_each(?))",
+        (_ints(ids),))}
+
+
+def _unknown_rows(res: Result) -> None:
+    """Outcome-unknown entries as rows of their own, so a table shows them too."""
+    for u in res.unknown:
+        row = dict.fromkeys(res.columns, "")
+        row.update({"time": u["time"], "seq": u["seq"]})
+        first = res.columns[0]
+        row[first] = "?"
+        for col in ("object", "what", "process"):
+            if col in row:
+                row[col] = f"{_unknown_text(u)} by tgid {u['tgid']}"
+                break
+        for col in ("reason", "action", "syscall"):
+            if col in row:
+                row[col] = "OUTCOME UNKNOWN"
+                break
+        res.rows.append(row)
+
+
+# -- history, writers, process -------------------------------------------------------------
+def _path_artifacts(conn: sqlite3.Connection, target: str) -> tuple[list[int], str]:
+    t = (target or "").strip()
+    if t.startswith("/"):
+        path = _normpath(t)
+        ids = [r[0] for r in conn.execute(
+            "SELECT artifact_id FROM names WHERE path=? GROUP BY artifact_id "
+            "ORDER BY min(bind_seq)", (path,))]
+        if not ids:
+            raise QueryError(f"{path}: no file of that name in the store")
+        return ids, path
+    tg = resolve(conn, t)
+    if not tg.artifacts:
+        raise QueryError(f"{target}: not a file (give a path or artifact:ID)")
+    return tg.artifacts[:1], ""
+
+
+def history(conn: sqlite3.Connection, target: str, depth: int | None = None,
+            win: Window | None = None) -> Result:
+    """Every artifact ever named PATH, its names over time (renamed, replaced, deleted,
+    re-created), each version and what made it."""
+    win = win or Window()
+    aids, path = _path_artifacts(conn, target)
+    q = conn.execute
+    res = Result("history", target, ["artifact", "version", "node", "time", "seq", "reason",
+                                     "made by", "derived from"])
+    starts: list[int] = []
+    for aid in aids:
+        kind, dev, ino, created = q("SELECT kind, dev, ino, created_seq FROM artifacts "
+                                    "WHERE id=?", (aid,)).fetchone()
+        names = q("SELECT path, bind_seq, unbind_seq FROM names WHERE artifact_id=? "
+                  "ORDER BY bind_seq, id", (aid,)).fetchall()
+        spans = []
+        for p, b, u in names:
+            end = "now" if u is None else f"seq {u}"
+            why = ""
+            if u is not None:
+                nxt = q("SELECT artifact_id FROM names WHERE path=? AND bind_seq=? AND "
+                        "artifact_id != ?", (p, u, aid)).fetchone()
+                moved = [p2 for p2, b2, _u2 in names if b2 == u and p2 != p]
+                why = (f" renamed to {moved[0]}" if moved else
+                       f" replaced by artifact:{nxt[0]}" if nxt else " deleted")
+            spans.append(f"{p} [seq {b} .. {end}]{why}")
+        ident = f"dev {dev} ino {ino}" if ino else "no inode seen"
+        res.notes.append(f"artifact:{aid} {kind} ({ident}), created at seq {created}: "
+                         + "; ".join(spans))
+        vers = q("SELECT id, version, seq, ts_ns, reason FROM versions WHERE kind=? AND "
+                 "object_id=? ORDER BY version", (kind, aid)).fetchall()
+        starts += [v[0] for v in vers]
+    nodes = set(starts) | walk(conn, starts, True, max(depth or 1, 1), win)
+    edges = fetch_edges(conn, nodes, True, win)
+    info = describe_nodes(conn, nodes)
+    direct: dict[int, list[dict]] = defaultdict(list)
+    for e in edges:
+        direct[e["src"]].append(e)
+    for vid in starts:
+        d = info[vid]
+        if d["ts_ns"] not in win:
+            continue
+        made = [f"{info[e['dst']]['label']} ({e['syscall']} seq {e['exit_seq']})"
+                for e in direct[vid] if e["kind"] == "wasGeneratedBy"]
+        src = [info[e["dst"]]["label"] for e in direct[vid] if e["kind"] == "wasDerivedFrom"]
+        res.rows.append({"artifact": f"artifact:{d['object_id']}", "version": d["version"],
+                         "node": f"v:{vid}", "time": d["time"], "seq": d["seq"],
+                         "reason": d["reason"], "made by": "; ".join(made) or "-",
+                         "derived from": "; ".join(src) or "-"})
+    res.nodes, res.edges = info, edges
+    res.unknown = [u for u in outcome_unknown(conn, None, _art_ids(conn, set(aids)),
+                                              {path} if path else None) if u["ts_ns"] in win]
+    _unknown_rows(res)
+    return res
+
+
+def writers(conn: sqlite3.Connection, target: str, depth: int | None = None,
+            win: Window | None = None) -> Result:
+    """Who wrote the file (every artifact ever named PATH, every version); with ``depth`` N >
+    1 also who wrote what it was derived from, N-1 derivation steps back."""
+    win = win or Window()
+    aids, path = _path_artifacts(conn, target)
+    starts = [r[0] for r in conn.execute(
+        "SELECT v.id FROM versions v JOIN artifacts a ON a.id = v.object_id AND a.kind = v.kind "
+        "WHERE a.id IN (SELECT value FROM json_each(?))", (_ints(aids),))]
+    # derivation hops (artifact -> artifact only), then the generators of all of them
+    hops = {s: 0 for s in starts}
+    frontier = list(starts)
+    for h in range(1, (depth or 1)):
+        nxt = [r for r in conn.execute(
+            "SELECT DISTINCT dst FROM relations WHERE kind='wasDerivedFrom' AND src IN "
+            "(SELECT value FROM json_each(?)) AND ts_ns BETWEEN ? AND ?",
+            (_ints(frontier), win.lo, win.hi))]
+        frontier = [r[0] for r in nxt if r[0] not in hops]
+        for n in frontier:
+            hops[n] = h
+    gens = [e for e in fetch_edges(conn, set(hops), True, win, inner=False)
+            if e["kind"] == "wasGeneratedBy"]
+    info = describe_nodes(conn, set(hops) | {e["dst"] for e in gens})
+    res = Result("writers", target, ["hop", "time", "seq", "process", "uid", "syscall",
+                                     "wrote"])
+    for e in sorted(gens, key=lambda e: (hops[e["src"]], e["exit_seq"] or 0)):
+        p = info[e["dst"]]
+        res.rows.append({"hop": hops[e["src"]], "time": e["time"], "seq": e["exit_seq"],
+                         "process": p["label"], "uid": p.get("uid"), "syscall": e["syscall"],
+                         "wrote": info[e["src"]]["label"]})
+    res.notes.append(f"writers of {path or target}: {len(res.rows)} writes by "
+                     f"{len({e['dst'] for e in gens})} process versions")
+    res.nodes = info
+    res.edges = gens
+    res.unknown = [u for u in outcome_unknown(conn, None, _art_ids(conn, set(aids)),
+                                              {path} if path else None) if u["ts_ns"] in win]
+    _unknown_rows(res)
+    return res
+
+
+ACTIONS = {"execve": "executed", "execveat": "executed", "mmap": "mapped"}
+
+
+def process(conn: sqlite3.Connection, target: str, depth: int | None = None,
+            win: Window | None = None) -> Result:
+    """What a process read, wrote, executed and spawned, with times; TGID names every process
+    that had it (PIDs are reused). ``depth`` N > 1 includes spawned children N-1 levels down."""
+    win = win or Window()
+    t = (target or "").strip()
+    q = conn.execute
+    if t.isdigit():
+        pids = [r[0] for r in q("SELECT id FROM processes WHERE tgid=? ORDER BY id", (int(t),))]
+        if not pids:
+            raise QueryError(f"no process with tgid {t}")
+    else:
+        tg = resolve(conn, t)
+        if not tg.processes:
+            raise QueryError(f"{target}: not a process (give a TGID or process:ID)")
+        pids = tg.processes
+    res = Result("process", target, ["time", "seq", "process", "action", "what", "syscall"])
+    seen: set[int] = set()
+    level = list(pids)
+    for _ in range(max(depth or 1, 1)):
+        level = [p for p in level if p not in seen]
+        seen.update(level)
+        level = [r[0] for r in q("SELECT id FROM processes WHERE parent_id IN "
+                                 "(SELECT value FROM json_each(?))", (_ints(level),))]
+    vers = {r[0]: r[1] for r in q(
+        "SELECT id, object_id FROM versions WHERE kind='process' AND object_id IN "
+        "(SELECT value FROM json_each(?))", (_ints(seen),))}
+    for pid in sorted(seen):
+        row = q("SELECT tgid, start_time, parent_id, exe, comm, uid, first_seq, last_seq, "
+                "exit_seq FROM processes WHERE id=?", (pid,)).fetchone()
+        tgid, start, parent, exe, comm, uid, first, last, ex = row
+        ptg = q("SELECT tgid FROM processes WHERE id=?", (parent,)).fetchone() if parent else None
+        res.notes.append(f"process:{pid} tgid {tgid} ({comm}, {exe or 'no exec seen'}), uid "
+                         f"{uid}, parent {f'process:{parent} tgid {ptg[0]}' if ptg else '-'}, "
+                         f"seq {first}..{last}, "
+                         + (f"exited at seq {ex}" if ex else "no exit seen"))
+    edges = (fetch_edges(conn, set(vers), True, win, inner=False)
+             + fetch_edges(conn, set(vers), False, win, inner=False))
+    uniq = {e["id"]: e for e in edges}
+    edges = sorted(uniq.values(), key=lambda e: (e["exit_seq"] or 0, e["id"]))
+    info = describe_nodes(conn, {e["src"] for e in edges} | {e["dst"] for e in edges}
+                          | set(vers))
+    for e in edges:
+        s, d = info[e["src"]], info[e["dst"]]
+        if e["kind"] == "used":
+            who, act, what = s, ACTIONS.get(e["syscall"] or "", "read"), d["label"]
+        elif e["kind"] == "wasGeneratedBy":
+            who, act, what = d, "wrote", s["label"]
+        elif e["kind"] == "wasInformedBy" and s["object_id"] == d["object_id"]:
+            who = s
+            act = "exec" if s["reason"] == "execve" else "new version"
+            what = (s.get("exe") or "?") if act == "exec" else f"{s['label']} ({s['reason']})"
+        elif e["kind"] == "wasInformedBy" and e["src"] in vers and vers[e["src"]] in seen \
+                and e["dst"] not in vers:
+            who, act, what = s, "spawned by", d["label"]
+        elif e["kind"] == "wasInformedBy":
+            who, act, what = d, "spawned", s["label"]
+        else:
+            continue
+        res.rows.append({"time": e["time"], "seq": e["exit_seq"], "process": who["label"],
+                         "action": act, "what": what, "syscall": e["syscall"] or "-"})
+    res.nodes, res.edges = info, edges
+    res.unknown = [u for u in outcome_unknown(conn, seen) if u["ts_ns"] in win]
+    _unknown_rows(res)
+    return res
+
+
+QUERIES = {"ancestors": lambda c, t, d, w, av: lineage(c, t, True, d, w, av),
+           "descendants": lambda c, t, d, w, av: lineage(c, t, False, d, w, av),
+           "history": lambda c, t, d, w, av: history(c, t, d, w),
+           "writers": lambda c, t, d, w, av: writers(c, t, d, w),
+           "process": lambda c, t, d, w, av: process(c, t, d, w)}
+
+
+# -- rendering -----------------------------------------------------------------------------
+def render_table(res: Result) -> str:
+    lines = list(res.notes)
+    if not res.rows:
+        lines.append("(nothing)")
+        return "\n".join(lines)
+    cols = res.columns
+    cells = [[str(r.get(c, "")) for c in cols] for r in res.rows]
+    width = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, width, strict=True)).rstrip())
+    lines.append("  ".join("-" * w for w in width))
+    for row in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, width, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def render_json(res: Result) -> str:
+    return json.dumps(res.to_json(), indent=2, default=str)
+
+
+SHAPES = {"process": "box", "file": "ellipse", "pipe": "diamond", "socket": "hexagon",
+          "symlink": "note"}
+
+
+def _dq(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def render_dot(res: Result) -> str:
+    out = [f"digraph provisor {{  // {res.query} {res.target}", "  rankdir=BT;",
+           '  node [fontname="Helvetica", fontsize=10];', '  edge [fontsize=8];']
+    for n, d in sorted(res.nodes.items()):
+        style = ', style=filled, fillcolor="#ffe08a"' if d.get("depth") == 0 and \
+            res.query in ("ancestors", "descendants") else ""
+        out.append(f"  v{n} [label={_dq(d['label'] + chr(10) + d['time'])}, "
+                   f"shape={SHAPES.get(d['kind'], 'ellipse')}{style}];")
+    for e in res.edges:
+        if e["src"] in res.nodes and e["dst"] in res.nodes:
+            out.append(f"  v{e['src']} -> v{e['dst']} [label={_dq(e['kind'])}];")
+    procs = defaultdict(list)
+    for n, d in res.nodes.items():
+        if d["kind"] == "process":
+            procs[d["object_id"]].append(n)
+    for u in res.unknown:
+        out.append(f"  u{u['seq']} [label={_dq('OUTCOME UNKNOWN: ' + _unknown_text(u))}, "
+                   'shape=octagon, color=red, fontcolor=red, style=dashed];')
+        for n in procs.get(u["process_id"], [])[-1:]:
+            out.append(f"  u{u['seq']} -> v{n} [style=dashed, color=red];")
+    out.append("}")
+    return "\n".join(out)
