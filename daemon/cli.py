@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from daemon import cli_query
 from daemon.service import Daemon
 
 
@@ -46,3 +47,4 @@ def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int |
 
 
 COMMANDS: list[click.Command] = [daemon_cmd]
+COMMANDS += cli_query.COMMANDS  # query, export, verify, status (daemon/cli_query.py)
