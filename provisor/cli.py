@@ -72,3 +72,7 @@ def main() -> None:
         sys.exit(70)
     else:
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

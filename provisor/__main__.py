@@ -1,0 +1,3 @@
+from provisor.cli import main
+
+main()
