@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import posixpath
 import random
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +31,21 @@ import click
 from hv.syscalls import nr_of
 from pmem.layout import RecType
 from provisor.errors import ProvisorError
-from provisor.events import ENTRY, EXIT, F_FILE_UNREADABLE, Event, FileId, encode
+from provisor.events import (
+    ENTRY,
+    EXIT,
+    F_FILE_UNREADABLE,
+    T_ARGV,
+    T_COMM,
+    T_CWD,
+    T_ENVP,
+    T_FILE,
+    T_OUTFD,
+    T_PATH,
+    Event,
+    FileId,
+    encode,
+)
 
 U64 = 1 << 64
 _Z6 = (0, 0, 0, 0, 0, 0)
@@ -61,6 +76,87 @@ NO_EXIT = frozenset((NR["exit"], NR["exit_group"]))  # these never return
 ROOT_DEV, TMP_DEV, PIPE_DEV = 0x801, 0x2A, 0xD  # /dev/sda1, a tmpfs, pipefs
 ROOT_MNT, TMP_MNT = 26, 29  # mount ids: the "volume ID" of a cwd
 BOOT_NS = 4_000_000_000  # the simulated clock starts 4 s after boot
+
+
+class FastEncoder:
+    """``provisor.events.encode`` with the strings' fields cached: a guest repeats the same
+    comms, cwds, paths and file identities over and over. Byte-identical by construction and
+    checked against ``encode`` at run time (``check_every``); a mismatch is an error, so a
+    format change in provisor/events.py cannot slip through."""
+
+    _FIXED = struct.Struct("<BBHHHQQIIIIQqQ6Q")
+    _TLV = struct.Struct("<BH")
+    _CAP = 200_000
+
+    def __init__(self, check_every: int = 1024) -> None:
+        self.comm: dict[str, bytes] = {}
+        self.cwd: dict[str, bytes] = {}
+        self.path: dict[str, bytes] = {}
+        self.file: dict[FileId, bytes] = {}
+        self.check_every = check_every
+        self.left = 1  # the first event is always checked
+
+    def _tlv(self, tag: int, data: bytes) -> bytes:
+        data = data[:0xFFFF]
+        return self._TLV.pack(tag, len(data)) + data
+
+    @staticmethod
+    def _s(text: str) -> bytes:
+        return text.encode("utf-8", "surrogateescape")
+
+    def __call__(self, ev: Event) -> bytes:
+        self.left -= 1
+        if self.left <= 0:
+            self.left = self.check_every
+            out = self._encode(ev)
+            if out != encode(ev):
+                raise ProvisorError("hv.synth's fast encoder disagrees with "
+                                    "provisor.events.encode: update hv/synth.py")
+            return out
+        return self._encode(ev)
+
+    def _encode(self, ev: Event) -> bytes:
+        ret = ev.ret
+        try:
+            head = self._FIXED.pack(1, ev.phase, ev.vcpu, ev.nr,
+                                    ev.flags | (1 if ret is not None else 0), ev.entry_seq,
+                                    ev.ts_ns, ev.tgid, ev.pid, ev.ppid, ev.uid, ev.start_time,
+                                    ret or 0, ev.cwd_mnt, *ev.args)
+        except struct.error:
+            return encode(ev)
+        parts = [head]
+        if ev.comm:
+            b = self.comm.get(ev.comm)
+            if b is None:
+                b = self.comm[ev.comm] = self._tlv(T_COMM, self._s(ev.comm))
+            parts.append(b)
+        if ev.cwd is not None:
+            b = self.cwd.get(ev.cwd)
+            if b is None:
+                b = self.cwd[ev.cwd] = self._tlv(T_CWD, self._s(ev.cwd))
+            parts.append(b)
+        for x in ev.paths:
+            b = self.path.get(x)
+            if b is None:
+                if len(self.path) > self._CAP:
+                    self.path.clear()
+                b = self.path[x] = self._tlv(T_PATH, self._s(x))
+            parts.append(b)
+        if ev.argv:
+            parts.extend(self._tlv(T_ARGV, self._s(a)) for a in ev.argv)
+        if ev.envp:
+            parts.extend(self._tlv(T_ENVP, self._s(a)) for a in ev.envp)
+        for f in ev.files:
+            b = self.file.get(f)
+            if b is None:
+                if len(self.file) > self._CAP:
+                    self.file.clear()
+                b = self.file[f] = self._tlv(
+                    T_FILE, struct.pack("<QQ", f.dev, f.ino) + self._s(f.path))
+            parts.append(b)
+        for fd in ev.out_fds:
+            parts.append(self._tlv(T_OUTFD, struct.pack("<i", fd)))
+        return b"".join(parts)
 
 
 @dataclass
@@ -289,21 +385,25 @@ class Guest:
     def _ev(self, t: Task, nr: int, args: tuple[int, ...], paths: list[str] | None = None,
             files: list[FileId] | None = None, flags: int = 0,
             argv: list[str] | None = None) -> Event:
+        """An entry event of task ``t`` (cwd only for path syscalls); ts/vcpu come at emit."""
         p = t.proc
         if len(args) != 6:
             args = (args + _Z6)[:6]
         if paths is not None:
             return Event(nr, ENTRY, 0, 0, 0, p.tgid, t.pid, p.ppid, p.uid, p.start_time, None,
-                         p.cwd_mnt, args, flags, p.comm, p.cwd, paths, argv, None, files or [],
-                         [])
+                         p.cwd_mnt, args, flags, p.comm, p.cwd, paths, argv, None,
+                         [] if files is None else files, [])
         return Event(nr, ENTRY, 0, 0, 0, p.tgid, t.pid, p.ppid, p.uid, p.start_time, None,
-                     0, args, flags, p.comm, None, [], argv, None, files or [], [])
+                     0, args, flags, p.comm, None, [], argv, None,
+                     [] if files is None else files, [])
 
     def _exit(self, en: Event, ret: int, files: list[FileId] | None = None, flags: int = 0,
               out_fds: list[int] | None = None) -> Event:
+        """The exit of ``en``: lean (no cwd/paths; the entry has them), plus what the kernel
+        returned: ret, out_fds, the identity of an opened or executed file."""
         return Event(en.nr, EXIT, 0, 0, 0, en.tgid, en.pid, en.ppid, en.uid, en.start_time,
-                     ret, 0, en.args, flags, en.comm, None, [], None, None, files or [],
-                     out_fds or [])
+                     ret, 0, en.args, flags, en.comm, None, [], None, None,
+                     [] if files is None else files, [] if out_fds is None else out_fds)
 
     def _fid(self, node: Inode | None) -> tuple[list[FileId], int]:
         """The file identity the producer could read, or the flag saying it could not."""
@@ -340,17 +440,18 @@ class Guest:
                 t.waiting = -1
                 self._block(t)
                 return
-        args = call[1:]
-        entry, exit_, ret, post = handler(t, *args)
+        entry, exit_, ret, post = handler(t, *call[1:])
+        self.clock = c = self.clock + 150 + int(self.r() * 4000)
+        entry.ts_ns = c
+        entry.vcpu = t.vcpu
+        self.out.append((entry, None))
         if exit_ is None:  # exit/exit_group: the task is gone
-            self._emit(entry, None, t.vcpu)
             if post:
                 post()
             return
         t.pending = (entry, exit_, post)
         t.last_ret = ret
         self.open_entries += 1
-        self._emit(entry, None, t.vcpu)
 
     def _leave(self, t: Task) -> None:
         entry, exit_, post = t.pending
@@ -360,13 +461,24 @@ class Guest:
         if post:
             post()
 
-    def _step(self) -> None:
-        run = self.runnable
-        t = run[int(self.r() * len(run))]
-        if t.pending is not None:
-            self._leave(t)
-        else:
-            self._enter(t)
+    def _steps(self, k: int) -> None:
+        """``k`` scheduler steps (``_leave`` inlined: this is the hot loop)."""
+        run, r, enter, append = self.runnable, self.r, self._enter, self.out.append
+        for _ in range(k):
+            t = run[int(r() * len(run))]
+            pending = t.pending
+            if pending is None:
+                enter(t)
+                continue
+            entry, exit_, post = pending
+            t.pending = None
+            self.open_entries -= 1
+            self.clock = c = self.clock + 150 + int(r() * 4000)
+            exit_.ts_ns = c
+            exit_.vcpu = t.vcpu
+            append((exit_, entry))
+            if post:
+                post()
 
     def _block(self, t: Task) -> None:
         self.runnable.remove(t)
@@ -393,10 +505,12 @@ class Guest:
             return base + len(self.out)
 
         spare = 16 if crash_tail else 0  # room for threads an exit_group may take along
-        margin = crash_tail + 8 + spare
-        while emitted() + self.open_entries + margin + 2 * max(
-                0, crash_tail - len(self.runnable)) < n:
-            self._step()
+        margin = 3 * crash_tail + 8 + spare  # crash_tail may need as many new threads
+        while True:
+            room = n - margin - emitted() - self.open_entries
+            if room <= 0:
+                break
+            self._steps(min(room // 2 + 1, 2048))  # a step adds at most 2 to emitted + open
             if len(self.out) >= 4096:
                 base += len(self.out)
                 yield self.out
@@ -524,6 +638,7 @@ class Guest:
         st = SynthStats()
         t0 = time.perf_counter()
         EV = RecType.EVENT
+        enc = FastEncoder()
         for chunk in self.stream(n, crash_tail):
             for i in range(0, len(chunk), batch):
                 part = chunk[i:i + batch]
@@ -532,23 +647,29 @@ class Guest:
                     for ev, entry in part:
                         if entry is not None:
                             ev.entry_seq = entry.seq
-                        seq = producer.append(EV, encode(ev))
-                        self._account(st, ev, seq)
+                        self._account(st, ev, producer.append(EV, enc(ev)))
                 else:
-                    seq = producer.next_seq
+                    first = seq = producer.next_seq
                     items = []
                     for ev, entry in part:
                         ev.seq = seq
                         seq += 1
                         if entry is not None:
                             ev.entry_seq = entry.seq
-                        items.append((EV, encode(ev)))
+                        items.append((EV, enc(ev)))
                     got = producer.append_many(items)
-                    for (ev, _), s in zip(part, got, strict=True):
-                        if s is not None and s != ev.seq:
-                            raise ProvisorError(
-                                f"ring assigned sequence {s} where {ev.seq} was predicted")
-                        self._account(st, ev, s)
+                    if got[-1] == seq - 1 and got[0] == first:
+                        st.events += len(got)
+                        st.records += len(got)
+                        if st.first_seq is None:
+                            st.first_seq = first
+                        st.last_seq = seq - 1
+                    else:
+                        for (ev, _), s in zip(part, got, strict=True):
+                            if s is not None and s != ev.seq:
+                                raise ProvisorError(
+                                    f"ring assigned sequence {s} where {ev.seq} was predicted")
+                            self._account(st, ev, s)
                 if rate:
                     ahead = st.events / rate - (time.perf_counter() - t0)
                     if ahead > 0:
@@ -756,9 +877,10 @@ class Guest:
                 del self.pids[th.pid]
         self._release_vfork(p)
         for w in p.waiters:
-            w.waiting -= 1
-            if w.waiting == 0:
-                self._unblock(w)
+            if w.waiting > 0:  # 0: a wait-for-any already satisfied
+                w.waiting -= 1
+                if w.waiting == 0:
+                    self._unblock(w)
         p.waiters.clear()
 
     def _exit_group(self, t: Task, code: int) -> Pair:
@@ -924,12 +1046,17 @@ class Guest:
         for _ in range(max(1, sessions)):
             c = yield (self._fork, "fork", self._session)
             kids.append(c)
-        while True:  # init idles, and forks a new session when one ends
-            yield (IDLE,)
-            if self.r() < 0.02 and sum(k.alive for k in kids) < max(1, sessions) + 1:
-                c = yield (self._fork, "clone", self._session)
-                kids.append(c)
-                kids = [k for k in kids if k.alive]
+        t = self.init
+        while True:  # init sleeps in wait4 (untraced) and starts a new session when one ends
+            kids = [k for k in kids if k.alive]
+            if len(kids) < max(1, sessions) + 1:
+                kids.append((yield (self._fork, "clone", self._session)))
+                continue
+            for k in kids:
+                if t not in k.waiters:
+                    k.waiters.append(t)
+            t.waiting = 1
+            yield (BLOCK,)
 
     def _session(self, t: Task) -> Script:
         """A login shell running one scenario after another."""
@@ -1314,7 +1441,7 @@ class Guest:
         while True:
             for _ in range(5 + int(self.r() * 20)):
                 yield (self._rw, "write", fd, 40 + int(self.r() * 200))
-                for _ in range(int(self.r() * 12)):
+                if self.r() < 0.5:
                     yield (IDLE,)
             if self.r() < 0.3:  # reopen (after logrotate renamed it, this is a new file)
                 yield (self._close, fd)
