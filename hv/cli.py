@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from hv.profile import profile_group
 from hv.synth import synth_command
 
-COMMANDS: list[click.Command] = [synth_command]
+COMMANDS: list[click.Command] = [synth_command, profile_group]
