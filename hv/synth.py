@@ -12,7 +12,9 @@ interleave as on several vCPUs. A syscall's effect on the model happens at its e
 does it somewhere between entry and exit; only the calling task waits for the exit).
 
 Determinism: all choices come from one ``random.Random(seed)`` and timestamps from a simulated
-clock, so one seed gives byte-identical payloads. Sequence numbers are assigned when events are
+clock (``ts_ns`` host time from a fixed boot instant; ``start_time`` ns since guest boot, the
+thread-group leader's for every thread, so (tgid, start_time) names a process), so one seed
+gives byte-identical payloads. Sequence numbers are assigned when events are
 written (``events`` numbers them as if appended to an empty ring), which is how exits learn their
 entry's sequence number even under a ring policy that drops records.
 """
@@ -75,7 +77,8 @@ NO_EXIT = frozenset((NR["exit"], NR["exit_group"]))  # these never return
 
 ROOT_DEV, TMP_DEV, PIPE_DEV = 0x801, 0x2A, 0xD  # /dev/sda1, a tmpfs, pipefs
 ROOT_MNT, TMP_MNT = 26, 29  # mount ids: the "volume ID" of a cwd
-BOOT_NS = 4_000_000_000  # the simulated clock starts 4 s after boot
+HOST_BOOT_NS = 1_767_225_600_000_000_000  # the guest booted at 2026-01-01T00:00:00Z, host time
+BOOT_NS = 4_000_000_000  # tracing starts 4 s after boot
 
 
 class FastEncoder:
@@ -330,7 +333,7 @@ class Guest:
         self.file_fraction = file_fraction
         self.pid_max = pid_max
         self.vcpus = max(1, vcpus)
-        self.clock = BOOT_NS
+        self.clock = HOST_BOOT_NS + BOOT_NS  # host time of the next event (ts_ns)
         self.fs = FS()
         self.pids: dict[int, Task] = {}
         self.next_pid = 300
@@ -635,6 +638,8 @@ class Guest:
             raise ProvisorError(f"batch must be at least 1, not {batch}")
         if rate is not None and rate <= 0:
             raise ProvisorError(f"rate must be positive, not {rate}")
+        if rate:  # smaller batches so that throttling is smooth (about 50 persists a second)
+            batch = max(1, min(batch, int(rate // 50)))
         st = SynthStats()
         t0 = time.perf_counter()
         EV = RecType.EVENT
@@ -814,7 +819,7 @@ class Guest:
         """fork, vfork or clone (glibc's fork): a new process, live after the parent's exit."""
         p = t.proc
         pid = self._alloc_pid()
-        child = Proc(pid, p.tgid, p.uid, p.comm, self.clock, p.cwd)
+        child = Proc(pid, p.tgid, p.uid, p.comm, self.clock - HOST_BOOT_NS, p.cwd)
         child.fds = dict(p.fds)
         child.cloexec = set(p.cloexec)
         ct = Task(pid, child, int(self.r() * self.vcpus))
