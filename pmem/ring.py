@@ -31,7 +31,10 @@ class RingError(ProvisorError):
 
 
 class RingFull(RingError):
-    """Raised by the ``fail`` policy: the ring is full and the producer must halt."""
+    """Raised by the ``fail`` policy: the ring is full and the producer must halt. ``acked``
+    lists the sequence numbers of the batch that were appended (and persisted) before."""
+
+    acked: list[int] = []
 
 
 def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region) -> Header:
@@ -266,7 +269,12 @@ class Producer(_RingBase):
                 if total:  # persist what is written before waiting on the consumer
                     self._commit(start, total)
                     start, total = self.tail, 0
-                if not self._wait_for(nbytes):
+                try:
+                    room = self._wait_for(nbytes)
+                except RingFull as e:
+                    e.acked = [s for s in out if s is not None]  # persisted above
+                    raise
+                if not room:
                     dropped = 1
                     out.append(None)
                     continue
