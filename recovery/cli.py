@@ -8,7 +8,7 @@ import os
 import click
 
 from provisor.errors import ProvisorError
-from recovery.recover import recover
+from recovery.recover import Recovery
 
 
 @click.command("recover")
@@ -38,11 +38,10 @@ def recover_cmd(cfg: dict, image: str, db: str | None, read_only: bool | None, l
     ro = bool(read_only) if read_only is not None else not (is_live or live)
     if report_path and os.path.isdir(report_path):
         raise ProvisorError(f"{report_path}: is a directory")
-    size = max(os.path.getsize(image), 1) if os.path.isfile(image) else 1
-    with click.progressbar(length=size, label="replaying", file=click.get_text_stream("stderr"),
-                           show_pos=False) as bar:
-        rep = recover(image, db or cfg["daemon"]["db"], read_only=ro, force=force,
-                      progress=bar.update)
+    rec = Recovery(image, db or cfg["daemon"]["db"], read_only=ro, force=force)
+    with click.progressbar(length=rec.data_size, label="replaying",
+                           file=click.get_text_stream("stderr"), show_pos=False) as bar:
+        rep = rec.run(progress=bar.update)
     click.echo(rep.summary())
     if report_path:
         tmp = report_path + ".tmp"

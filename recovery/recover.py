@@ -92,49 +92,63 @@ def header_copies(path: str) -> dict[str, str]:
     return out
 
 
+class Recovery:
+    """Validated inputs, ready to replay: opening checks the image and the DB (and fails with
+    a one-line error) before anything is written."""
+
+    def __init__(self, image: str, db: str, *, read_only: bool, force: bool = False,
+                 batch: int = 8192) -> None:
+        if os.path.isdir(image):
+            raise RingError(f"{image}: is a directory, not a ring image")
+        if not os.path.exists(image):
+            raise RingError(f"{image}: no such ring image")
+        self.t0 = time.monotonic()
+        self.rep = Report(image=image, db=db, read_only=read_only)
+        self.rep.sha256_before = sha256_file(image)
+        self.rep.header_copies = header_copies(image)
+        self.daemon = Daemon(image, db, force=force, batch_min=batch, batch_max=batch,
+                             readonly=read_only)
+        self.data_size = self.daemon.consumer.size
+
+    def run(self, progress: Callable[[int], None] | None = None) -> Report:
+        """Replay; ``progress`` gets the number of data-area bytes consumed since its last
+        call."""
+        d, rep = self.daemon, self.rep
+        try:
+            c, store = d.consumer, d.store
+            rep.ring_uuid = c.header.uuid_str
+            rep.format_version = c.header.version
+            rep.region_mode = "read-only mapping" if rep.read_only else c.region.mode.value
+            rep.ring_checkpoint = c.checkpoint
+            rep.db_applied_before = store.applied_seq
+            if 0 < store.applied_seq < c.checkpoint:
+                rep.released_not_in_db = [store.applied_seq + 1, c.checkpoint]
+            start_off = c.next_off
+            while (n := d.step()) > 0:
+                rep.records_scanned += n
+                if progress:
+                    progress((c.next_off - start_off) % c.size)
+                    start_off = c.next_off
+            end = c.last_end
+            rep.chain_end = ({"reason": end.reason, "offset": end.offset,
+                              "expected_seq": end.seq} if end else {})
+            rep.db_applied_after = store.applied_seq
+            q = store.conn.execute
+            lo = rep.db_applied_before
+            rep.records_replayed = sum(
+                q(f"SELECT count(*) FROM {t} WHERE seq > ?", (lo,)).fetchone()[0]
+                for t in ("events", "notes", "losses"))
+            rep.loss_records = [{"seq": s, "lost": n, "lost_total": t} for s, n, t in q(
+                "SELECT seq, lost, lost_total FROM losses WHERE seq > ? ORDER BY seq", (lo,))]
+            rep.outcome_unknown = q("SELECT count(*) FROM pending").fetchone()[0]
+        finally:
+            d.close()
+        rep.sha256_after = sha256_file(rep.image)
+        rep.seconds = time.monotonic() - self.t0
+        return rep
+
+
 def recover(image: str, db: str, *, read_only: bool, force: bool = False,
             batch: int = 8192, progress: Callable[[int], None] | None = None) -> Report:
-    """Replay every valid record of ``image`` not yet in ``db``. ``progress`` gets the number
-    of data-area bytes consumed since its last call."""
-    if os.path.isdir(image):
-        raise RingError(f"{image}: is a directory, not a ring image")
-    if not os.path.exists(image):
-        raise RingError(f"{image}: no such ring image")
-    t0 = time.monotonic()
-    rep = Report(image=image, db=db, read_only=read_only)
-    rep.sha256_before = sha256_file(image)
-    rep.header_copies = header_copies(image)
-    d = Daemon(image, db, force=force, batch_min=batch, batch_max=batch, readonly=read_only)
-    try:
-        c, store = d.consumer, d.store
-        rep.ring_uuid = c.header.uuid_str
-        rep.format_version = c.header.version
-        rep.region_mode = "read-only mapping" if read_only else c.region.mode.value
-        rep.ring_checkpoint = c.checkpoint
-        rep.db_applied_before = store.applied_seq
-        if 0 < store.applied_seq < c.checkpoint:
-            rep.released_not_in_db = [store.applied_seq + 1, c.checkpoint]
-        start_off = c.next_off
-        while (n := d.step()) > 0:
-            rep.records_scanned += n
-            if progress:
-                progress((c.next_off - start_off) % c.size)
-                start_off = c.next_off
-        end = c.last_end
-        rep.chain_end = ({"reason": end.reason, "offset": end.offset, "expected_seq": end.seq}
-                         if end else {})
-        rep.db_applied_after = store.applied_seq
-        q = store.conn.execute
-        lo = rep.db_applied_before
-        rep.records_replayed = (
-            q("SELECT count(*) FROM events WHERE seq > ?", (lo,)).fetchone()[0]
-            + q("SELECT count(*) FROM notes WHERE seq > ?", (lo,)).fetchone()[0]
-            + q("SELECT count(*) FROM losses WHERE seq > ?", (lo,)).fetchone()[0])
-        rep.loss_records = [{"seq": s, "lost": n, "lost_total": t} for s, n, t in q(
-            "SELECT seq, lost, lost_total FROM losses WHERE seq > ? ORDER BY seq", (lo,))]
-        rep.outcome_unknown = q("SELECT count(*) FROM pending").fetchone()[0]
-    finally:
-        d.close()
-    rep.sha256_after = sha256_file(image)
-    rep.seconds = time.monotonic() - t0
-    return rep
+    """Replay every valid record of ``image`` not yet in ``db``."""
+    return Recovery(image, db, read_only=read_only, force=force, batch=batch).run(progress)

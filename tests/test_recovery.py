@@ -219,9 +219,9 @@ def test_bad_images_one_line_error_db_untouched(shm_dir, make):
     elif make == "random":
         open(ring, "wb").write(random.Random(4).randbytes(len(data)))
     elif make == "newer":
+        hdr = L.unpack_header(data[0:L.HEADER_LEN])
         for base in (0, L.HEADER_SLOT):
             buf = bytearray(data)
-            hdr = L.unpack_header(bytes(buf[0:L.HEADER_LEN]))
             raw = bytearray(hdr.pack())
             raw[8:12] = (2).to_bytes(4, "little")
             from crc32c import crc32c
