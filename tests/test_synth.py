@@ -395,3 +395,8 @@ def test_deterministic_across_interpreters() -> None:
     for p in synth.payloads(4000, seed=21):
         h.update(p)
     assert outs == {h.hexdigest() + "\n"}
+
+
+def test_iter_payloads_streams_the_same_bytes() -> None:
+    assert list(synth.iter_payloads(3000, seed=4, start_seq=7, crash_tail=2)) == \
+        synth.payloads(3000, seed=4, start_seq=7, crash_tail=2)
