@@ -1,0 +1,331 @@
+"""W3C PROV export of the store, built on the ``prov`` package (ProvDocument).
+
+Mapping: a process version is a ``prov:Activity``; a file, pipe, socket or symlink version is
+a ``prov:Entity``; the user (uid) is a ``prov:Agent`` each process version
+``wasAssociatedWith``; the store's relations map one to one onto ``used``, ``wasGeneratedBy``,
+``wasInformedBy`` and ``wasDerivedFrom``. Identifiers are ``provisor:v<version id>``,
+``provisor:r<relation id>``, ``provisor:uid<uid>``, ``provisor:assoc<version id>``; ring
+sequence numbers (``provisor:seq``, ``provisor:entry_seq``, ``provisor:exit_seq``) and exact
+nanosecond times (``provisor:ts_ns``) are attributes; PROV times are timezone-aware (UTC).
+
+Why chunks: a store of millions of relations does not fit one in-memory ProvDocument. Records are
+read in sections of one PROV type (entities, activities, agents, associations, then each relation
+kind), a ProvDocument of at most ``chunk`` records is built and serialized by ``prov`` for each
+slice, and the slices are spliced into one document: PROV-N and PROV-XML by taking the records
+between the document wrapper, PROV-JSON by writing each type's section incrementally, RDF as
+concatenated Turtle (prefixes may repeat; blank nodes are unique per rdflib). One document rather
+than a bundle per chunk keeps identifiers global and the output readable by ``prov.read`` as the
+same graph. Memory is bounded by the chunk size. DOT is written directly (prov's DOT needs the
+whole document in memory and pydot).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import IO
+
+from prov.constants import PROV
+from prov.identifier import Namespace
+from prov.model import ProvDocument
+
+from daemon import query as Q
+from provisor.errors import ProvisorError
+
+NS = "urn:provisor:"
+PROVISOR = Namespace("provisor", NS)
+FORMATS = Q.EXPORT_FORMATS
+RELATION_KINDS = ("used", "wasGeneratedBy", "wasInformedBy", "wasDerivedFrom")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class ExportError(ProvisorError):
+    pass
+
+
+def when(ns: int | None) -> datetime | None:
+    """Nanoseconds -> an aware UTC datetime (microseconds; the exact value is ts_ns)."""
+    return None if ns is None else EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def _attrs(**kw: object) -> dict[str, object]:
+    return {f"provisor:{k}" if ":" not in k else k: v for k, v in kw.items()
+            if v is not None and v != ""}
+
+
+class Selection:
+    """Which versions and relations to export: all, a time window, and/or one object's
+    lineage (its ancestors and descendants, all versions)."""
+
+    def __init__(self, conn: sqlite3.Connection, win: Q.Window, target: str | None) -> None:
+        self.conn, self.win = conn, win
+        self.nodes: set[int] | None = None
+        self.chunk = 10000
+        if target:
+            tg = Q.resolve(conn, target, all_versions=True)
+            self.nodes = (set(tg.nodes) | Q.walk(conn, tg.nodes, True, None, win)
+                          | Q.walk(conn, tg.nodes, False, None, win))
+
+    def _rel_where(self, r: str = "") -> tuple[str, tuple]:
+        sql, args = f"{r}ts_ns BETWEEN ? AND ?", (self.win.lo, self.win.hi)
+        if self.nodes is not None:
+            js = json.dumps(sorted(self.nodes))
+            sql += (f" AND {r}src IN (SELECT value FROM json_each(?)) AND {r}dst IN "
+                    "(SELECT value FROM json_each(?))")
+            args += (js, js)
+        return sql, args
+
+    def version_ids(self, process: bool) -> Iterator[list[int]]:
+        """Version ids in chunks: the selected nodes, else those in the window or touched by a
+        relation in it."""
+        op = "=" if process else "!="
+        if self.nodes is not None:
+            sql = (f"SELECT id FROM versions WHERE kind {op} 'process' AND id IN "
+                   f"(SELECT value FROM json_each(?)) ORDER BY id")
+            args: tuple = (json.dumps(sorted(self.nodes)),)
+        elif self.win.lo == -Q.NO_LIMIT and self.win.hi == Q.NO_LIMIT:
+            sql, args = f"SELECT id FROM versions WHERE kind {op} 'process' ORDER BY id", ()
+        else:
+            sql = (f"SELECT id FROM versions WHERE kind {op} 'process' AND (ts_ns BETWEEN ? AND ? "
+                   f"OR id IN (SELECT src FROM relations WHERE ts_ns BETWEEN ? AND ?) "
+                   f"OR id IN (SELECT dst FROM relations WHERE ts_ns BETWEEN ? AND ?)) "
+                   f"ORDER BY id")
+            args = (self.win.lo, self.win.hi) * 3
+        yield from _chunks((r[0] for r in self.conn.execute(sql, args)), self.chunk)
+
+    def relations(self, kind: str) -> Iterator[list[tuple]]:
+        where, args = self._rel_where("r.")
+        cur = self.conn.execute(
+            f"SELECT r.id, r.src, r.dst, r.entry_seq, r.exit_seq, r.ts_ns, e.name "
+            f"FROM relations r LEFT JOIN events e ON e.seq = r.exit_seq "
+            f"WHERE r.kind = ? AND {where} ORDER BY r.id", (kind, *args))
+        yield from _chunks(cur, self.chunk)
+
+    def count(self) -> dict[str, int]:
+        where, args = self._rel_where()
+        out = dict.fromkeys(RELATION_KINDS, 0)
+        for kind, n in self.conn.execute(
+                f"SELECT kind, count(*) FROM relations WHERE {where} GROUP BY kind", args):
+            out[kind] = n
+        out["activity"] = sum(len(c) for c in self.version_ids(True))
+        out["entity"] = sum(len(c) for c in self.version_ids(False))
+        out["wasAssociatedWith"] = out["activity"]
+        return out
+
+
+def _chunks(it, n: int) -> Iterator[list]:
+    buf: list = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _doc() -> ProvDocument:
+    d = ProvDocument()
+    d.add_namespace(PROVISOR)
+    return d
+
+
+# -- record builders: each yields ProvDocuments holding records of one PROV type -------------
+def _entities(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
+    for ids in sel.version_ids(False):
+        d = _doc()
+        for v in Q.describe_nodes(sel.conn, ids).values():
+            d.entity(f"provisor:v{v['id']}", _attrs(**{
+                "prov:label": v["label"], "prov:type": PROVISOR[v["kind"]]},
+                kind=v["kind"], artifact=v["object_id"], version=v["version"], path=v.get("path"),
+                dev=v.get("dev"), ino=v.get("ino"), seq=v["seq"], ts_ns=v["ts_ns"],
+                reason=v["reason"], deleted=1 if v.get("deleted") else None))
+        yield d, len(ids)
+
+
+def _activities(sel: Selection, uids: set[int]) -> Iterator[tuple[ProvDocument, int]]:
+    for ids in sel.version_ids(True):
+        d = _doc()
+        for v in Q.describe_nodes(sel.conn, ids).values():
+            d.activity(f"provisor:v{v['id']}", when(v["ts_ns"]), None, _attrs(**{
+                "prov:label": v["label"], "prov:type": PROVISOR["process"]},
+                process=v["object_id"], version=v["version"], tgid=v.get("tgid"),
+                exe=v.get("exe"), comm=v.get("comm"), uid=v.get("uid"), seq=v["seq"],
+                ts_ns=v["ts_ns"], reason=v["reason"]))
+            if v.get("uid") is not None:
+                uids.add(v["uid"])
+        yield d, len(ids)
+
+
+def _agents(uids: set[int]) -> Iterator[tuple[ProvDocument, int]]:
+    d = _doc()
+    for uid in sorted(uids):
+        d.agent(f"provisor:uid{uid}", _attrs(**{"prov:label": f"uid {uid}",
+                                                 "prov:type": PROV["Person"]}, uid=uid))
+    yield d, 0
+
+
+def _associations(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
+    for ids in sel.version_ids(True):
+        d = _doc()
+        for vid, uid in sel.conn.execute(
+                "SELECT v.id, p.uid FROM versions v JOIN processes p ON p.id = v.object_id "
+                "WHERE v.id IN (SELECT value FROM json_each(?))", (json.dumps(ids),)):
+            d.wasAssociatedWith(f"provisor:v{vid}", f"provisor:uid{uid}",
+                                identifier=f"provisor:assoc{vid}")
+        yield d, 0
+
+
+def _relations(sel: Selection, kind: str) -> Iterator[tuple[ProvDocument, int]]:
+    for rows in sel.relations(kind):
+        d = _doc()
+        for rid, src, dst, en, ex, ts, name in rows:
+            ident = f"provisor:r{rid}"
+            a = _attrs(entry_seq=en, exit_seq=ex, ts_ns=ts, syscall=name)
+            s, t = f"provisor:v{src}", f"provisor:v{dst}"
+            if kind == "used":
+                d.used(s, t, when(ts), identifier=ident, other_attributes=a)
+            elif kind == "wasGeneratedBy":
+                d.wasGeneratedBy(s, t, when(ts), identifier=ident, other_attributes=a)
+            elif kind == "wasInformedBy":
+                d.wasInformedBy(s, t, identifier=ident, other_attributes=a)
+            else:
+                d.wasDerivedFrom(s, t, identifier=ident, other_attributes=a)
+        yield d, len(rows)
+
+
+def documents(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
+    """The whole export as a sequence of (document slice, records of progress)."""
+    uids: set[int] = set()
+    yield from _entities(sel)
+    yield from _activities(sel, uids)
+    yield from _agents(uids)
+    yield from _associations(sel)
+    for kind in RELATION_KINDS:
+        yield from _relations(sel, kind)
+
+
+# -- writers: splice slices into one document ---------------------------------------------
+def _ser(d: ProvDocument, fmt: str, **kw: object) -> str:
+    buf = io.StringIO()
+    d.serialize(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def write_provn(out: IO[str], slices: Iterator[tuple[ProvDocument, int]],
+                tick: Callable[[int], None]) -> None:
+    out.write(f"document\n  prefix provisor <{NS}>\n\n")
+    for d, n in slices:
+        text = _ser(d, "provn")
+        lines = text.split("\n")
+        i = 0
+        while i < len(lines) and (lines[i].strip() in ("", "document")
+                                  or lines[i].lstrip().startswith("prefix ")):
+            i += 1
+        body = "\n".join(lines[i:])
+        body = body[:body.rfind("endDocument")].rstrip()
+        if body:
+            out.write(body + "\n")
+        tick(n)
+    out.write("endDocument\n")
+
+
+def write_provjson(out: IO[str], slices: Iterator[tuple[ProvDocument, int]],
+                   tick: Callable[[int], None]) -> None:
+    out.write('{\n"prefix": ' + json.dumps({"provisor": NS}))
+    section, first = None, True
+    for d, n in slices:
+        data = json.loads(_ser(d, "json"))
+        for key, items in data.items():
+            if key == "prefix":
+                continue
+            if key != section:
+                if section is not None:
+                    out.write("\n}")
+                out.write(f',\n{json.dumps(key)}: {{')
+                section, first = key, True
+            for ident, rec in items.items():
+                out.write(("\n" if first else ",\n") + json.dumps(ident) + ": "
+                          + json.dumps(rec))
+                first = False
+        tick(n)
+    if section is not None:
+        out.write("\n}")
+    out.write("\n}\n")
+
+
+def write_provxml(out: IO[str], slices: Iterator[tuple[ProvDocument, int]],
+                  tick: Callable[[int], None]) -> None:
+    try:
+        from lxml import etree
+    except ImportError:
+        raise ExportError("prov-xml export needs lxml (pip install 'prov[xml]')") from None
+    head_done = False
+    for d, n in slices:
+        root = etree.fromstring(_ser(d, "xml").encode())
+        if not head_done:
+            nsdecl = " ".join(f'xmlns:{k}="{v}"' for k, v in root.nsmap.items() if k)
+            out.write(f"<?xml version='1.0' encoding='UTF-8'?>\n<prov:document {nsdecl}>\n")
+            head_done = True
+        for child in root:
+            out.write(etree.tostring(child, encoding="unicode").rstrip() + "\n")
+        tick(n)
+    if not head_done:
+        out.write(f"<?xml version='1.0' encoding='UTF-8'?>\n<prov:document "
+                  f'xmlns:prov="http://www.w3.org/ns/prov#" xmlns:provisor="{NS}">\n')
+    out.write("</prov:document>\n")
+
+
+def write_rdf(out: IO[str], slices: Iterator[tuple[ProvDocument, int]],
+              tick: Callable[[int], None]) -> None:
+    try:
+        import rdflib  # noqa: F401
+    except ImportError:
+        raise ExportError("rdf export needs rdflib (pip install 'prov[rdf]')") from None
+    with warnings.catch_warnings():  # rdflib deprecations raised inside prov
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for d, n in slices:
+            if d.records:
+                out.write(_ser(d, "rdf", rdf_format="turtle"))
+            tick(n)
+
+
+def write_dot(out: IO[str], sel: Selection, tick: Callable[[int], None]) -> None:
+    out.write("digraph provisor {\n  rankdir=BT;\n  node [fontname=\"Helvetica\", fontsize=10];"
+              "\n  edge [fontsize=8];\n")
+    for process in (False, True):
+        for ids in sel.version_ids(process):
+            for v in Q.describe_nodes(sel.conn, ids).values():
+                out.write(f"  v{v['id']} [label={Q._dq(v['label'])}, "
+                          f"shape={Q.SHAPES.get(v['kind'], 'ellipse')}];\n")
+            tick(len(ids))
+    for kind in RELATION_KINDS:
+        for rows in sel.relations(kind):
+            for _rid, src, dst, *_ in rows:
+                out.write(f"  v{src} -> v{dst} [label={Q._dq(kind)}];\n")
+            tick(len(rows))
+    out.write("}\n")
+
+
+def export(conn: sqlite3.Connection, out: IO[str], fmt: str, win: Q.Window | None = None,
+           target: str | None = None, chunk: int = 10000,
+           tick: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+    """Write the selected graph to ``out`` in ``fmt``; returns the counts written."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if chunk < 1:
+        raise ExportError("--chunk must be at least 1")
+    sel = Selection(conn, win or Q.Window(), target)
+    sel.chunk = chunk
+    counts = sel.count()
+    if fmt == "dot":
+        write_dot(out, sel, tick)
+    else:
+        writer = {"prov-n": write_provn, "prov-json": write_provjson, "prov-xml": write_provxml,
+                  "rdf": write_rdf}[fmt]
+        writer(out, documents(sel), tick)
+    return counts
