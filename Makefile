@@ -25,8 +25,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow and not guest" tests
-	$(BIN)/python -m pytest -q -m "slow or guest" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: setup
 	$(BIN)/ruff check .
