@@ -588,7 +588,7 @@ class Guest:
 
     def _bad_close(self, t: Task) -> None:
         fd = t.proc.lowest_fd(20)
-        en = self._ev(t, NR["close"], (fd,))
+        en = self._ev(t, NR["close"], (fd, 0, 0, 0, 0, 0))
         self._emit(en, None, t.vcpu)
         self._emit(self._exit(en, EBADF), en, t.vcpu)
 
@@ -598,7 +598,7 @@ class Guest:
         fd = next((fd for fd, f in p.fds.items() if f.mode != O_WRONLY), None)
         if fd is not None:
             files, fl = self._fid(p.fds[fd].inode)
-            en = self._ev(t, NR["read"], (fd, self._ptr(), 4096), files=files, flags=fl)
+            en = self._ev(t, NR["read"], (fd, self._ptr(), 4096), None, files, fl)
         else:
             path = self.data[0]
             en = self._ev(t, NR["openat"], (AT_FDCWD_REG, self._ptr(), O_RDONLY, 0), [path])
@@ -738,7 +738,7 @@ class Guest:
             node = self.fs.create(ap)
             created = True
         if at:
-            args = (AT_FDCWD_REG, self._ptr(), flags, mode if flags & O_CREAT else 0)
+            args = (AT_FDCWD_REG, self._ptr(), flags, mode if flags & O_CREAT else 0, 0, 0)
             en = self._ev(t, NR["openat"], args, [path])
         else:
             en = self._ev(t, NR["open"], (self._ptr(), flags, mode if flags & O_CREAT else 0),
@@ -760,16 +760,16 @@ class Guest:
         f = p.fds.get(fd)
         nr = NR[name]
         if name in ("readv", "writev"):
-            args = (fd, self._ptr(), 1 + int(self.r() * 3))
+            args = (fd, self._ptr(), 1 + int(self.r() * 3), 0, 0, 0)
         elif name in ("pread64", "pwrite64"):
-            args = (fd, self._ptr(), size, int(self.r() * 64) * 4096)
+            args = (fd, self._ptr(), size, int(self.r() * 64) * 4096, 0, 0)
         else:
-            args = (fd, self._ptr(), size)
+            args = (fd, self._ptr(), size, 0, 0, 0)
         if f is None:
             en = self._ev(t, nr, args)
             return en, self._exit(en, EBADF), EBADF, None
         files, fl = self._fid(f.inode)
-        en = self._ev(t, nr, args, files=files, flags=fl)
+        en = self._ev(t, nr, args, None, files, fl)
         r = size if ret is None else ret
         return en, self._exit(en, r), r, None
 
@@ -778,10 +778,10 @@ class Guest:
         f = p.fds.pop(fd, None)
         p.cloexec.discard(fd)
         if f is None:
-            en = self._ev(t, NR["close"], (fd,))
+            en = self._ev(t, NR["close"], (fd, 0, 0, 0, 0, 0))
             return en, self._exit(en, EBADF), EBADF, None
         files, fl = self._fid(f.inode)
-        en = self._ev(t, NR["close"], (fd,), files=files, flags=fl)
+        en = self._ev(t, NR["close"], (fd, 0, 0, 0, 0, 0), None, files, fl)
         return en, self._exit(en, 0), 0, None
 
     def _dup(self, t: Task, kind: str, fd: int, newfd: int = 0, flags: int = 0) -> Pair:
@@ -800,7 +800,7 @@ class Guest:
             en = self._ev(t, nr, args)
             return en, self._exit(en, EBADF), EBADF, None
         files, fl = self._fid(f.inode)
-        en = self._ev(t, nr, args, files=files, flags=fl)
+        en = self._ev(t, nr, args, None, files, fl)
         if kind == "dup":
             r = self._install(p, f, False)
         elif kind in ("dup2", "dup3"):
@@ -952,7 +952,7 @@ class Guest:
         else:
             args = tuple(self._ptr() for _ in paths) + extra
         files, fl = self._fid(src) if name not in ("symlink", "mkdir") else ([], 0)
-        en = self._ev(t, nr, args, list(paths), files=files, flags=fl)
+        en = self._ev(t, nr, args, list(paths), files, fl)
         ret = 0
         post = None
         if name == "symlink":  # symlink(target, linkpath)
@@ -1000,7 +1000,7 @@ class Guest:
             en = self._ev(t, NR["ftruncate"], (fd, size))
             return en, self._exit(en, EBADF), EBADF, None
         files, fl = self._fid(f.inode)
-        en = self._ev(t, NR["ftruncate"], (fd, size), files=files, flags=fl)
+        en = self._ev(t, NR["ftruncate"], (fd, size), None, files, fl)
         return en, self._exit(en, 0), 0, None
 
     def _mmap(self, t: Task, fd: int, size: int, prot: int, flags: int) -> Pair:
@@ -1010,7 +1010,7 @@ class Guest:
             en = self._ev(t, NR["mmap"], args)
             return en, self._exit(en, EBADF), EBADF, None
         files, fl = self._fid(f.inode)
-        en = self._ev(t, NR["mmap"], args, files=files, flags=fl)
+        en = self._ev(t, NR["mmap"], args, None, files, fl)
         addr = 0x7f00_0000_0000 + (self._ptr() & 0xFFFF_F000)
         return en, self._exit(en, addr), addr, None
 
