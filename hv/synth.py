@@ -14,9 +14,21 @@ does it somewhere between entry and exit; only the calling task waits for the ex
 Determinism: all choices come from one ``random.Random(seed)`` and timestamps from a simulated
 clock (``ts_ns`` host time from a fixed boot instant; ``start_time`` ns since guest boot, the
 thread-group leader's for every thread, so (tgid, start_time) names a process), so one seed
-gives byte-identical payloads. Sequence numbers are assigned when events are
-written (``events`` numbers them as if appended to an empty ring), which is how exits learn their
-entry's sequence number even under a ring policy that drops records.
+gives byte-identical payloads. Sequence numbers are assigned when events are written (``events``
+numbers them as if appended to an empty ring), which is how exits learn their entry's sequence
+number even under a ring policy that drops records (an exit of a dropped entry names entry 0).
+
+What the events carry (the daemon's contract with this producer):
+- entries: the caller, ``args`` (all six registers; AT_FDCWD as 2**64-100), and for path
+  syscalls ``cwd``/``cwd_mnt``/``paths`` (as the program wrote them, often relative);
+  ``argv`` on execve; ``files`` = the identity of the fd's or path's file on fd/path calls;
+- exits: ``ret``, ``entry_seq``, and no cwd/paths; ``files`` on the exits of open/openat/creat
+  (the opened file), execve (the binary) and pipe/pipe2 (the pipe), ``out_fds`` on pipe exits;
+  a successful execve's exit has the new ``comm``;
+- a share (1 - ``file_fraction``) of would-be ``files`` is left out with F_FILE_UNREADABLE set;
+- exit and exit_group have no exit event; every other entry has exactly one, except the last
+  ``crash_tail`` entries of a stream. A vfork parent's exit comes before the child's events
+  (the parent then waits for the child's execve or exit), unlike on Linux.
 """
 
 from __future__ import annotations
