@@ -23,6 +23,8 @@ MAX_ARGV = 256
 MAX_ARGV_BYTES = 32 * 1024
 MAX_NAME = 255  # NAME_MAX: a longer qstr is a lie
 MAX_FDS = 1 << 20
+ARG_REGS = ("di", "si", "dx", "r10", "r8", "r9")
+PT_REGS = (*ARG_REGS, "orig_ax", "ax", "cx", "r11", "ip", "cs", "flags")
 
 # every member the layer reads; a profile must provide them all
 MEMBERS = (
@@ -34,7 +36,8 @@ MEMBERS = (
     "fdtable.fd", "file.f_path", "file.f_inode", "mount.mnt", "mount.mnt_parent",
     "mount.mnt_mountpoint", "mount.mnt_id", "vfsmount.mnt_root",
     "pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.r10", "pt_regs.r8", "pt_regs.r9",
-    "pt_regs.orig_ax",
+    "pt_regs.orig_ax", "pt_regs.ax", "pt_regs.cx", "pt_regs.r11", "pt_regs.ip", "pt_regs.cs",
+    "pt_regs.flags", "task_struct.mm", "mm_struct.pgd",
 )
 
 
@@ -85,6 +88,7 @@ class Task:
     comm: str = ""
     fs: int = 0
     files: int = 0
+    mm: int = 0
     ok: bool = False
 
 
@@ -116,13 +120,12 @@ class Linux:
         o = self.o
         fields = (o.task_struct_pid, o.task_struct_tgid, o.task_struct_comm,
                   o.task_struct_real_parent, o.task_struct_cred, o.task_struct_start_time,
-                  o.task_struct_fs, o.task_struct_files)
+                  o.task_struct_fs, o.task_struct_files, o.task_struct_mm)
         self._task_lo = min(fields)
         self._task_len = max(fields) + 16 - self._task_lo
-        self._regs_lo = min(o.pt_regs_di, o.pt_regs_si, o.pt_regs_dx, o.pt_regs_r10,
-                            o.pt_regs_r8, o.pt_regs_r9, o.pt_regs_orig_ax)
-        self._regs_len = max(o.pt_regs_di, o.pt_regs_si, o.pt_regs_dx, o.pt_regs_r10,
-                             o.pt_regs_r8, o.pt_regs_r9, o.pt_regs_orig_ax) + 8 - self._regs_lo
+        regs = [getattr(o, "pt_regs_" + r) for r in PT_REGS]
+        self._regs_lo = min(regs)
+        self._regs_len = max(regs) + 8 - self._regs_lo
 
     # -- primitives ----------------------------------------------------------------------
     def u64(self, va: int) -> int:
@@ -133,9 +136,6 @@ class Linux:
 
     def kptr(self, va: int) -> int:
         return kernel_ptr(self.mem.u64(va))
-
-    def symbol_addr(self, profile: ProfileLike, name: str) -> int:
-        return profile.symbol(name) + self.slide
 
     # -- tasks ---------------------------------------------------------------------------
     def current_task(self, gs_base: int) -> int:
@@ -160,6 +160,7 @@ class Linux:
             t.comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
             t.fs = at(o.task_struct_fs, "<Q")
             t.files = at(o.task_struct_files, "<Q")
+            t.mm = at(o.task_struct_mm, "<Q")
             parent = kernel_ptr(at(o.task_struct_real_parent, "<Q"))
             t.ppid = struct.unpack("<i", self.mem.read(parent + o.task_struct_tgid, 4))[0]
             cred = kernel_ptr(at(o.task_struct_cred, "<Q"))
@@ -169,18 +170,23 @@ class Linux:
             t.ok = False
         return t
 
-    def syscall_args(self, regs_ptr: int) -> tuple[tuple[int, ...], int]:
-        """The six user arguments and orig_ax from a ``struct pt_regs``."""
-        o = self.o
+    def pt_regs(self, regs_ptr: int) -> dict[str, int]:
+        """The user registers saved at kernel entry (one bulk read of ``struct pt_regs``)."""
         blob = self.mem.read(kernel_ptr(regs_ptr) + self._regs_lo, self._regs_len)
         lo = self._regs_lo
+        return {r: struct.unpack_from("<Q", blob, getattr(self.o, "pt_regs_" + r) - lo)[0]
+                for r in PT_REGS}
 
-        def at(off: int) -> int:
-            return struct.unpack_from("<Q", blob, off - lo)[0]
+    def syscall_args(self, regs_ptr: int) -> tuple[tuple[int, ...], int]:
+        """The six user arguments and orig_ax from a ``struct pt_regs``."""
+        r = self.pt_regs(regs_ptr)
+        return tuple(r[x] for x in ARG_REGS), r["orig_ax"]
 
-        args = tuple(at(x) for x in (o.pt_regs_di, o.pt_regs_si, o.pt_regs_dx,
-                                     o.pt_regs_r10, o.pt_regs_r8, o.pt_regs_r9))
-        return args, at(o.pt_regs_orig_ax)
+    def user_cr3(self, task: Task) -> int:
+        """Physical address of the task's top-level page table (mm->pgd), usable as a CR3
+        that maps its user half (and, PTI or not, the kernel half)."""
+        mm = kernel_ptr(task.mm)
+        return self.mem.translate(self.kptr(mm + self.o.mm_struct_pgd))
 
     # -- paths ---------------------------------------------------------------------------
     def _qstr(self, dentry: int) -> bytes:

@@ -1,0 +1,616 @@
+"""The interceptor: one event per traced syscall entry and exit, each in the ring before the
+guest runs on (write-ahead), read from outside an unmodified guest through QEMU's gdbstub.
+
+The trap. QEMU 7.2 flushes its whole translation cache on every *breakpoint* stop (gdbstub's
+vm-state handler calls tb_flush), so after each one the guest re-translates all the code it
+runs: 1-40 ms per trap measured here, whatever the client does. Watchpoint stops skip that
+flush. So the default trap (``watch``) is a read watchpoint on the per-cpu ``kstack_offset``,
+which the 6.1 kernel (RANDOMIZE_KSTACK_OFFSET, on by default in Debian) reads exactly twice per
+syscall: at entry in do_syscall_64, before the dispatch, and on the way back to user space,
+after the return value is in pt_regs. Stops come with the access done: nothing to step over,
+the resume is one 'c'. Everything else is read from the RAM backing file: no 'g' packet at all.
+A stop is classified without registers: the task is current_task of the (single) vCPU, its
+pt_regs sit below cpu_current_top_of_stack; a task with an open entry is at its exit; else it
+is a syscall entry iff pt_regs say so (ax = -ENOSYS, cs = user code, cx = ip and r11 = flags:
+what SYSCALL and entry_SYSCALL_64 leave) and orig_ax is traced. Returns to user space from
+interrupts and faults also read the variable; they are recognised and cost one round trip.
+
+The ``break`` trap (for kernels without kstack randomisation) puts breakpoints on the
+dispatcher's ``jmp __x64_sys_X`` and the exit on the return site, each skipped by emulating its
+instruction; correct, but every stop pays QEMU's tb_flush.
+
+``exit-only`` mode (weaker, docs/HYPERVISORS.md): the entry is only noted; one event per
+syscall after it ran, with arguments and paths read after the fact (an execve's argv is gone,
+a renamed path already renamed) and not write-ahead.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hv.gdbstub import GdbClient, GdbError, GuestExited, Regs
+from hv.linux import ARG_REGS, Linux, Task
+from hv.memory import Unreadable, Virtual
+from hv.syscalls import AT_FDCWD, BY_NAME, PROVENANCE_SET, Syscall
+from pmem.layout import RecType
+from provisor import events as E
+
+ENOSYS = 38
+USER_CS = 0x33
+_M64 = (1 << 64) - 1
+# syscalls whose return value is a new fd to identify at exit
+_RET_FD = frozenset({"open", "openat", "creat", "dup", "dup2", "dup3", "accept", "socket"})
+_NO_RETURN = frozenset({"exit", "exit_group"})
+F_DUPFD, F_DUPFD_CLOEXEC = 0, 1030
+
+_NOPS = (  # the multi-byte NOPs compilers and ftrace emit, and endbr64
+    b"\x90", b"\x66\x90", b"\x0f\x1f\x00", b"\x0f\x1f\x40\x00", b"\x0f\x1f\x44\x00\x00",
+    b"\x66\x0f\x1f\x44\x00\x00", b"\x0f\x1f\x80\x00\x00\x00\x00",
+    b"\x0f\x1f\x84\x00\x00\x00\x00\x00", b"\x66\x0f\x1f\x84\x00\x00\x00\x00\x00",
+    b"\xf3\x0f\x1e\xfa",
+)
+_REG64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+
+def emulate(code: bytes, regs: Regs) -> Regs | None:
+    """``regs`` after executing the instruction at the start of ``code``, for the few
+    instructions that only move rip or copy one 64-bit register to another; else None."""
+    if len(code) >= 5 and code[0] == 0xE9:  # jmp rel32
+        return regs.with_(rip=regs["rip"] + 5 + struct.unpack_from("<i", code, 1)[0])
+    if len(code) >= 2 and code[0] == 0xEB:  # jmp rel8
+        return regs.with_(rip=regs["rip"] + 2 + struct.unpack_from("<b", code, 1)[0])
+    for nop in _NOPS:
+        if code.startswith(nop):
+            return regs.with_(rip=regs["rip"] + len(nop))
+    if len(code) >= 3 and code[0] & 0xF8 == 0x48 and code[1] in (0x89, 0x8B) \
+            and code[2] >> 6 == 3:  # REX.W mov r64, r64
+        rex, modrm = code[0], code[2]
+        reg = ((modrm >> 3) & 7) | ((rex & 4) << 1)
+        rm = (modrm & 7) | ((rex & 1) << 3)
+        dst, src = (rm, reg) if code[1] == 0x89 else (reg, rm)
+        if _REG64[dst] == "rsp":
+            return None
+        return regs.with_(**{_REG64[dst]: regs[_REG64[src]], "rip": regs["rip"] + 3})
+    return None
+
+
+def store_length(code: bytes) -> int | None:
+    """Length of a REX.W ``mov r64 -> [base+disp]`` store (no SIB, not rip-relative), which
+    leaves every register as it was: an exit breakpoint may sit just after one."""
+    if len(code) < 3 or code[0] & 0xF8 != 0x48 or code[1] != 0x89:
+        return None
+    mod, rm = code[2] >> 6, code[2] & 7
+    if rm == 4 or mod == 3 or (mod == 0 and rm == 5):
+        return None
+    return {0: 3, 1: 4, 2: 7}[mod]
+
+
+def is_syscall_entry(r: dict[str, int]) -> bool:
+    """pt_regs as entry_SYSCALL_64 leaves them before the dispatch (64-bit SYSCALL only)."""
+    return (r["ax"] == (-ENOSYS & _M64) and r["cs"] == USER_CS and r["cx"] == r["ip"]
+            and r["r11"] == r["flags"])
+
+
+@dataclass(frozen=True)
+class KernelView:
+    """Where things are in the running kernel (slid addresses), found once at kernel_init."""
+
+    percpu: int  # per-cpu area of vCPU 0 (gs_base in kernel mode)
+    kernel_cr3: int
+    kstack_offset: int  # per-cpu offsets
+    top_of_stack: int
+    pt_regs_size: int = 168
+    slide: int = 0
+
+
+@dataclass(slots=True)
+class Pending:
+    seq: int
+    sc: Syscall
+    args: tuple[int, ...]
+    pid: int
+    start_time: int
+    site: int = 0
+
+
+@dataclass
+class Stats:
+    stops: int = 0
+    entries: int = 0
+    exits: int = 0
+    spurious: int = 0
+    dances: int = 0
+    events: int = 0
+    busy_ns: int = 0  # time the guest stood still for us: stop reply to resume sent
+    run_ns: int = 0
+    by_name: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def syscalls(self) -> int:
+        return max(self.entries, self.exits)
+
+    @property
+    def us_per_syscall(self) -> float:
+        """Collector time per traced syscall (all stops, including the untraced ones)."""
+        return self.busy_ns / 1000 / self.syscalls if self.syscalls else 0.0
+
+
+class Interceptor:
+    """Drives a stopped QEMU through its gdbstub until the guest powers off."""
+
+    def __init__(self, gdb: GdbClient, mem: Virtual, linux: Linux, producer, kv: KernelView,
+                 *, trap: str = "watch", entry: dict[int, Syscall] | None = None,
+                 mode: str = "entry-exit", traced: frozenset[str] | set[str] = PROVENANCE_SET,
+                 vcpu: int = 0, record_envp: bool = True,
+                 progress: Callable[[Stats], None] | None = None) -> None:
+        if mode not in ("entry-exit", "exit-only"):
+            raise ValueError(f"unknown mode {mode!r}")
+        if trap not in ("watch", "break"):
+            raise ValueError(f"unknown trap {trap!r}")
+        self.gdb, self.mem, self.linux, self.producer, self.kv = gdb, mem, linux, producer, kv
+        self.trap, self.mode, self.vcpu, self.record_envp = trap, mode, vcpu, record_envp
+        self.progress = progress
+        self.traced = {BY_NAME[n].nr: BY_NAME[n] for n in traced if n in BY_NAME}
+        self.entry_bps: dict[int, Syscall] = dict(entry or {})
+        self.exit_site: int | None = None
+        self.ret_addr: int | None = None
+        self.exit_armed = False
+        self.pending: dict[int, Pending] = {}  # task_struct address -> its open entry
+        self._code: dict[int, bytes] = {}
+        self.stats = Stats()
+        self._next_progress = 0.0
+
+    # -- the loop ----------------------------------------------------------------------------
+    def install(self) -> None:
+        """Arm the traps (one pipelined write). Call while the guest is stopped."""
+        g = self.gdb
+        if self.trap == "watch":
+            addr = self.kv.percpu + self.kv.kstack_offset
+            g.check_ok(g.command(b"Z3,%x,4" % addr), "read watchpoint on kstack_offset")
+            return
+        pk = [g.bp_packet(True, a) for a in self.entry_bps]
+        for addr, reply in zip(self.entry_bps, g.pipeline(pk), strict=True):
+            if reply != b"OK":
+                raise GdbError(f"cannot set breakpoint at {addr:#x}: {reply[:20]!r}")
+
+    def run(self) -> Stats:
+        """Resume the guest and handle stops until it powers off."""
+        t0 = time.monotonic_ns()
+        handler = self._on_watch if self.trap == "watch" else self._on_break
+        self.gdb.resume()
+        try:
+            while True:
+                self.gdb.wait(None)
+                t = time.monotonic_ns()
+                self.stats.stops += 1
+                handler()
+                self.stats.busy_ns += time.monotonic_ns() - t
+                if self.progress and t > self._next_progress:
+                    self._next_progress = t + 1_000_000_000
+                    self.progress(self.stats)
+        except GuestExited:
+            pass
+        self.stats.run_ns = time.monotonic_ns() - t0
+        return self.stats
+
+    # -- the watch trap ----------------------------------------------------------------------
+    def _on_watch(self) -> None:
+        try:
+            self._watch_stop()
+        finally:
+            self.gdb.resume()
+
+    def _watch_stop(self) -> None:
+        kv, lx, mem = self.kv, self.linux, self.mem
+        mem.set_cr3(kv.kernel_cr3)
+        mem.flush()
+        try:
+            taddr = lx.current_task(kv.percpu)
+            regs_ptr = mem.u64(kv.percpu + kv.top_of_stack) - kv.pt_regs_size
+            r = lx.pt_regs(regs_ptr)
+        except Unreadable:
+            self.stats.spurious += 1
+            return
+        p = self.pending.pop(taddr, None)
+        task = None
+        if p is not None:
+            task = lx.task(taddr)
+            if task.pid == p.pid and task.start_time == p.start_time:
+                self._exit(p, r["ax"], task)
+                return
+            # a stale entry: its task died inside the syscall; this is someone new
+        sc = self.traced.get(r["orig_ax"])
+        if sc is None or not is_syscall_entry(r):
+            self.stats.spurious += 1
+            return
+        args = tuple(r[x] for x in ARG_REGS)
+        if self.mode == "exit-only":
+            task = task or lx.task(taddr)
+            if sc.name not in _NO_RETURN:
+                self.pending[taddr] = Pending(0, sc, args, task.pid, task.start_time)
+            else:
+                self._entry(sc, args, taddr, task)
+            return
+        self._entry(sc, args, taddr, task)
+
+    # -- events ------------------------------------------------------------------------------
+    def _entry(self, sc: Syscall, args: tuple[int, ...], taddr: int, task: Task | None,
+               site: int = 0) -> Pending | None:
+        st = self.stats
+        st.entries += 1
+        st.by_name[sc.name] = st.by_name.get(sc.name, 0) + 1
+        lx = self.linux
+        ev = E.Event(sc.nr, E.ENTRY, time.time_ns(), self.vcpu, args=args)
+        task = self._fill_task(ev, taddr, task)
+        if task.ok:
+            ev.cwd, ev.cwd_mnt = lx.cwd(task)
+            if ev.cwd is None:
+                ev.flags |= E.F_CWD_UNREADABLE
+        self._decode_args(sc, ev, task)
+        seq = self._append(ev)
+        if sc.name in _NO_RETURN or not task.ok:
+            return None
+        p = Pending(seq, sc, args, task.pid, task.start_time, site)
+        self.pending[taddr] = p
+        return p
+
+    def _exit(self, p: Pending, ax: int, task: Task) -> None:
+        st = self.stats
+        st.exits += 1
+        ev = E.Event(p.sc.nr, E.EXIT, time.time_ns(), self.vcpu, entry_seq=p.seq, args=p.args)
+        ev.ret = _signed(ax)
+        self._fill_task(ev, task.addr, task)
+        if self.mode == "exit-only":
+            st.by_name[p.sc.name] = st.by_name.get(p.sc.name, 0) + 1
+            if task.ok:
+                ev.cwd, ev.cwd_mnt = self.linux.cwd(task)
+            self._decode_args(p.sc, ev, task)
+        if task.ok:
+            self._exit_files(p.sc, ev, task)
+        self._append(ev)
+
+    def _fill_task(self, ev: E.Event, taddr: int, task: Task | None) -> Task:
+        t = task if task is not None else self.linux.task(taddr)
+        if not t.ok:
+            ev.flags |= E.F_TASK_UNREADABLE
+        ev.tgid, ev.pid, ev.ppid, ev.uid = t.tgid, t.pid, t.ppid, t.uid
+        ev.start_time, ev.comm = t.start_time, t.comm
+        return t
+
+    def _user_space(self, task: Task) -> bool:
+        """Point the address space at the task's page tables (for its user half)."""
+        try:
+            self.mem.set_cr3(self.linux.user_cr3(task))
+            return True
+        except Unreadable:
+            return False
+
+    def _decode_args(self, sc: Syscall, ev: E.Event, task: Task) -> None:
+        lx = self.linux
+        if ("path" in sc.args or "argv" in sc.args) and self.trap == "watch" and task.ok:
+            if not self._user_space(task):
+                ev.flags |= E.F_PATH_UNREADABLE
+        for i, kind in enumerate(sc.args):
+            v = ev.args[i]
+            if kind == "path":
+                s, trunc = lx.user_string(v)
+                if s is None:
+                    ev.flags |= E.F_PATH_UNREADABLE
+                    s = ""
+                if trunc:
+                    ev.flags |= E.F_TRUNCATED
+                ev.paths.append(s)
+            elif kind in ("fd", "dirfd") and task.ok:
+                fd = ev.arg(i)
+                if kind == "dirfd" and fd == AT_FDCWD:
+                    continue
+                if sc.name in ("dup2", "dup3") and i == 1:
+                    continue  # the target fd: identified at exit
+                f = lx.fd_file(task, fd)
+                if f is not None:
+                    ev.files.append(f)
+                elif fd >= 0 and ev.phase == E.ENTRY and sc.name != "close":
+                    ev.flags |= E.F_FILE_UNREADABLE
+            elif kind in ("argv", "envp"):
+                if kind == "envp" and not self.record_envp:
+                    continue
+                lst, trunc = lx.user_strv(v)
+                if lst is None:
+                    ev.flags |= E.F_ARGV_UNREADABLE
+                if trunc:
+                    ev.flags |= E.F_TRUNCATED
+                if kind == "argv":
+                    ev.argv = lst
+                else:
+                    ev.envp = lst
+
+    def _exit_files(self, sc: Syscall, ev: E.Event, task: Task) -> None:
+        lx = self.linux
+        if ev.ret is None or ev.ret < 0:
+            return
+        fds: list[int] = []
+        if sc.name in _RET_FD or (sc.name == "fcntl" and ev.arg(1) in (F_DUPFD,
+                                                                       F_DUPFD_CLOEXEC)):
+            fds = [ev.ret]
+        elif sc.name in ("pipe", "pipe2"):
+            if self.trap == "watch":
+                self._user_space(task)
+            pair = lx.user_ints(ev.args[0], 2)
+            if pair is None:
+                ev.flags |= E.F_FILE_UNREADABLE
+                return
+            ev.out_fds = pair
+            fds = pair
+        elif sc.name in ("chdir", "fchdir"):
+            ev.cwd, ev.cwd_mnt = lx.cwd(task)
+            if ev.cwd is None:
+                ev.flags |= E.F_CWD_UNREADABLE
+        for fd in fds:
+            f = lx.fd_file(task, fd)
+            if f is None:
+                ev.flags |= E.F_FILE_UNREADABLE
+            else:
+                ev.files.append(f)
+
+    def _append(self, ev: E.Event) -> int:
+        seq = self.producer.append(RecType.EVENT, E.encode(ev))
+        self.stats.events += 1
+        return seq or 0
+
+    # -- the break trap ----------------------------------------------------------------------
+    def _code_at(self, va: int) -> bytes:
+        code = self._code.get(va)
+        if code is None:
+            try:
+                code = self.mem.read(va, 16)
+            except Unreadable:
+                return b""
+            self._code[va] = code  # kernel text does not change while traced
+        return code
+
+    def set_exit_site(self, ret_addr: int) -> None:
+        """Catch returns at ``ret_addr`` if its instruction can be skipped by emulation,
+        else just after a register-preserving store there."""
+        code = self._code_at(ret_addr)
+        n = None if emulate(code, Regs(bytes(608))) else store_length(code)
+        if n and emulate(self._code_at(ret_addr + n), Regs(bytes(608))):
+            self.exit_site = ret_addr + n
+        else:
+            self.exit_site = ret_addr
+
+    def _on_break(self) -> None:
+        g = self.gdb
+        regs = g.read_registers()
+        self.mem.set_cr3(regs["cr3"])
+        self.mem.flush()
+        rip = regs["rip"]
+        sc = self.entry_bps.get(rip)
+        if sc is not None:
+            before = self._break_entry(sc, regs)
+        elif rip == self.exit_site and self.exit_armed:
+            before = self._break_exit(regs)
+            if before is None:  # nothing in flight: remove instead of skipping
+                self.exit_armed = False
+                g.resume([g.bp_packet(False, rip)])
+                return
+        else:
+            g.resume()
+            return
+        new = emulate(self._code_at(rip), regs)
+        if new is not None:
+            g.resume([*before, GdbClient.write_registers_packet(new)])
+            return
+        self.stats.dances += 1  # lift, step, re-insert
+        g.pipeline([*before, g.bp_packet(False, rip)])
+        g.step()
+        g.resume([g.bp_packet(True, rip)])
+
+    def _break_entry(self, sc: Syscall, regs: Regs) -> list[bytes]:
+        try:
+            taddr = self.linux.current_task(regs["gs_base"])
+            args, _ = self.linux.syscall_args(regs["rdi"])
+        except Unreadable:
+            self.stats.spurious += 1
+            return []
+        p = self._entry(sc, args, taddr, None)
+        if p is None:
+            return []
+        try:
+            ret_addr = self.mem.u64(regs["rsp"])
+        except Unreadable:
+            ret_addr = None
+        if self.ret_addr is None and ret_addr is not None:
+            self.ret_addr = ret_addr
+            self.set_exit_site(ret_addr)
+        if ret_addr is None or ret_addr != self.ret_addr:
+            self.pending.pop(taddr, None)  # not called from the dispatcher: no exit event
+            return []
+        if not self.exit_armed:
+            self.exit_armed = True
+            return [self.gdb.bp_packet(True, self.exit_site)]
+        return []
+
+    def _break_exit(self, regs: Regs) -> list[bytes] | None:
+        try:
+            taddr = self.linux.current_task(regs["gs_base"])
+        except Unreadable:
+            taddr = 0
+        p = self.pending.pop(taddr, None)
+        if p is None:
+            self.stats.spurious += 1
+            return [] if self.pending else None
+        self._exit(p, regs["rax"], self.linux.task(taddr))
+        if self.pending:
+            return []
+        self.exit_armed = False
+        return [self.gdb.bp_packet(False, self.exit_site)]
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def log(msg: str) -> None:
+    print(f"provisor: {msg}", file=sys.stderr, flush=True)
+
+
+def boot_to_kernel_init(gdb: GdbClient, symbols: dict[str, int], kaslr: bool = True,
+                        anchor: str = "kernel_init", align: int = 0x200000,
+                        span: int = 1 << 30) -> int:
+    """Run a just-started guest to ``anchor`` (runs once, after ftrace patched the kernel
+    text and before user space) with a breakpoint at every address KASLR can give it (only
+    the unslid one with ``nokaslr``); the hit tells the slide. Returns the slide and leaves
+    the guest stopped there with no breakpoint inserted."""
+    base = symbols[anchor]
+    lo_slide = -0x1000000  # the kernel may start at 0xffffffff80000000 at the lowest
+    cands = [base + s for s in range(lo_slide, span - 0x1000000, align)
+             if 0xFFFF_FFFF_8000_0000 <= base + s < 0xFFFF_FFFF_FFFF_F000] if kaslr else [base]
+    for chunk in range(0, len(cands), 64):
+        for r in gdb.pipeline([gdb.bp_packet(True, a) for a in cands[chunk:chunk + 64]]):
+            gdb.check_ok(r, "KASLR probe breakpoint")
+    gdb.resume()
+    gdb.wait(None)
+    rip = gdb.read_registers()["rip"]
+    for chunk in range(0, len(cands), 64):
+        gdb.pipeline([gdb.bp_packet(False, a) for a in cands[chunk:chunk + 64]])
+    if rip not in set(cands):
+        raise GdbError(f"guest stopped at {rip:#x}, not at a KASLR candidate of {anchor}")
+    return rip - base
+
+
+def entry_sites(mem: Virtual, symbols: dict[str, int], slide: int,
+                traced: frozenset[str] | set[str] = PROVENANCE_SET,
+                dispatcher: str = "x64_sys_call", span: int = 0x4000
+                ) -> tuple[dict[int, Syscall], list[str]]:
+    """Where to trap each traced syscall. Preferably at the dispatcher's ``jmp
+    __x64_sys_X`` (6.1+ kernels dispatch through a switch in x64_sys_call): under TCG every
+    instruction on a page holding a breakpoint runs as its own translation block, and the
+    dispatcher's pages are cold, while the ``__x64_sys_*`` share pages with hot VFS code.
+    Falls back to the function entry. Returns ({address: syscall}, names not found)."""
+    want: dict[int, Syscall] = {}
+    missing: list[str] = []
+    for name in sorted(traced):
+        sc = BY_NAME.get(name)
+        addr = symbols.get(f"__x64_sys_{name}")
+        if sc is None or addr is None:
+            missing.append(name)
+        else:
+            want[addr + slide] = sc
+    sites: dict[int, Syscall] = {}
+    found: dict[int, list[int]] = {}
+    base = symbols.get(dispatcher)
+    if base is not None:
+        base += slide
+        end = min([a + slide for a in symbols.values() if a > base - slide] or [base + span])
+        try:
+            code = mem.read(base, min(end - base, span))
+        except Unreadable:
+            code = b""
+        for i in range(len(code) - 4):
+            if code[i] == 0xE9:
+                target = base + i + 5 + struct.unpack_from("<i", code, i + 1)[0]
+                if target in want:
+                    found.setdefault(target, []).append(base + i)
+    for target, sc in want.items():
+        hits = found.get(target, [])
+        sites[hits[0] if len(hits) == 1 else target] = sc
+    return sites, missing
+
+
+class QemuGuest:
+    """QEMU (TCG by default) stopped before its first instruction, with the gdbstub on a unix
+    socket and guest RAM in a file, both in a fresh 0700 directory: only the collector's user
+    can attach to the stub or read the RAM, and the guest has no channel to either."""
+
+    def __init__(self, kernel: str, initrd: str, append: str, *, mem_mb: int = 256,
+                 accel: str = "tcg", serial_log: str | None = None,
+                 qemu: str = "qemu-system-x86_64", extra: list[str] | None = None,
+                 base_dir: str | None = None) -> None:
+        import os
+        import shutil
+        import tempfile
+
+        if shutil.which(qemu) is None:
+            from provisor.errors import ProvisorError
+            raise ProvisorError(f"{qemu} not found (install qemu-system-x86: make setup)")
+        base = base_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+        self.dir = tempfile.mkdtemp(prefix="provisor-vm-", dir=base)
+        os.chmod(self.dir, 0o700)
+        self.sock = os.path.join(self.dir, "gdb.sock")
+        self.ram = os.path.join(self.dir, "ram")
+        self.serial_log = serial_log or os.path.join(self.dir, "serial.log")
+        self.mem_mb = mem_mb
+        self.argv = [
+            qemu, "-accel", accel, "-m", f"{mem_mb}M", "-smp", "1",
+            "-object", f"memory-backend-file,id=ram,size={mem_mb}M,mem-path={self.ram},share=on",
+            "-machine", "memory-backend=ram",
+            "-kernel", kernel, "-initrd", initrd, "-append", append,
+            "-display", "none", "-monitor", "none", "-no-reboot", "-nodefaults",
+            "-serial", f"file:{self.serial_log}",
+            "-chardev", f"socket,id=gdb0,path={self.sock},server=on,wait=on",
+            "-gdb", "chardev:gdb0", "-S", *(extra or []),
+        ]
+        self.proc = None
+        self.gdb: GdbClient | None = None
+        self.phys = None
+
+    def start(self) -> GdbClient:
+        import os
+        import subprocess
+
+        from hv.memory import PhysicalFile
+
+        self._err = open(os.path.join(self.dir, "qemu.err"), "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=self._err)
+        deadline = time.monotonic() + 15
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise GdbError(f"QEMU did not start: {self.qemu_error()}")
+            time.sleep(0.01)
+        self.gdb = GdbClient.connect_unix(self.sock)
+        self.gdb.supported()
+        self.gdb.halt_reason()
+        self.phys = PhysicalFile(self.ram, self.mem_mb << 20)
+        return self.gdb
+
+    def qemu_error(self) -> str:
+        try:
+            self._err.seek(0)
+            lines = [x for x in self._err.read().splitlines() if x.strip()]
+            return lines[-1] if lines else f"exit status {self.proc.poll()}"
+        except (OSError, ValueError, AttributeError):
+            return "unknown error"
+
+    def wait(self, timeout: float = 30.0) -> int | None:
+        import subprocess
+
+        try:
+            return self.proc.wait(timeout) if self.proc else None
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        import shutil
+
+        if self.gdb:
+            self.gdb.close()
+        if self.phys:
+            self.phys.close()
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            if self.wait(5) is None:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> QemuGuest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
