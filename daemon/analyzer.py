@@ -54,7 +54,8 @@ class Proc:
     last_seq: int = 0
     exit_seq: int | None = None
     frozen: bool = False
-    used: dict[int, None] = field(default_factory=dict)
+    used: dict[int, int] = field(default_factory=dict)  # version node -> position
+    used_pos: int = 0
     fds: dict[int, tuple[int, int]] = field(default_factory=dict)  # fd -> (artifact, cloexec)
 
     def row(self) -> tuple:
@@ -96,6 +97,9 @@ class Batch:
     procs: dict[int, Proc] = field(default_factory=dict)
     arts: dict[int, Art] = field(default_factory=dict)
     pending_done: list[int] = field(default_factory=list)
+    used_add: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # proc: (pos, node)
+    used_del: set[tuple[int, int]] = field(default_factory=set)  # (proc, pos)
+    used_clear: set[int] = field(default_factory=set)  # procs whose used set was reset
 
 
 class Analyzer:
@@ -258,8 +262,11 @@ class Analyzer:
         self._rel(USED, src, a.node, ev, entry_seq)
         a.frozen = True
         if len(p.used) >= USED_CAP:
-            p.used.pop(next(iter(p.used)))
-        p.used[a.node] = None
+            oldest = next(iter(p.used))
+            self.b.used_del.add((p.id, p.used.pop(oldest)))
+        p.used[a.node] = p.used_pos
+        self.b.used_add.setdefault(p.id, []).append((p.used_pos, a.node))
+        p.used_pos += 1
         self._dirty_p(p)
 
     def _generate(self, p: Proc, a: Art, ev: Event, entry_seq: int | None,
@@ -319,14 +326,15 @@ class Analyzer:
         """Analyze one event (called in sequence order)."""
         p = self._proc_for(ev)
         paths = "\n".join(ev.paths) if ev.paths else None
+        name = ev.name
         self.b.events.append((ev.seq, ev.ts_ns, ev.vcpu, "exit" if ev.phase else "entry",
-                              ev.entry_seq or None, ev.nr, ev.name, ev.tgid, ev.pid, ev.ppid,
+                              ev.entry_seq or None, ev.nr, name, ev.tgid, ev.pid, ev.ppid,
                               ev.uid, ev.start_time, ev.comm, ev.cwd, paths, ev.ret, ev.flags,
                               ev.payload))
         if ev.phase == ENTRY:
-            if ev.name not in NORETURN:
+            if name not in NORETURN:
                 self.pending[ev.seq] = ev
-            elif ev.name == "exit_group" or ev.pid == ev.tgid:
+            elif name == "exit_group" or ev.pid == ev.tgid:
                 p.exit_seq = ev.seq
             return
         entry = self.pending.pop(ev.entry_seq, None)
@@ -334,10 +342,10 @@ class Analyzer:
             self.b.pending_done.append(entry.seq)
         if ev.ret is None or ev.ret < 0:
             return  # a failed call is an event, never a relation
-        self._exit(p, ev, entry or ev)
+        self._exit(p, ev, entry or ev, name)
 
-    def _exit(self, p: Proc, ev: Event, en: Event) -> None:
-        name, ret, eseq = ev.name, ev.ret or 0, (en.seq if en is not ev else None)
+    def _exit(self, p: Proc, ev: Event, en: Event, name: str) -> None:
+        ret, eseq = ev.ret or 0, (en.seq if en is not ev else None)
         fid = ev.files[0] if ev.files else (en.files[0] if en.files else None)
         paths = en.paths or ev.paths
         args = en.args
@@ -469,6 +477,8 @@ class Analyzer:
         p.frozen = False
         self._rel(INFORMED, p.node, prev, ev, en.seq if en is not ev else None)
         p.used = {}
+        self.b.used_clear.add(p.id)
+        self.b.used_add.pop(p.id, None)
         p.fds = {fd: ref for fd, ref in p.fds.items() if not ref[1]}
         if paths:
             p.exe = self._abspath(p, paths[0])

@@ -9,9 +9,11 @@ row's presence, or the order of rows changes the digest.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable, Sequence
 
 GENESIS = bytes(32)
+_LEN = struct.Struct("<I")
 
 # the columns that are chained, in order (a prefix of each table's schema)
 EVENT_COLS = ("seq", "ts_ns", "vcpu", "phase", "entry_seq", "nr", "name", "tgid", "pid", "ppid",
@@ -19,8 +21,13 @@ EVENT_COLS = ("seq", "ts_ns", "vcpu", "phase", "entry_seq", "nr", "name", "tgid"
 RELATION_COLS = ("id", "kind", "src", "dst", "entry_seq", "exit_seq", "ts_ns")
 
 def row_bytes(tag: bytes, row: Sequence[object]) -> bytes:
-    """The canonical bytes of a row: its tag, then Python's ``repr`` of the tuple, which is
-    type-tagged (None, int, str, bytes are told apart) and escapes every separator."""
+    """The canonical bytes of a row: its tag, Python's ``repr`` of the tuple (type-tagged:
+    None, int and str are told apart, separators escaped), and, when the last column is a
+    blob (an event's payload), that blob length-prefixed and raw rather than escaped."""
+    last = row[-1] if row else None
+    if isinstance(last, bytes):
+        return b"".join((tag, repr(tuple(row[:-1])).encode("utf-8", "surrogateescape"),
+                         _LEN.pack(len(last)), last))
     return tag + repr(tuple(row)).encode("utf-8", "surrogateescape") + b"\n"
 
 

@@ -184,8 +184,10 @@ class Store:
                 an.procs[p.tgid] = p
         for pid, fd, aid, cloexec in q("SELECT * FROM fds ORDER BY proc_id, fd"):
             an.proc_by_id[pid].fds[fd] = (aid, cloexec)
-        for pid, _pos, node in q("SELECT * FROM proc_used ORDER BY proc_id, pos"):
-            an.proc_by_id[pid].used[node] = None
+        for pid, pos, node in q("SELECT * FROM proc_used ORDER BY proc_id, pos"):
+            p = an.proc_by_id[pid]
+            p.used[node] = pos
+            p.used_pos = pos + 1
         for row in q("SELECT * FROM artifacts"):
             a = Art(row[0], row[1], row[2], row[3], row[4], row[6], row[5], row[7])
             an.arts[a.id] = a
@@ -287,13 +289,18 @@ class Store:
                 c.executemany("INSERT OR REPLACE INTO processes VALUES "
                               "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [p.row() for p in b.procs.values()])
                 c.executemany("DELETE FROM fds WHERE proc_id=?", ids)
-                c.executemany("DELETE FROM proc_used WHERE proc_id=?", ids)
                 c.executemany("INSERT INTO fds VALUES (?,?,?,?)", [
                     (p.id, fd, ref[0], ref[1]) for p in b.procs.values()
                     for fd, ref in p.fds.items()])
+            if b.used_clear:
+                c.executemany("DELETE FROM proc_used WHERE proc_id=?",
+                              [(i,) for i in b.used_clear])
+            if b.used_del:
+                c.executemany("DELETE FROM proc_used WHERE proc_id=? AND pos=?", b.used_del)
+            if b.used_add:
                 c.executemany("INSERT INTO proc_used VALUES (?,?,?)", [
-                    (p.id, i, node) for p in b.procs.values()
-                    for i, node in enumerate(p.used)])
+                    (pid, pos, node) for pid, adds in b.used_add.items() for pos, node in adds
+                    if (pid, pos) not in b.used_del])
             if b.arts:
                 c.executemany("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?)",
                               [a.row() for a in b.arts.values()])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from hv.syscalls import name_of
+from hv.syscalls import BY_NR, name_of
 from provisor.errors import ProvisorError
 
 EVENT_VERSION = 1
@@ -30,6 +30,10 @@ _FIXED = struct.Struct("<BBHHHQQIIIIQqQ6Q")
 _TLV = struct.Struct("<BH")
 _FILE = struct.Struct("<QQ")
 _I32 = struct.Struct("<i")
+
+_FIXED_SIZE = _FIXED.size
+_unpack_fixed = _FIXED.unpack_from
+_unpack_tlv = _TLV.unpack_from
 
 T_COMM, T_CWD, T_PATH, T_ARGV, T_ENVP, T_FILE, T_OUTFD = 1, 2, 3, 4, 5, 6, 7
 MAX_FIELD = 0xFFFF
@@ -76,7 +80,8 @@ class Event:
 
     @property
     def name(self) -> str:
-        return name_of(self.nr)
+        s = BY_NR.get(self.nr)
+        return s.name if s is not None else name_of(self.nr)
 
     def arg(self, i: int) -> int:
         """Argument register ``i`` as a signed 64-bit integer (fds, AT_FDCWD, flags)."""
@@ -120,53 +125,59 @@ def encode(ev: Event) -> bytes:
 def decode(data: bytes, seq: int = 0) -> Event:
     """Decode an EVENT payload; EventDecodeError on anything malformed."""
     try:
-        if len(data) < _FIXED.size:
-            raise EventDecodeError(f"event payload too short ({len(data)} bytes)")
+        end = len(data)
+        if end < _FIXED_SIZE:
+            raise EventDecodeError(f"event payload too short ({end} bytes)")
         (version, phase, vcpu, nr, flags, entry_seq, ts, tgid, pid, ppid, uid, start, ret,
-         mnt, *args) = _FIXED.unpack_from(data)
+         mnt, a0, a1, a2, a3, a4, a5) = _unpack_fixed(data)
         if version != EVENT_VERSION:
             raise EventDecodeError(f"unknown event version {version}")
-        if phase not in (ENTRY, EXIT):
+        if phase > EXIT:
             raise EventDecodeError(f"bad phase {phase}")
-        ev = Event(nr, phase, ts, vcpu, entry_seq, tgid, pid, ppid, uid, start,
-                   ret if flags & F_HAS_RET else None, mnt, tuple(args), flags & ~F_HAS_RET,
-                   seq=seq, payload=data)
-        off, end = _FIXED.size, len(data)
-        mv = memoryview(data)
+        comm, cwd = "", None
+        paths: list[str] = []
+        files: list[FileId] = []
+        out_fds: list[int] = []
+        argv: list[str] | None = None
+        envp: list[str] | None = None
+        off = _FIXED_SIZE
         while off < end:
             if off + 3 > end:
                 raise EventDecodeError("truncated field header")
-            tag, n = _TLV.unpack_from(data, off)
+            tag, n = _unpack_tlv(data, off)
             off += 3
-            if off + n > end:
+            nxt = off + n
+            if nxt > end:
                 raise EventDecodeError("field runs past the payload")
-            raw = bytes(mv[off:off + n])
-            off += n
-            if tag == T_FILE:
+            if tag == T_PATH:
+                paths.append(data[off:nxt].decode("utf-8", "surrogateescape"))
+            elif tag == T_FILE:
                 if n < 16:
                     raise EventDecodeError("short file identity")
-                dev, ino = _FILE.unpack_from(raw)
-                ev.files.append(FileId(dev, ino, raw[16:].decode("utf-8", "surrogateescape")))
-                continue
-            if tag == T_OUTFD:
+                dev, ino = _FILE.unpack_from(data, off)
+                files.append(FileId(dev, ino,
+                                    data[off + 16:nxt].decode("utf-8", "surrogateescape")))
+            elif tag == T_COMM:
+                comm = data[off:nxt].decode("utf-8", "surrogateescape")
+            elif tag == T_CWD:
+                cwd = data[off:nxt].decode("utf-8", "surrogateescape")
+            elif tag == T_OUTFD:
                 if n != 4:
                     raise EventDecodeError("bad fd field")
-                ev.out_fds.append(_I32.unpack(raw)[0])
-                continue
-            text = raw.decode("utf-8", "surrogateescape")
-            if tag == T_COMM:
-                ev.comm = text
-            elif tag == T_CWD:
-                ev.cwd = text
-            elif tag == T_PATH:
-                ev.paths.append(text)
+                out_fds.append(_I32.unpack_from(data, off)[0])
             elif tag == T_ARGV:
-                ev.argv = (ev.argv or []) + [text]
+                argv = (argv or [])
+                argv.append(data[off:nxt].decode("utf-8", "surrogateescape"))
             elif tag == T_ENVP:
-                ev.envp = (ev.envp or []) + [text]
+                envp = (envp or [])
+                envp.append(data[off:nxt].decode("utf-8", "surrogateescape"))
             else:
                 raise EventDecodeError(f"unknown field tag {tag}")
-        return ev
+            off = nxt
+        return Event(nr, phase, ts, vcpu, entry_seq, tgid, pid, ppid, uid, start,
+                     ret if flags & F_HAS_RET else None, mnt, (a0, a1, a2, a3, a4, a5),
+                     flags & ~F_HAS_RET, comm, cwd, paths, argv, envp, files, out_fds, seq,
+                     data)
     except EventDecodeError:
         raise
     except Exception as e:  # struct.error and friends: still a clean, typed error

@@ -1,0 +1,1 @@
+"""The daemon: ring records to a PASS-style provenance graph in SQLite, exactly once."""

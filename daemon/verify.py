@@ -1,0 +1,443 @@
+"""``provisor verify``: recompute the tamper-evidence hash chain and say where it breaks.
+
+The chain (daemon/chain.py, the only definition of a link) covers, per ``chain`` row (one
+applied batch), the events with seq in (previous last_seq, last_seq] and the relations with id
+in [first_rel, last_rel], in key order. A batch is checked against its stored digest starting
+from the *stored* digest of the batch before, so every batch is judged on its own and the first
+bad one is named. The digest says *that* a batch changed; to say *which row*, the checker then
+looks for evidence, cheapest first:
+
+* keys: a sequence number or relation id missing inside a batch's range (deleted), or a row
+  outside every batch's range or colliding with a NOTE/LOSS record's seq (inserted);
+* events: each row must equal what the analyzer derives from its own payload (altered column);
+* order: a pair of rows whose exchange restores the digest (reordered);
+* chain: a digest that is wrong while its rows and the next link are right (chain row altered);
+* relations: a replay of the stored events through the analyzer, compared row by row.
+
+With ``--ring``, every record still readable in the ring image (the unreleased chain, and
+released records not yet overwritten) is compared byte for byte with the stored payload.
+See docs/TAMPER.md for what this does and does not protect against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from daemon import chain
+from daemon.analyzer import Analyzer
+from provisor.errors import ProvisorError
+from provisor.events import EventDecodeError, decode
+
+EV_SQL = f"SELECT {', '.join(chain.EVENT_COLS)} FROM events"
+REL_SQL = f"SELECT {', '.join(chain.RELATION_COLS)} FROM relations"
+MAX_FINDINGS = 50
+
+
+class VerifyError(ProvisorError):
+    pass
+
+
+@dataclass
+class Finding:
+    what: str  # altered | deleted | inserted | reordered | broken
+    table: str  # events | relations | chain | meta | ring
+    key: str  # "seq=12", "id=5", "batch=3", "chain_head"
+    batch: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        where = f" (batch {self.batch})" if self.batch is not None else ""
+        return f"{self.what}: {self.table} {self.key}{where}: {self.detail}"
+
+
+@dataclass
+class Report:
+    db: str
+    batches: int = 0
+    events: int = 0
+    relations: int = 0
+    head: str = ""
+    findings: list[Finding] = field(default_factory=list)
+    ring: dict | None = None
+    checked_at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def add(self, *a: object) -> None:
+        if len(self.findings) < MAX_FINDINGS:
+            self.findings.append(Finding(*a))  # type: ignore[arg-type]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["findings"] = [str(f) for f in self.findings]
+        return d
+
+
+@dataclass
+class Batch:
+    n: int
+    lo: int  # events with lo < seq <= hi
+    hi: int
+    first_rel: int | None
+    last_rel: int | None
+    digest: bytes
+
+
+def _batches(conn: sqlite3.Connection, rep: Report) -> list[Batch]:
+    rows = conn.execute("SELECT batch, first_seq, last_seq, first_rel, last_rel, digest "
+                        "FROM chain ORDER BY batch").fetchall()
+    out: list[Batch] = []
+    prev_hi, prev_rel = None, 0
+    for i, (n, first, last, fr, lr, dg) in enumerate(rows, 1):
+        if n != i:
+            rep.add("deleted" if n > i else "inserted", "chain", f"batch={i}", i,
+                    f"chain rows jump from batch {i - 1} to {n}")
+        if prev_hi is not None and last is not None and last <= prev_hi:
+            rep.add("reordered", "chain", f"batch={n}", n,
+                    f"last_seq {last} not after the previous batch's {prev_hi}")
+        if fr is not None and (fr <= prev_rel or (lr is not None and lr < fr)):
+            rep.add("reordered", "chain", f"batch={n}", n,
+                    f"relation range {fr}..{lr} overlaps or precedes the previous batch's")
+        if prev_hi is None:  # the first batch starts where the ring was when the DB was made
+            lo = _first_record(conn, last) - 1 if first is None else min(
+                first, _first_record(conn, last)) - 1
+        else:
+            lo = prev_hi
+        out.append(Batch(n, lo, last, fr, lr, bytes(dg) if dg is not None else b""))
+        prev_hi = last if last is not None else prev_hi
+        prev_rel = lr if lr is not None else prev_rel
+    return out
+
+
+def _first_record(conn: sqlite3.Connection, hi: int) -> int:
+    row = conn.execute("SELECT min(s) FROM (SELECT min(seq) s FROM events UNION ALL "
+                       "SELECT min(seq) FROM notes UNION ALL SELECT min(seq) FROM losses)"
+                       ).fetchone()
+    return min(row[0] or hi, hi)
+
+
+def _rows(conn: sqlite3.Connection, b: Batch) -> tuple[list[tuple], list[tuple]]:
+    ev = conn.execute(f"{EV_SQL} WHERE seq > ? AND seq <= ? ORDER BY seq", (b.lo, b.hi)).fetchall()
+    rel = ([] if b.first_rel is None else conn.execute(
+        f"{REL_SQL} WHERE id BETWEEN ? AND ? ORDER BY id", (b.first_rel, b.last_rel)).fetchall())
+    return ev, rel
+
+
+# -- locating a change inside a bad batch --------------------------------------------------
+def _keys(conn: sqlite3.Connection, b: Batch, ev: list[tuple], rel: list[tuple],
+          rep: Report) -> bool:
+    found = False
+    other = {r[0] for r in conn.execute(
+        "SELECT seq FROM notes WHERE seq > ? AND seq <= ? UNION SELECT seq FROM losses "
+        "WHERE seq > ? AND seq <= ?", (b.lo, b.hi, b.lo, b.hi))}
+    have = {r[0] for r in ev}
+    for s in sorted(have & other):
+        rep.add("inserted", "events", f"seq={s}", b.n, "the ring record with this seq was a "
+                "NOTE/LOSS, not an event")
+        found = True
+    for s in range(b.lo + 1, b.hi + 1):
+        if s not in have and s not in other:
+            rep.add("deleted", "events", f"seq={s}", b.n, "missing from a batch that applied it")
+            found = True
+            break
+    if b.first_rel is not None:
+        ids = [r[0] for r in rel]
+        missing = sorted(set(range(b.first_rel, b.last_rel + 1)) - set(ids))
+        if missing:
+            rep.add("deleted", "relations", f"id={missing[0]}", b.n,
+                    f"missing from ids {b.first_rel}..{b.last_rel}"
+                    + (f" ({len(missing)} missing)" if len(missing) > 1 else ""))
+            found = True
+    return found
+
+
+def _derived_row(ev_payload: bytes, seq: int) -> tuple | str:
+    """The events row the analyzer makes from a payload (its own code, not a copy)."""
+    try:
+        ev = decode(ev_payload, seq)
+    except EventDecodeError as e:
+        return f"payload no longer decodes ({e})"
+    an = Analyzer()
+    an.event(ev)
+    return an.b.events[0]
+
+
+def _events(b: Batch, ev: list[tuple], rep: Report) -> bool:
+    for row in ev:
+        want = _derived_row(row[-1], row[0])
+        if isinstance(want, str):
+            rep.add("altered", "events", f"seq={row[0]}", b.n, want)
+            return True
+        if tuple(want) != tuple(row):
+            cols = [c for c, x, y in zip(chain.EVENT_COLS, row, want, strict=True) if x != y]
+            rep.add("altered", "events", f"seq={row[0]}", b.n,
+                    f"column {', '.join(cols)} disagrees with the event's payload")
+            return True
+    return False
+
+
+def _swaps(prev: bytes, ev: list[tuple], rel: list[tuple], want: bytes) -> Iterator[tuple]:
+    """Candidate exchanges of two rows, from where timestamps go backwards."""
+    for name, rows, ts_i in (("events", ev, 1), ("relations", rel, 6)):
+        drops = [i for i in range(1, len(rows)) if (rows[i][ts_i] or 0) < (rows[i - 1][ts_i] or 0)]
+        cands = {(d - 1, d) for d in drops}
+        cands |= {(a - 1, c) for a in drops for c in drops if c > a}
+        for a, c in sorted(cands)[:400]:
+            swapped = list(rows)
+            # the rows keep their keys; their contents trade places
+            swapped[a] = (rows[a][0], *rows[c][1:])
+            swapped[c] = (rows[c][0], *rows[a][1:])
+            args = (swapped, rel) if name == "events" else (ev, swapped)
+            if chain.digest(prev, *args) == want:
+                yield name, rows[a][0], rows[c][0]
+
+
+def _replay(conn: sqlite3.Connection, batches: list[Batch], rep: Report) -> bool:
+    """Replay the stored events through a fresh analyzer over ``batches``; compare each
+    batch's relations with what the replay makes of it and report the first difference."""
+    an = Analyzer()
+    for b in batches:
+        for (seq, payload) in conn.execute("SELECT seq, payload FROM events WHERE seq > ? AND "
+                                           "seq <= ? ORDER BY seq", (b.lo, b.hi)):
+            try:
+                an.event(decode(payload, seq))
+            except EventDecodeError:
+                continue
+        got = an.take().relations
+        stored = {r[0]: tuple(r) for r in conn.execute(
+            f"{REL_SQL} WHERE id BETWEEN ? AND ?", (b.first_rel or 0, b.last_rel or -1))}
+        by_content = {r[1:]: r[0] for r in got}
+        for r in got:
+            s = stored.get(r[0])
+            if s is None or s == tuple(r):
+                continue
+            if s[1:] in by_content and by_content[s[1:]] != r[0]:
+                rep.add("reordered", "relations", f"id={r[0]}", b.n,
+                        f"holds the row a replay puts at id={by_content[s[1:]]}")
+            else:
+                cols = [c for c, x, y in zip(chain.RELATION_COLS, s, r, strict=True) if x != y]
+                rep.add("altered", "relations", f"id={r[0]}", b.n,
+                        f"column {', '.join(cols)} differs from a replay of the stored events "
+                        f"(the relation, or the events it came from, seq {r[5]}, changed)")
+            return True
+        extra = sorted(set(stored) - {r[0] for r in got})
+        if extra:
+            rep.add("inserted", "relations", f"id={extra[0]}", b.n, "not produced by a replay")
+            return True
+    return False
+
+
+# -- the check -------------------------------------------------------------------------------
+def verify(conn: sqlite3.Connection, path: str = "",
+           tick: Callable[[int], None] = lambda n: None,
+           expected_head: str | None = None) -> Report:
+    """Check the whole chain; ``expected_head`` is a head anchored elsewhere earlier (printed,
+    signed, logged remotely): it must still be one of the chain's links."""
+    rep = Report(path, checked_at=time.time())
+    q = conn.execute
+    meta = dict(q("SELECT key, value FROM meta").fetchall())
+    batches = _batches(conn, rep)
+    rep.batches = len(batches)
+    if str(len(batches)) != meta.get("batches", "0"):
+        rep.add("deleted" if len(batches) < int(meta.get("batches") or 0) else "inserted",
+                "chain", f"batch={len(batches)}", None,
+                f"{len(batches)} chain rows, meta says {meta.get('batches')}")
+    prev = chain.GENESIS
+    recomputed = chain.GENESIS
+    for i, b in enumerate(batches):
+        ev, rel = _rows(conn, b)
+        rep.events += len(ev)
+        rep.relations += len(rel)
+        d = chain.digest(prev, ev, rel)
+        relink = d != b.digest and _locate(conn, batches, i, prev, d, ev, rel, rep)
+        recomputed = d
+        prev = d if relink else b.digest
+        tick(len(ev) + len(rel))
+    head = meta.get("chain_head", "")
+    rep.head = head
+    if batches and head != batches[-1].digest.hex():
+        if recomputed.hex() == head:
+            rep.add("altered", "chain", f"batch={batches[-1].n}", batches[-1].n,
+                    "stored digest differs from its rows and from the chain head")
+        else:
+            rep.add("altered", "meta", "chain_head", None,
+                    f"head {head[:16]}... is not the last batch's digest")
+    elif not batches and head not in ("", chain.GENESIS.hex()):
+        rep.add("altered", "meta", "chain_head", None, "head set but no batch recorded")
+    last_seq = batches[-1].hi if batches else 0
+    if str(last_seq) != meta.get("applied_seq", "0"):
+        rep.add("altered", "meta", "applied_seq", None,
+                f"applied_seq {meta.get('applied_seq')} but the last batch ends at {last_seq}")
+    last_rel = max((b.last_rel for b in batches if b.last_rel is not None), default=0)
+    extra = q("SELECT min(seq) FROM events WHERE seq > ?", (last_seq,)).fetchone()[0]
+    if extra is not None:
+        rep.add("inserted", "events", f"seq={extra}", None, "after the last applied batch")
+    extra = q("SELECT min(id) FROM relations WHERE id > ?", (last_rel,)).fetchone()[0]
+    if extra is not None:
+        rep.add("inserted", "relations", f"id={extra}", None, "after the last batch's relations")
+    if batches:
+        lo = batches[0].lo
+        extra = q("SELECT min(seq) FROM events WHERE seq <= ?", (lo,)).fetchone()[0]
+        if extra is not None:
+            rep.add("inserted", "events", f"seq={extra}", None, "before the first batch")
+        first_rel = min((b.first_rel for b in batches if b.first_rel is not None), default=1)
+        extra = q("SELECT min(id) FROM relations WHERE id < ?", (first_rel,)).fetchone()[0]
+        if extra is not None:
+            rep.add("inserted", "relations", f"id={extra}", None, "before the first batch")
+    if expected_head is not None:
+        want = expected_head.strip().lower()
+        links = {b.digest.hex(): b.n for b in batches}
+        if want not in links and want != chain.GENESIS.hex():
+            rep.add("altered", "chain", "anchored head", None,
+                    f"the anchored head {want[:16]}... is no link of this chain: the store "
+                    "was rewritten (or the head belongs to another store)")
+    rep.findings.sort(key=lambda f: (f.batch is None, f.batch or 0))
+    return rep
+
+
+def _locate(conn: sqlite3.Connection, batches: list[Batch], i: int, prev: bytes, got: bytes,
+            ev: list[tuple], rel: list[tuple], rep: Report) -> bool:
+    """Explain batch ``i``'s mismatch; True when its stored digest (not its rows) was altered,
+    so the next batch must be checked against the recomputed one."""
+    b = batches[i]
+    n0 = len(rep.findings)
+    if _keys(conn, b, ev, rel, rep) or _events(b, ev, rep):
+        return False
+    for name, a, c in _swaps(prev, ev, rel, b.digest):
+        key = "seq" if name == "events" else "id"
+        rep.add("reordered", name, f"{key}={a}", b.n, f"exchanged with {key}={c}")
+        return False
+    # rows intact and the next link (or the head) agrees with them: the digest was altered
+    nxt_ok = False
+    if i + 1 < len(batches):
+        ev2, rel2 = _rows(conn, batches[i + 1])
+        nxt_ok = chain.digest(got, ev2, rel2) == batches[i + 1].digest
+    else:
+        nxt_ok = conn.execute("SELECT value FROM meta WHERE key='chain_head'").fetchone()[0] \
+            == got.hex()
+    if nxt_ok:
+        rep.add("altered", "chain", f"batch={b.n}", b.n,
+                "stored digest altered (its rows and the next link agree with each other)")
+        return True
+    if _replay(conn, batches[:i + 1], rep):
+        return False
+    if len(rep.findings) == n0:
+        rep.add("altered", "chain", f"batch={b.n}", b.n,
+                f"digest mismatch over events seq {b.lo + 1}..{b.hi} and relations "
+                f"{b.first_rel}..{b.last_rel}; the row could not be located (an earlier batch "
+                "re-chained, or a payload and its columns changed together? verify --ring "
+                "compares payloads with the ring)")
+    return False
+
+
+# -- the ring --------------------------------------------------------------------------------
+def ring_records(path: str) -> tuple[str, dict[int, tuple[int, bytes]], int]:
+    """Every record still readable in a ring image: the live chain after the checkpoint, and
+    released records not yet overwritten (found by their own header checksums)."""
+    from pmem import layout as L
+    from pmem.ring import Consumer
+
+    out: dict[int, tuple[int, bytes]] = {}
+    with Consumer.open(path, readonly=True) as c:
+        uuid_str, buf, size, uuid = c.header.uuid_str, c.buf, c.size, c.header.uuid
+        checkpoint = c.header.checkpoint_seq
+        while batch := c.read(65536):
+            for r in batch:
+                out[r.seq] = (r.type, r.payload)
+        off = 0
+        while off + L.REC_HDR <= size:
+            seq, length = L._REC.unpack_from(buf, L.DATA_OFFSET + off)[:2]
+            if seq and seq not in out and length <= size - off - L.REC_HDR:
+                rec = L.read_record(buf, uuid, size, off, seq)
+                if not isinstance(rec, str):
+                    if rec.type != L.RecType.PAD:
+                        out[seq] = (rec.type, rec.payload)
+                    off += L.padded(len(rec.payload)) if rec.type != L.RecType.PAD else size
+                    continue
+            elif seq and seq in out:
+                off += L.padded(len(out[seq][1]))
+                continue
+            off += L.ALIGN
+    return uuid_str, out, checkpoint
+
+
+def verify_ring(conn: sqlite3.Connection, ring_path: str, rep: Report) -> None:
+    from pmem import layout as L
+
+    uuid_str, recs, checkpoint = ring_records(ring_path)
+    q = conn.execute
+    meta = dict(q("SELECT key, value FROM meta").fetchall())
+    if meta.get("ring_uuid") and meta["ring_uuid"] != uuid_str:
+        raise VerifyError(f"{ring_path} is ring {uuid_str}, the database belongs to ring "
+                          f"{meta['ring_uuid']}")
+    applied = int(meta.get("applied_seq") or 0)
+    same = differ = 0
+    pending = sum(1 for s in recs if s > applied)
+    for seq in sorted(s for s in recs if s <= applied):
+        rtype, payload = recs[seq]
+        if rtype != L.RecType.EVENT:
+            continue
+        row = q("SELECT payload FROM events WHERE seq=?", (seq,)).fetchone()
+        if row is None:
+            if q("SELECT 1 FROM notes WHERE seq=?", (seq,)).fetchone():
+                continue  # an undecodable event, stored as a note
+            rep.add("deleted", "events", f"seq={seq}", None, "the ring still holds this record")
+            differ += 1
+        elif bytes(row[0]) != payload:
+            rep.add("altered", "events", f"seq={seq}", None, "payload differs from the ring's")
+            differ += 1
+        else:
+            same += 1
+    rep.ring = {"path": ring_path, "uuid": uuid_str, "records": len(recs),
+                "checkpoint_seq": checkpoint, "matched": same, "mismatched": differ,
+                "not_yet_applied": pending}
+
+
+# -- the sidecar status reads ----------------------------------------------------------------
+def state_path(db: str) -> str:
+    return db + ".verified"
+
+
+def save_state(rep: Report) -> None:
+    """Remember the last result next to the DB for ``provisor status`` (best effort: the
+    result itself is no evidence; re-run verify to trust it)."""
+    try:
+        with open(state_path(rep.db), "w") as f:
+            json.dump(rep.to_json(), f)
+    except OSError:
+        pass
+
+
+def load_state(db: str) -> dict | None:
+    try:
+        with open(state_path(db)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def run(db: str, ring: str | None = None, tick: Callable[[int], None] = lambda n: None,
+        expected_head: str | None = None) -> Report:
+    from daemon.query import connect
+
+    if expected_head is not None:
+        h = expected_head.strip().lower()
+        if len(h) != 64 or any(ch not in "0123456789abcdef" for ch in h):
+            raise VerifyError("--head must be 64 hex digits (as printed by verify)")
+    conn = connect(db)
+    try:
+        rep = verify(conn, os.path.abspath(db), tick, expected_head)
+        if ring:
+            verify_ring(conn, ring, rep)
+    finally:
+        conn.close()
+    save_state(rep)
+    return rep
