@@ -1,0 +1,314 @@
+"""Tamper evidence: an untouched store verifies clean; each altered, deleted, inserted or
+reordered row (and chain row, and head) is reported with its table, key and batch."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from test_query import workload
+
+from daemon import chain
+from daemon import verify as V
+from daemon.query import connect
+from daemon.store import Store
+from pmem import layout as L
+from pmem.layout import Record, RecType
+from provisor.events import decode, encode
+
+
+def build(path: str) -> list[int]:
+    """The query workload plus a synthetic stream and a NOTE, applied in several batches;
+    returns the NOTE's seq."""
+    from hv.synth import Guest
+
+    s = Store(path, "test-ring")
+    sc, _ = workload()
+    recs = list(sc.records)
+    note = Record(sc.seq + 1, RecType.NOTE, 0, b"operator: backup started")
+    recs.append(note)
+    evs = Guest(5).events(900, start_seq=note.seq + 1)
+    recs += [Record(e.seq, RecType.EVENT, 0, encode(e)) for e in evs]
+    for i in range(0, len(recs), 150):
+        s.apply(recs[i:i + 150])
+    s.close()
+    return [note.seq]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("verify") / "p.db")
+    notes = build(path)
+    return path, notes
+
+
+@pytest.fixture
+def db(pristine, tmp_path):
+    path = str(tmp_path / "p.db")
+    shutil.copy(pristine[0], path)
+    c = sqlite3.connect(path, isolation_level=None)
+    yield path, c, pristine[1]
+    c.close()
+
+
+def check(path: str) -> V.Report:
+    conn = connect(path)
+    try:
+        return V.verify(conn, path)
+    finally:
+        conn.close()
+
+
+def batch_of(c: sqlite3.Connection, seq: int) -> int:
+    return c.execute("SELECT min(batch) FROM chain WHERE last_seq >= ?", (seq,)).fetchone()[0]
+
+
+def rel_batch(c: sqlite3.Connection, rid: int) -> int:
+    return c.execute("SELECT batch FROM chain WHERE ? BETWEEN first_rel AND last_rel",
+                     (rid,)).fetchone()[0]
+
+
+def first(rep: V.Report) -> V.Finding:
+    assert rep.findings, "tampering went unnoticed"
+    return rep.findings[0]
+
+
+def test_untouched_store_verifies_clean(db):
+    path, c, _ = db
+    rep = check(path)
+    assert rep.ok, [str(f) for f in rep.findings]
+    assert rep.batches > 5 and rep.relations == c.execute(
+        "SELECT count(*) FROM relations").fetchone()[0]
+    assert rep.head == c.execute("SELECT value FROM meta WHERE key='chain_head'").fetchone()[0]
+
+
+def test_altered_event_column(db):
+    path, c, _ = db
+    c.execute("UPDATE events SET paths='/etc/shadow' WHERE seq=200")
+    f = first(check(path))
+    assert (f.what, f.table, f.key, f.batch) == ("altered", "events", "seq=200", batch_of(c, 200))
+    assert "paths" in f.detail
+
+
+def test_altered_event_payload(db):
+    path, c, _ = db
+    p = bytearray(c.execute("SELECT payload FROM events WHERE seq=300").fetchone()[0])
+    p[20] ^= 0x01  # inside the timestamp
+    c.execute("UPDATE events SET payload=? WHERE seq=300", (bytes(p),))
+    f = first(check(path))
+    assert (f.what, f.table, f.key, f.batch) == ("altered", "events", "seq=300", batch_of(c, 300))
+
+
+def test_altered_payload_and_columns_together_still_caught(db):
+    path, c, _ = db
+    row = c.execute("SELECT payload, ts_ns FROM events WHERE seq=310").fetchone()
+    ev = decode(row[0], 310)
+    ev.ts_ns += 1
+    c.execute("UPDATE events SET payload=?, ts_ns=? WHERE seq=310", (encode(ev), ev.ts_ns))
+    rep = check(path)
+    f = first(rep)
+    assert f.batch == batch_of(c, 310) and f.table in ("chain", "events", "relations")
+
+
+def test_deleted_event(db):
+    path, c, _ = db
+    c.execute("DELETE FROM events WHERE seq=123")
+    f = first(check(path))
+    assert (f.what, f.table, f.key, f.batch) == ("deleted", "events", "seq=123", batch_of(c, 123))
+
+
+def test_deleted_relation(db):
+    path, c, _ = db
+    c.execute("DELETE FROM relations WHERE id=77")
+    f = first(check(path))
+    assert (f.what, f.table, f.key, f.batch) == ("deleted", "relations", "id=77",
+                                                 rel_batch(c, 77))
+
+
+def test_altered_relation(db):
+    path, c, _ = db
+    c.execute("UPDATE relations SET dst = dst + 1 WHERE id=150")
+    f = first(check(path))
+    assert (f.what, f.table, f.key, f.batch) == ("altered", "relations", "id=150",
+                                                 rel_batch(c, 150))
+    assert "dst" in f.detail
+
+
+def test_inserted_rows_at_the_end(db):
+    path, c, _ = db
+    last = c.execute("SELECT max(seq) FROM events").fetchone()[0]
+    c.execute("INSERT INTO events SELECT ?, ts_ns, vcpu, phase, entry_seq, nr, name, tgid, pid, "
+              "ppid, uid, start_time, comm, cwd, paths, ret, flags, payload FROM events "
+              "WHERE seq=?", (last + 5, last))
+    keys = {(f.what, f.table, f.key) for f in check(path).findings}
+    assert ("inserted", "events", f"seq={last + 5}") in keys
+    rid = c.execute("SELECT max(id) FROM relations").fetchone()[0]
+    c.execute("DELETE FROM events WHERE seq=?", (last + 5,))
+    c.execute("INSERT INTO relations SELECT ?, kind, dst, src, entry_seq, exit_seq, ts_ns "
+              "FROM relations WHERE id=?", (rid + 1, rid))
+    f = first(check(path))
+    assert (f.what, f.table, f.key) == ("inserted", "relations", f"id={rid + 1}")
+
+
+def test_inserted_event_in_place_of_a_note(db):
+    path, c, notes = db
+    seq = notes[0]
+    c.execute("INSERT INTO events SELECT ?, ts_ns, vcpu, phase, entry_seq, nr, name, tgid, pid, "
+              "ppid, uid, start_time, comm, cwd, paths, ret, flags, payload FROM events "
+              "WHERE seq=?", (seq, seq - 1))
+    f = first(check(path))
+    assert (f.what, f.table, f.key, f.batch) == ("inserted", "events", f"seq={seq}",
+                                                 batch_of(c, seq))
+
+
+def _swap(c: sqlite3.Connection, table: str, key: str, a: int, b: int) -> None:
+    cols = chain.EVENT_COLS if table == "events" else chain.RELATION_COLS
+    ra = c.execute(f"SELECT * FROM {table} WHERE {key}=?", (a,)).fetchone()
+    rb = c.execute(f"SELECT * FROM {table} WHERE {key}=?", (b,)).fetchone()
+    sets = ", ".join(f"{col}=?" for col in cols[1:])
+    c.execute(f"UPDATE {table} SET {sets} WHERE {key}=?", (*rb[1:len(cols)], a))
+    c.execute(f"UPDATE {table} SET {sets} WHERE {key}=?", (*ra[1:len(cols)], b))
+
+
+def test_reordered_events(db):
+    path, c, _ = db
+    _swap(c, "events", "seq", 401, 404)
+    f = first(check(path))
+    assert (f.what, f.table, f.batch) == ("reordered", "events", batch_of(c, 401))
+    assert {f.key, f.detail.split()[-1]} == {"seq=401", "seq=404"}
+
+
+def test_reordered_relations(db):
+    path, c, _ = db
+    _swap(c, "relations", "id", 160, 161)
+    f = first(check(path))
+    assert (f.what, f.table, f.batch) == ("reordered", "relations", rel_batch(c, 160))
+    assert f.key in ("id=160", "id=161")
+
+
+def test_altered_chain_digest_is_one_finding(db):
+    path, c, _ = db
+    c.execute("UPDATE chain SET digest=? WHERE batch=3", (bytes(32),))
+    rep = check(path)
+    assert [(f.what, f.table, f.key) for f in rep.findings] == [("altered", "chain", "batch=3")]
+
+
+def test_deleted_chain_row_and_head(db):
+    path, c, _ = db
+    c.execute("DELETE FROM chain WHERE batch=2")
+    keys = {(f.what, f.table) for f in check(path).findings}
+    assert ("deleted", "chain") in keys
+    c2 = sqlite3.connect(db[0])
+    c2.close()
+
+
+def test_altered_head(db):
+    path, c, _ = db
+    c.execute("UPDATE meta SET value=? WHERE key='chain_head'", ("00" * 32,))
+    f = first(check(path))
+    assert (f.what, f.table, f.key) == ("altered", "meta", "chain_head")
+
+
+def test_rechained_batch_is_still_located(db):
+    """An attacker alters a relation and recomputes that batch's digest, but cannot fix the
+    next link without rewriting every later digest and the head."""
+    path, c, _ = db
+    b = rel_batch(c, 150)
+    c.execute("UPDATE relations SET kind='used' WHERE id=150 AND kind != 'used'")
+    c.execute("UPDATE relations SET kind='wasDerivedFrom' WHERE id=150 AND kind = 'used'")
+    lo = c.execute("SELECT last_seq FROM chain WHERE batch=?", (b - 1,)).fetchone()[0]
+    row = c.execute("SELECT last_seq, first_rel, last_rel FROM chain WHERE batch=?",
+                    (b,)).fetchone()
+    prev = c.execute("SELECT digest FROM chain WHERE batch=?", (b - 1,)).fetchone()[0]
+    ev = c.execute(f"{V.EV_SQL} WHERE seq > ? AND seq <= ? ORDER BY seq", (lo, row[0])).fetchall()
+    rel = c.execute(f"{V.REL_SQL} WHERE id BETWEEN ? AND ? ORDER BY id", row[1:]).fetchall()
+    c.execute("UPDATE chain SET digest=? WHERE batch=?", (chain.digest(prev, ev, rel), b))
+    f = first(check(path))
+    assert (f.what, f.table, f.key, f.batch) == ("altered", "relations", "id=150", b)
+
+
+def test_anchored_head(db):
+    path, c, _ = db
+    head = check(path).head
+    conn = connect(path)
+    assert V.verify(conn, path, expected_head=head).ok
+    # a head anchored earlier (the store grew since) is still a link of the chain
+    mid = c.execute("SELECT digest FROM chain WHERE batch=3").fetchone()[0].hex()
+    assert V.verify(conn, path, expected_head=mid).ok
+    rep = V.verify(conn, path, expected_head="ab" * 32)
+    assert [(f.what, f.table) for f in rep.findings] == [("altered", "chain")]
+    conn.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from provisor.cli import main; main()",
+                           *args], capture_output=True, text=True)
+
+
+def test_cli_exit_codes(db, tmp_path):
+    path, c, _ = db
+    r = _cli("verify", "--db", path)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    c.execute("DELETE FROM relations WHERE id=77")
+    r = _cli("verify", "--db", path)
+    assert r.returncode == 1 and "deleted: relations id=77" in r.stdout
+    r = _cli("verify", "--db", str(tmp_path / "none.db"))
+    assert r.returncode == 2 and r.stderr.startswith("provisor: error:")
+    assert r.stderr.count("\n") == 1
+
+
+# -- against the ring ------------------------------------------------------------------------
+@pytest.fixture
+def ringdb(shm_dir):
+    from daemon.service import Daemon
+    from pmem import ring
+
+    rpath, dpath = str(shm_dir / "r.ring"), str(shm_dir / "r.db")
+    ring.create(rpath, L.DATA_OFFSET + 256 * 1024)
+    sc, _ = workload()
+    with ring.Producer.open(rpath, "fail") as prod:
+        for r in sc.records:
+            prod.append(r.type, r.payload)
+    d = Daemon(rpath, dpath, batch_min=16, batch_max=16)
+    d.run(once=True)
+    d.close()
+    with ring.Producer.open(rpath, "fail") as prod:  # one more, not yet applied
+        prod.note("late")
+    return rpath, dpath
+
+
+def test_ring_matches_untouched_store(ringdb):
+    rpath, dpath = ringdb
+    rep = V.run(dpath, rpath)
+    assert rep.ok, [str(f) for f in rep.findings]
+    assert rep.ring["matched"] == 59  # released records are still there, all compared
+    assert rep.ring["not_yet_applied"] == 1
+    assert V.load_state(dpath)["ok"] is True
+
+
+def test_ring_pinpoints_a_consistent_payload_forgery(ringdb):
+    rpath, dpath = ringdb
+    c = sqlite3.connect(dpath, isolation_level=None)
+    row = c.execute("SELECT payload FROM events WHERE seq=21").fetchone()
+    ev = decode(row[0], 21)
+    ev.ts_ns += 7
+    c.execute("UPDATE events SET payload=?, ts_ns=? WHERE seq=21", (encode(ev), ev.ts_ns))
+    c.execute("DELETE FROM events WHERE seq=40")
+    c.close()
+    rep = V.run(dpath, rpath)
+    keys = {(f.what, f.table, f.key) for f in rep.findings}
+    assert ("altered", "events", "seq=21") in keys
+    assert ("deleted", "events", "seq=40") in keys
+    assert V.load_state(dpath)["ok"] is False
+
+
+def test_ring_of_another_store_is_refused(ringdb, shm_dir):
+    from pmem import ring
+
+    other = str(shm_dir / "o.ring")
+    ring.create(other, L.DATA_OFFSET + 64 * 1024)
+    r = _cli("verify", "--db", ringdb[1], "--ring", other)
+    assert r.returncode == 2 and "belongs to ring" in r.stderr
