@@ -279,4 +279,30 @@ def verify_cmd(cfg: dict, db_path: str | None, ring_path: str | None, head: str 
         raise SystemExit(1)
 
 
-COMMANDS: list[click.Command] = [query_cmd, export_cmd, verify_cmd]
+@click.command("status")
+@click.option("--ring", "ring_path", default=None, help="Ring image (default: config).")
+@click.option("--db", "db_path", default=None, help="SQLite store (default: config).")
+@click.option("--verify", "run_verify", is_flag=True, help="Verify the chain now.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status_cmd(cfg: dict, ring_path: str | None, db_path: str | None, run_verify: bool,
+               as_json: bool) -> None:
+    """Ring mode (DAX/pmem or emulated), fill, checkpoint, last sequence; the store's applied
+    sequence and lag; whether a daemon drains into the store; lost records; the last
+    verification.
+
+    \b
+    Example:
+      provisor status
+      provisor status --ring /dev/shm/p.ring --db /dev/shm/p.db --verify --json
+    """
+    import json
+
+    from daemon.status import render, status
+
+    s = status(_db(cfg, db_path), ring_path or cfg["ring"]["path"], cfg["daemon"]["db"],
+               ring_required=ring_path is not None, run_verify=run_verify)
+    click.echo(json.dumps(s, indent=2) if as_json else render(s))
+
+
+COMMANDS: list[click.Command] = [query_cmd, export_cmd, verify_cmd, status_cmd]
