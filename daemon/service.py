@@ -20,6 +20,7 @@ from pmem.ring import Consumer
 from provisor.errors import ProvisorError
 
 log = logging.getLogger("provisor.daemon")
+LAG_LIMIT = 100_000
 
 
 @dataclass
@@ -89,18 +90,21 @@ class Daemon:
 
     def status(self) -> dict:
         fill = self.consumer.fill()
+        # records in the ring not yet read (counted up to LAG_LIMIT: a status line must stay
+        # cheap when the daemon is far behind)
         pending = sum(1 for _ in L.scan(self.consumer.buf, self.consumer.header,
                                         self.consumer.next_seq, self.consumer.next_off,
-                                        limit=1_000_000))
+                                        limit=LAG_LIMIT))
         return {"events_per_s": round(self.stats.rate()), "applied_seq": self.store.applied_seq,
                 "lag": pending, "fill": fill, "rss_mb": self.proc.memory_info().rss / 2**20,
                 "batch": self.batch}
 
     def _log_status(self) -> None:
         s = self.status()
-        msg = ("events/s %(events_per_s)d  applied %(applied_seq)d  lag %(lag)d  "
+        msg = ("events/s %(events_per_s)d  applied %(applied_seq)d  lag %(lag)s  "
                "fill %(fill).1f%%  rss %(rss_mb).0f MiB  batch %(batch)d")
-        log.info(msg, {**s, "fill": s["fill"] * 100})
+        lag = f">={LAG_LIMIT}" if s["lag"] >= LAG_LIMIT else str(s["lag"])
+        log.info(msg, {**s, "fill": s["fill"] * 100, "lag": lag})
         if s["fill"] > self.fill_warn:
             log.warning("ring %.0f%% full: the producer may block or drop", s["fill"] * 100)
 
