@@ -114,6 +114,7 @@ class Stop:
     signal: int
     thread: str = ""
     raw: bytes = b""
+    watch: int | None = None  # the address of the watchpoint that fired, if one did
 
     @classmethod
     def parse(cls, pkt: bytes) -> Stop:
@@ -123,11 +124,17 @@ class Stop:
         if kind in "TS" and len(pkt) >= 3:
             sig = int(pkt[1:3], 16)
             thread = ""
+            watch = None
             for field in pkt[3:].split(b";"):
                 k, _, v = field.partition(b":")
                 if k == b"thread":
                     thread = v.decode()
-            return cls(kind, sig, thread, pkt)
+                elif k in (b"watch", b"rwatch", b"awatch"):
+                    try:
+                        watch = int(v, 16)
+                    except ValueError:
+                        pass
+            return cls(kind, sig, thread, pkt, watch)
         if kind in "WX":
             return cls(kind, int(pkt[1:3] or b"0", 16), "", pkt)
         raise GdbError(f"unexpected stop reply {pkt[:40]!r}")
@@ -337,6 +344,13 @@ class GdbClient:
     @staticmethod
     def bp_packet(insert: bool, addr: int, hw: bool = False, kind: int = 1) -> bytes:
         return b"%s%d,%x,%x" % (b"Z" if insert else b"z", 1 if hw else 0, addr, kind)
+
+    WATCH_TYPES = {"write": 2, "read": 3, "access": 4}
+
+    @classmethod
+    def watch_packet(cls, insert: bool, addr: int, length: int, kind: str = "read") -> bytes:
+        """Z2 (write), Z3 (read), Z4 (access) watchpoint packets."""
+        return b"%s%d,%x,%x" % (b"Z" if insert else b"z", cls.WATCH_TYPES[kind], addr, length)
 
     def insert_breakpoint(self, addr: int, hw: bool = False) -> None:
         reply = self.command(self.bp_packet(True, addr, hw))

@@ -33,13 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hv.gdbstub import GdbClient, GdbError, GuestExited, Regs
-from hv.linux import ARG_REGS, Linux, Task
+from hv.linux import Linux, Task
 from hv.memory import Unreadable, Virtual
 from hv.syscalls import AT_FDCWD, BY_NAME, PROVENANCE_SET, Syscall
 from pmem.layout import RecType
 from provisor import events as E
 
 ENOSYS = 38
+TSS_SP2 = 20  # offsetof(struct x86_hw_tss, sp2): entry_SYSCALL_64's scratch slot
 USER_CS = 0x33
 _M64 = (1 << 64) - 1
 # syscalls whose return value is a new fd to identify at exit
@@ -90,12 +91,6 @@ def store_length(code: bytes) -> int | None:
     return {0: 3, 1: 4, 2: 7}[mod]
 
 
-def is_syscall_entry(r: dict[str, int]) -> bool:
-    """pt_regs as entry_SYSCALL_64 leaves them before the dispatch (64-bit SYSCALL only)."""
-    return (r["ax"] == (-ENOSYS & _M64) and r["cs"] == USER_CS and r["cx"] == r["ip"]
-            and r["r11"] == r["flags"])
-
-
 @dataclass(frozen=True)
 class KernelView:
     """Where things are in the running kernel (slid addresses), found once at kernel_init."""
@@ -104,6 +99,8 @@ class KernelView:
     kernel_cr3: int
     kstack_offset: int  # per-cpu offsets
     top_of_stack: int
+    tss_rw: int
+    syscall_entry: int  # entry_SYSCALL_64, slid
     pt_regs_size: int = 168
     slide: int = 0
 
@@ -162,6 +159,9 @@ class Interceptor:
         self.exit_armed = False
         self.pending: dict[int, Pending] = {}  # task_struct address -> its open entry
         self._code: dict[int, bytes] = {}
+        self._user_cr3_ok = False
+        self.w_entry = kv.percpu + kv.tss_rw + TSS_SP2
+        self.w_exit = kv.percpu + kv.kstack_offset
         self.stats = Stats()
         self._next_progress = 0.0
 
@@ -170,8 +170,8 @@ class Interceptor:
         """Arm the traps (one pipelined write). Call while the guest is stopped."""
         g = self.gdb
         if self.trap == "watch":
-            addr = self.kv.percpu + self.kv.kstack_offset
-            g.check_ok(g.command(b"Z3,%x,4" % addr), "read watchpoint on kstack_offset")
+            g.check_ok(g.command(g.watch_packet(True, self.w_entry, 8, "read")),
+                       "read watchpoint on tss.sp2")
             return
         pk = [g.bp_packet(True, a) for a in self.entry_bps]
         for addr, reply in zip(self.entry_bps, g.pipeline(pk), strict=True):
@@ -185,10 +185,10 @@ class Interceptor:
         self.gdb.resume()
         try:
             while True:
-                self.gdb.wait(None)
+                stop = self.gdb.wait(None)
                 t = time.monotonic_ns()
                 self.stats.stops += 1
-                handler()
+                handler(stop)
                 self.stats.busy_ns += time.monotonic_ns() - t
                 if self.progress and t > self._next_progress:
                     self._next_progress = t + 1_000_000_000
@@ -199,44 +199,77 @@ class Interceptor:
         return self.stats
 
     # -- the watch trap ----------------------------------------------------------------------
-    def _on_watch(self) -> None:
+    def _on_watch(self, stop) -> None:
+        before: list[bytes] = []
         try:
-            self._watch_stop()
+            if stop.watch == self.w_entry:
+                before = self._w_entry()
+            elif stop.watch == self.w_exit:
+                before = self._w_exit()
+            else:
+                self.stats.spurious += 1
         finally:
-            self.gdb.resume()
+            self.gdb.resume(before)
 
-    def _watch_stop(self) -> None:
+    def _w_entry(self) -> list[bytes]:
+        """entry_SYSCALL_64 just read tss.sp2: the user's registers are all still live."""
+        regs = self.gdb.read_registers()
+        rip = regs["rip"]
+        if not self.kv.syscall_entry <= rip < self.kv.syscall_entry + 0x100:
+            self.stats.spurious += 1  # another entry path (compat): not traced
+            return []
+        sc = self.traced.get(regs["rax"])
+        if sc is None:
+            return []
+        self.mem.set_cr3(regs["cr3"])  # the task's own page tables: user half mapped
+        self.mem.flush()
+        self._user_cr3_ok = True
+        try:
+            taddr = self.linux.current_task(regs["gs_base"])
+        except Unreadable:
+            self.stats.spurious += 1
+            return []
+        args = tuple(regs[r] for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
+        if self.mode == "exit-only" and sc.name not in _NO_RETURN:
+            task = self.linux.task(taddr)
+            if not task.ok:
+                return []
+            self.pending[taddr] = Pending(0, sc, args, task.pid, task.start_time)
+        elif self._entry(sc, args, taddr, None) is None:
+            return []
+        if self.exit_armed:
+            return []
+        self.exit_armed = True
+        return [self.gdb.watch_packet(True, self.w_exit, 4, "write")]
+
+    def _w_exit(self) -> list[bytes]:
+        """choose_random_kstack_offset wrote kstack_offset: someone returns to user space."""
         kv, lx, mem = self.kv, self.linux, self.mem
         mem.set_cr3(kv.kernel_cr3)
         mem.flush()
+        self._user_cr3_ok = False
         try:
             taddr = lx.current_task(kv.percpu)
-            regs_ptr = mem.u64(kv.percpu + kv.top_of_stack) - kv.pt_regs_size
-            r = lx.pt_regs(regs_ptr)
         except Unreadable:
-            self.stats.spurious += 1
-            return
+            taddr = 0
         p = self.pending.pop(taddr, None)
-        task = None
-        if p is not None:
-            task = lx.task(taddr)
-            if task.pid == p.pid and task.start_time == p.start_time:
-                self._exit(p, r["ax"], task)
-                return
-            # a stale entry: its task died inside the syscall; this is someone new
-        sc = self.traced.get(r["orig_ax"])
-        if sc is None or not is_syscall_entry(r):
+        if p is None:
             self.stats.spurious += 1
-            return
-        args = tuple(r[x] for x in ARG_REGS)
-        if self.mode == "exit-only":
-            task = task or lx.task(taddr)
-            if sc.name not in _NO_RETURN:
-                self.pending[taddr] = Pending(0, sc, args, task.pid, task.start_time)
-            else:
-                self._entry(sc, args, taddr, task)
-            return
-        self._entry(sc, args, taddr, task)
+            return []
+        task = lx.task(taddr)
+        if task.pid != p.pid or task.start_time != p.start_time:
+            self.stats.spurious += 1  # a stale entry: its task died inside the syscall
+        else:
+            try:
+                regs_ptr = mem.u64(kv.percpu + kv.top_of_stack) - kv.pt_regs_size
+                ax = mem.u64(regs_ptr + lx.o.pt_regs_ax)
+            except Unreadable:
+                ax = -1 & _M64
+            self._exit(p, ax, task)
+        if self.pending:
+            return []
+        self.exit_armed = False
+        return [self.gdb.watch_packet(False, self.w_exit, 4, "write")]
 
     # -- events ------------------------------------------------------------------------------
     def _entry(self, sc: Syscall, args: tuple[int, ...], taddr: int, task: Task | None,
@@ -284,6 +317,8 @@ class Interceptor:
 
     def _user_space(self, task: Task) -> bool:
         """Point the address space at the task's page tables (for its user half)."""
+        if self._user_cr3_ok:
+            return True
         try:
             self.mem.set_cr3(self.linux.user_cr3(task))
             return True
@@ -383,7 +418,7 @@ class Interceptor:
         else:
             self.exit_site = ret_addr
 
-    def _on_break(self) -> None:
+    def _on_break(self, stop=None) -> None:
         g = self.gdb
         regs = g.read_registers()
         self.mem.set_cr3(regs["cr3"])

@@ -1,0 +1,277 @@
+"""``provisor collect``: guest, interceptor and daemon, end to end.
+
+The daemon runs as a separate process (the seed's privileged-domain daemon): the collector only
+produces into the ring, the daemon consumes it into SQLite, and SIGTERM makes it drain, commit
+and exit 0 once the guest has powered off.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from provisor.errors import ProvisorError
+
+# per-cpu and boot symbols the profile leaves out; read from System.map when missing
+_EXTRA_SYMBOLS = ("kstack_offset", "cpu_current_top_of_stack", "cpu_tss_rw", "kernel_init",
+                  "x64_sys_call", "linux_banner", "entry_SYSCALL_64")
+
+
+class CollectError(ProvisorError):
+    pass
+
+
+def _echo(msg: str) -> None:
+    click.echo(f"collect: {msg}", err=True)
+
+
+def kernel_symbols(profile, system_map: str | Path | None) -> dict[str, int]:
+    """The symbols the interceptor uses: the profile's, plus a few from System.map
+    (an adapter until the profile carries them)."""
+    syms = profile.symbols() if hasattr(profile, "symbols") else {}
+    missing = [s for s in _EXTRA_SYMBOLS if s not in syms]
+    if missing and system_map and Path(system_map).exists():
+        want = set(missing)
+        with open(system_map) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in want:
+                    syms[parts[2]] = int(parts[0], 16)
+    return syms
+
+
+@dataclass
+class Summary:
+    events: int = 0
+    syscalls: int = 0
+    stops: int = 0
+    elapsed: float = 0.0
+    guest_s: float = 0.0
+    us_per_syscall: float = 0.0
+    ring_hwm: float = 0.0
+    slide: int = 0
+    db: dict[str, int] = field(default_factory=dict)
+    by_name: dict[str, int] = field(default_factory=dict)
+    serial_log: str = ""
+
+    def lines(self) -> list[str]:
+        d = self.db
+        out = [f"events       {self.events} ({self.syscalls} syscalls traced, {self.stops} stops)"]
+        if d:
+            out += [f"processes    {d.get('processes', 0)}",
+                    f"files        {d.get('artifacts', 0)} ({d.get('versions', 0)} versions)",
+                    f"relations    {d.get('relations', 0)}"]
+        else:
+            out.append("store        (no daemon: events left in the ring)")
+        out += [f"elapsed      {self.elapsed:.1f}s (guest run {self.guest_s:.1f}s)",
+                f"per syscall  {self.us_per_syscall:.0f} us in the collector (entry+exit)",
+                f"ring hwm     {self.ring_hwm * 100:.1f}%",
+                f"kaslr slide  {self.slide:#x}",
+                f"serial log   {self.serial_log}"]
+        return out
+
+
+def _ring_fill(producer) -> float:
+    """Fraction of the ring in use, from the producer's tail and the current checkpoint."""
+    try:
+        hdr = producer.reload_header()
+    except Exception:  # noqa: BLE001 - a torn header read is retried next sample
+        return 0.0
+    if producer.next_seq - 1 == hdr.checkpoint_seq:
+        return 0.0
+    used = (producer.tail - hdr.checkpoint_off) % producer.size
+    return (used or producer.size) / producer.size
+
+
+def daemon_available() -> bool:
+    try:
+        import daemon.cli as dc
+    except ImportError:
+        return False
+    return any(getattr(c, "name", "") == "daemon" for c in getattr(dc, "COMMANDS", []))
+
+
+def start_daemon(ring: str, db: str, log_path: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", "from provisor.cli import main; main()",
+           "daemon", "--ring", ring, "--db", db, "-q"]
+    logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
+
+
+def stop_daemon(proc: subprocess.Popen, timeout: float = 60.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise CollectError(f"the daemon did not stop within {timeout:.0f}s after SIGTERM") \
+            from None
+
+
+def db_counts(db: str) -> dict[str, int]:
+    if not os.path.exists(db):
+        return {}
+    out: dict[str, int] = {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        for t in ("events", "processes", "artifacts", "versions", "relations"):
+            try:
+                out[t] = con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            except sqlite3.Error:
+                pass
+    finally:
+        con.close()
+    return out
+
+
+def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
+            ring_path: str | None = None, db: str | None = None, *, kaslr: bool = True,
+            mode: str = "entry-exit", trap: str = "watch", run_daemon: bool = True,
+            serial_log: str | None = None, timeout: float = 600.0, log=_echo) -> Summary:
+    from hv import guest
+    from hv.interceptor import Interceptor, KernelView, QemuGuest, boot_to_kernel_init, entry_sites
+    from hv.linux import Linux
+    from hv.memory import Virtual
+    from hv.profile import Profile
+    from pmem import ring
+    from provisor.config import parse_size
+
+    t0 = time.monotonic()
+    if not Path(workload).is_file():
+        raise CollectError(f"{workload}: no such workload script")
+    kit = guest.kit(cfg, log)
+    initrd = guest.build_initramfs(cfg, workload, include, log=log)
+    profile = Profile.load(kit.profile)
+    syms = kernel_symbols(profile, kit.system_map)
+    for need in ("kernel_init", "current_task") + (
+            ("kstack_offset", "cpu_current_top_of_stack", "cpu_tss_rw", "entry_SYSCALL_64")
+            if trap == "watch" else ()):
+        if need not in syms:
+            raise CollectError(f"kernel symbol {need} not found in the profile or System.map")
+
+    ring_path = ring_path or cfg["ring"]["path"]
+    db = db or cfg["daemon"]["db"]
+    if not os.path.exists(ring_path):
+        ring.create(ring_path, parse_size(cfg["ring"]["size"]))
+    producer = ring.Producer.open(ring_path, cfg["ring"].get("full_policy", "block"))
+    dproc = None
+    if run_daemon:
+        if daemon_available():
+            dproc = start_daemon(ring_path, db, f"{db}.daemon.log")
+        else:
+            log("no `provisor daemon` in this build: events stay in the ring")
+    serial_log = serial_log or f"{ring_path}.serial.log"
+    append = "console=ttyS0 quiet panic=-1" + ("" if kaslr else " nokaslr")
+    vm = QemuGuest(str(kit.kernel), str(initrd), append, serial_log=serial_log)
+    s = Summary(serial_log=serial_log)
+    hwm = [0.0]
+    try:
+        log(f"booting {kit.release} under QEMU (TCG){'' if kaslr else ', nokaslr'}")
+        gdb = vm.start()
+        s.slide = boot_to_kernel_init(gdb, syms, kaslr)
+        regs = gdb.read_registers()
+        mem = Virtual(vm.phys, regs["cr3"])
+        _check_banner(mem, profile, syms, s.slide)
+        lx = Linux(mem, profile)
+        kv = KernelView(percpu=regs["gs_base"], kernel_cr3=regs["cr3"],
+                        kstack_offset=syms.get("kstack_offset", 0),
+                        top_of_stack=syms.get("cpu_current_top_of_stack", 0),
+                        tss_rw=syms.get("cpu_tss_rw", 0),
+                        syscall_entry=syms.get("entry_SYSCALL_64", 0) + s.slide,
+                        pt_regs_size=profile.size("pt_regs"), slide=s.slide)
+        sites = None
+        if trap == "break":
+            sites, missing = entry_sites(mem, syms, s.slide)
+            if missing:
+                log(f"not traced (no symbol): {', '.join(missing)}")
+        log(f"kernel at slide {s.slide:#x}; tracing from kernel_init ({trap} trap, {mode})")
+
+        def progress(st) -> None:
+            hwm[0] = max(hwm[0], _ring_fill(producer))
+            if time.monotonic() - t0 > timeout:
+                raise CollectError(f"guest still running after {timeout:.0f}s")
+            log(f"{st.events} events, {st.syscalls} syscalls")
+
+        ic = Interceptor(gdb, mem, lx, producer, kv, trap=trap, entry=sites, mode=mode,
+                         record_envp=bool(cfg.get("daemon", {}).get("record_envp", False)),
+                         progress=progress)
+        ic.install()
+        st = ic.run()
+        hwm[0] = max(hwm[0], _ring_fill(producer))
+        vm.wait(10)
+        s.events, s.syscalls, s.stops = st.events, st.syscalls, st.stops
+        s.guest_s = st.run_ns / 1e9
+        s.us_per_syscall = st.us_per_syscall
+        s.by_name = dict(st.by_name)
+    finally:
+        vm.close()
+        producer.close()
+        if dproc is not None:
+            rc = stop_daemon(dproc)
+            if rc != 0:
+                log(f"the daemon exited with status {rc} (log: {db}.daemon.log)")
+    s.ring_hwm = hwm[0]
+    if dproc is not None:
+        s.db = db_counts(db)
+    s.elapsed = time.monotonic() - t0
+    return s
+
+
+def _check_banner(mem, profile, syms: dict[str, int], slide: int) -> None:
+    """The guest must run the kernel the profile describes: compare linux_banner."""
+    want = getattr(profile, "banner", "")
+    addr = syms.get("linux_banner")
+    if not want or addr is None:
+        return
+    from hv.memory import Unreadable
+
+    try:
+        got = mem.read(addr + slide, len(want.encode()))
+    except Unreadable:
+        raise CollectError("cannot read linux_banner in the guest: wrong profile?") from None
+    if got != want.encode():
+        raise CollectError("the guest kernel is not the one the profile describes "
+                           f"(banner {got[:40]!r})")
+
+
+@click.command("collect")
+@click.option("--workload", required=True, type=click.Path(dir_okay=False),
+              help="Shell script the guest runs (as /workload).")
+@click.option("--include", type=click.Path(file_okay=False),
+              help="Directory copied into the initramfs root (DIR/bin/x becomes /bin/x).")
+@click.option("--ring", "ring_path", help="Ring image (default: config; created if missing).")
+@click.option("--db", help="SQLite store (default: config).")
+@click.option("--nokaslr", is_flag=True, help="Boot the guest with nokaslr.")
+@click.option("--exit-only", is_flag=True,
+              help="One event per syscall, after it ran (weaker: not write-ahead).")
+@click.option("--trap", type=click.Choice(["watch", "break"]), default="watch",
+              show_default=True, help="watch: kstack_offset read watchpoint; break: breakpoints.")
+@click.option("--no-daemon", is_flag=True, help="Only produce into the ring.")
+@click.option("--serial-log", help="Guest console log (default: RING.serial.log).")
+@click.pass_obj
+def collect_cmd(cfg: dict[str, Any], workload: str, include: str | None, ring_path: str | None,
+                db: str | None, nokaslr: bool, exit_only: bool, trap: str, no_daemon: bool,
+                serial_log: str | None) -> None:
+    """Run WORKLOAD in a QEMU guest, trace its syscalls from outside into the ring, and store
+    them with the daemon; print a summary when the guest powers off.
+
+    \b
+    Example:
+      provisor collect --workload config/guest/workloads/demo.sh --include out/
+    """
+    s = collect(cfg, workload, include, ring_path, db, kaslr=not nokaslr,
+                mode="exit-only" if exit_only else "entry-exit", trap=trap,
+                run_daemon=not no_daemon, serial_log=serial_log)
+    for line in s.lines():
+        click.echo(line)
