@@ -147,3 +147,65 @@ def test_walk_sizes():
     assert walk(m.read, 0x1000, 0x203ABC) == 0x7ABC
     assert walk(m.read, 0x1000, 0x204000) is None
     assert walk(m.read, 0x1000, 1 << 39) is None
+
+
+@pytest.mark.guest
+@pytest.mark.parametrize("kaslr,workload", [(True, "sleep 60"), (False, "sleep 60"),
+                                            (True, "while :; do :; done")])  # often stopped in user mode
+def test_real_guest(tmp_path, kaslr, workload):
+    """Boot the Debian kernel with its RAM in a file, stop it through the QEMU monitor, read CR3,
+    detect the slide and check it by reading init_task's comm through the page tables."""
+    import mmap
+    import re
+    import socket
+    import subprocess
+    import time
+
+    from hv import guest
+    from hv.kaslr import walk
+    from provisor.config import load
+
+    cfg = load()
+    k = guest.kit(cfg)
+    p = Profile.load(k.profile)
+    w = tmp_path / "w.sh"
+    w.write_text(f"echo ready\n{workload}\n")
+    initrd = guest.build_initramfs(cfg, w, log=lambda _m: None)
+    ram, mon, log = tmp_path / "ram", tmp_path / "mon.sock", tmp_path / "serial.log"
+    q = subprocess.Popen(guest.qemu_args(k.kernel, initrd, serial_log=log, kaslr=kaslr, extra=[
+        "-object", f"memory-backend-file,id=ram,size=256M,mem-path={ram},share=on",
+        "-machine", "memory-backend=ram", "-monitor", f"unix:{mon},server,nowait"]))
+    try:
+        deadline = time.monotonic() + 120
+        while "ready" not in (log.read_text(errors="replace") if log.exists() else ""):
+            assert q.poll() is None and time.monotonic() < deadline, "guest did not come up"
+            time.sleep(0.2)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(mon))
+        s.settimeout(10)
+
+        def hmp(cmd: str, until: bytes) -> str:
+            s.sendall(cmd.encode() + b"\n")
+            buf = b""
+            while until not in buf:
+                buf += s.recv(1 << 16)
+            return buf.decode(errors="replace")
+
+        hmp("stop", b"(qemu)")
+        cr3 = int(re.search(r"CR3=([0-9a-f]+)", hmp("info registers", b"CR3=")).group(1), 16)
+        with open(ram, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+            def read(a: int, n: int) -> bytes:
+                return mm[a:a + n]
+
+            r = detect(p, read, cr3, len(mm))
+            assert (r.slide == 0) is (not kaslr)
+            assert r.slide % 0x200000 == 0
+            pa = walk(read, r.pgd, r.addr(p.symbol("init_task")) + p.offset("task_struct.comm"))
+            assert mm[pa:pa + 10] == b"swapper/0\0"
+            assert r.page_offset_base is not None and (r.page_offset_base == 0xFFFF888000000000) is (not kaslr)
+        s.sendall(b"quit\n")
+        q.wait(20)
+    finally:
+        if q.poll() is None:
+            q.kill()
+            q.wait()
