@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -92,12 +93,17 @@ def test_process_tree(stream: list) -> None:
     """Each task shows up only after the fork/clone exit that created it, in its parent."""
     by_seq = _by_seq(stream)
     created: set[int] = {1}  # pids live so far
+    threads: dict[int, set[int]] = {1: {1}}  # tgid -> its live pids
     for ev in stream:
         if ev.pid not in created:
             pytest.fail(f"pid {ev.pid} (tgid {ev.tgid}) acts before it was created: {ev}")
         if ev.phase == EXIT and ev.nr in FORKS and ev.ret > 0:
             en = by_seq[ev.entry_seq]
             created.add(ev.ret)
+            if en.arg(0) & 0x10000:
+                threads[ev.tgid].add(ev.ret)
+            else:
+                threads[ev.ret] = {ev.ret}
             child = next((e for e in stream if e.seq > ev.seq and e.pid == ev.ret), None)
             if child is None:  # created at the very end of the stream
                 assert ev.seq > len(stream) - 50
@@ -107,9 +113,10 @@ def test_process_tree(stream: list) -> None:
                 assert (child.tgid, child.ppid) == (ev.ret, ev.tgid)
                 assert child.start_time > 0
         if ev.phase == ENTRY and ev.nr == NR["exit_group"]:
-            created -= {e.pid for e in stream if e.tgid == ev.tgid}
+            created -= threads.pop(ev.tgid)
         elif ev.phase == ENTRY and ev.nr == NR["exit"]:
             created.discard(ev.pid)
+            threads[ev.tgid].discard(ev.pid)
 
 
 def test_reused_pids_get_a_new_start_time() -> None:
@@ -135,11 +142,20 @@ def _replay_fds(stream: list) -> list[str]:
     """Track fd tables from the events alone (what the daemon must do); return problems."""
     by_seq = _by_seq(stream)
     tables: dict[int, dict[int, bool]] = {1: {0: False, 1: False, 2: False}}  # fd -> cloexec
+    threaded: set[int] = set()  # tgids with threads: their fds may be taken concurrently
     problems = []
+
+    def lowest(fds: dict[int, bool], start: int = 0) -> int:
+        fd = start
+        while fd in fds:
+            fd += 1
+        return fd
+
     for ev in stream:
         if ev.phase != EXIT:
             if ev.nr == NR["exit_group"]:
                 tables.pop(ev.tgid, None)
+                threaded.discard(ev.tgid)
             continue
         en = by_seq[ev.entry_seq]
         fds = tables.setdefault(ev.tgid, {})
@@ -153,6 +169,9 @@ def _replay_fds(stream: list) -> list[str]:
                 problems.append(f"EBADF on open fd {fd}: {ev}")
         if ret < 0:
             continue
+        if name in ("open", "openat", "dup") and ev.tgid not in threaded:
+            if ret != lowest(fds):
+                problems.append(f"{name} returned {ret}, not the lowest free fd")
         if name in ("open", "openat"):
             flags = en.arg(1) if name == "open" else en.arg(2)
             if ret in fds:
@@ -173,6 +192,9 @@ def _replay_fds(stream: list) -> list[str]:
             fds[ret] = en.arg(1) == F_DUPFD_CLOEXEC
         elif ev.nr in FORKS and ret > 0 and not en.arg(0) & 0x10000:
             tables[ret] = dict(fds)
+            threaded.discard(ret)  # a reused tgid
+        elif ev.nr in FORKS and ret > 0:
+            threaded.add(ev.tgid)
         elif name == "execve":
             for fd in [fd for fd, ce in fds.items() if ce]:
                 del fds[fd]
@@ -400,3 +422,12 @@ def test_deterministic_across_interpreters() -> None:
 def test_iter_payloads_streams_the_same_bytes() -> None:
     assert list(synth.iter_payloads(3000, seed=4, start_seq=7, crash_tail=2)) == \
         synth.payloads(3000, seed=4, start_seq=7, crash_tail=2)
+
+
+def test_gc_state_is_restored() -> None:
+    assert gc.isenabled()
+    synth.events(100, seed=1)
+    assert gc.isenabled()
+    with pytest.raises(ProvisorError):
+        synth.events(5, seed=1, crash_tail=9)
+    assert gc.isenabled()
