@@ -75,6 +75,8 @@ KERNEL_SPEC = Spec(
 )
 
 _ISF_FORMAT = "6.2.0"
+# A synthetic symbol: where every __x64_sys_* returns in do_syscall_64 (see _return_site)
+SYSCALL_RETURN = "__provisor_syscall_return"
 _DEPTH = 3  # how deep embedded struct types of needed members are pulled in (cred.uid -> kuid_t)
 
 
@@ -136,14 +138,34 @@ def _read_system_map(path: Path) -> dict[str, int]:
     return out
 
 
-def _read_cstring_at(elf, addr: int, limit: int = 512) -> bytes | None:
+def _read_at(elf, addr: int, n: int) -> bytes | None:
+    """Up to ``n`` bytes of the loaded image at virtual ``addr`` (None outside file-backed sections)."""
     for sec in elf.iter_sections():
         start, size = sec["sh_addr"], sec["sh_size"]
         if start and start <= addr < start + size and sec["sh_type"] != "SHT_NOBITS":
-            off = sec["sh_offset"] + addr - start
-            elf.stream.seek(off)
-            raw = elf.stream.read(min(limit, start + size - addr))
-            return raw.split(b"\0", 1)[0]
+            elf.stream.seek(sec["sh_offset"] + addr - start)
+            return elf.stream.read(min(n, start + size - addr))
+    return None
+
+
+def _read_cstring_at(elf, addr: int, limit: int = 512) -> bytes | None:
+    raw = _read_at(elf, addr, limit)
+    return None if raw is None else raw.split(b"\0", 1)[0]
+
+
+def _return_site(elf, syms: dict[str, int], caller: str, callee: str, span: int = 1024) -> int | None:
+    """The address right after ``call callee`` (E8 rel32) in ``caller``. On 6.1 kernels with the
+    x64_sys_call switch, every __x64_sys_* is tail-called from there, so this one address is
+    where all of them return (do_syscall_64 + 0x55 on 6.1.0-47)."""
+    if caller not in syms or callee not in syms:
+        return None
+    base, target = syms[caller], syms[callee]
+    code = _read_at(elf, base, span) or b""
+    for i in range(len(code) - 4):
+        if code[i] == 0xE8:
+            rel = struct.unpack_from("<i", code, i + 1)[0]
+            if base + i + 5 + rel == target:
+                return base + i + 5
     return None
 
 
@@ -394,6 +416,9 @@ def build(vmlinux: str | Path, system_map: str | Path | None = None, spec: Spec 
 
     wanted = list(spec.symbols) + [s for s in spec.optional_symbols if s in syms]
     symbols: dict[str, dict] = {s: {"address": syms[s]} for s in wanted}
+    ret = _return_site(elf, syms, "do_syscall_64", "x64_sys_call")
+    if ret is not None:
+        symbols[SYSCALL_RETURN] = {"address": ret}
     banner = b""
     if "linux_banner" in syms:
         banner = _read_cstring_at(elf, syms["linux_banner"]) or b""
@@ -470,6 +495,11 @@ class Profile:
             return int(self.data["symbols"][name]["address"])
         except KeyError:
             raise ProfileError(f"symbol {name} not in profile {self.path or ''}".rstrip()) from None
+
+    @property
+    def syscall_return(self) -> int | None:
+        """Where the traced __x64_sys_* functions return to (one site), if the builder found it."""
+        return self.symbol(SYSCALL_RETURN) if self.has_symbol(SYSCALL_RETURN) else None
 
     def symbols(self, prefix: str = "") -> dict[str, int]:
         return {k: int(v["address"]) for k, v in self.data["symbols"].items() if k.startswith(prefix)}

@@ -56,6 +56,7 @@ struct task {
 #define P(T, M) printf(#T "." #M " %zu\n", offsetof(struct T, M))
 #define S(T) printf("sizeof." #T " %zu\n", sizeof(struct T))
 void print_other(void);
+int main(void);
 """
 
 A_C = r"""
@@ -83,7 +84,14 @@ B_C = r"""
 #include "shapes.h"
 struct other { char tag[5]; struct { struct list_head node; long weight; }; struct qstr q; };
 struct other the_other;
+/* the kernel's syscall dispatch shape: the builder records where x64_sys_call returns to */
+long x64_sys_call(long nr) {
+    printf("ret.minus.main %ld\n", (long)((char *)__builtin_return_address(0) - (char *)main));
+    return nr;
+}
+long do_syscall_64(long nr) { return x64_sys_call(nr) + 1; }
 void print_other(void) {
+    do_syscall_64(3);
     P(other, tag); P(other, node); P(other, weight); P(other, q);
     printf("other.q.len %zu\n", offsetof(struct other, q.len));
     S(other);
@@ -94,7 +102,7 @@ SPEC = Spec(
     types={"task": ("pid", "comm", "inner", "bytes", "deep", "uid", "named_u", "flag", "bit2"),
            "dentry": ("d_name", "d_parent"), "qstr": ("name", "len"), "other": ("node", "q"),
            "list_head": ("next",)},
-    symbols=("main", "print_other", "the_other"),
+    symbols=("main", "print_other", "the_other", "do_syscall_64", "x64_sys_call"),
     anchors=("main", "print_other"),
 )
 
@@ -127,7 +135,9 @@ def test_offsets_match_offsetof(built):
     truth, p, _ = built
     checked = 0
     for key, want in truth.items():
-        if key.startswith("sizeof."):
+        if key.startswith("ret."):
+            assert p.syscall_return - p.symbol("main") == want
+        elif key.startswith("sizeof."):
             assert p.size(key.split(".", 1)[1]) == want, key
         else:
             assert p.offset(key) == want, key
@@ -210,7 +220,6 @@ def test_cli_error_is_one_line(tmp_path):
 def test_real_kernel_profile(tmp_path):
     """The Debian cloud kernel's vmlinux (downloaded once into the cache) yields the known layout."""
     from hv.guest import kit
-
     from provisor.config import load
 
     k = kit(load())
@@ -220,6 +229,7 @@ def test_real_kernel_profile(tmp_path):
               "__x64_sys_openat", "__x64_sys_execve", "__x64_sys_clone3"):
         assert p.symbol(s)
     assert p.symbol("init_task") >= 0xFFFFFFFF80000000
+    assert p.symbol("do_syscall_64") < p.syscall_return < p.symbol("do_syscall_64") + 0x200
     # layout facts stable across 6.1 builds
     assert p.offset("pt_regs.orig_ax") == 15 * 8 and p.size("pt_regs") == 21 * 8
     assert p.offset("pt_regs.di") == 14 * 8 and p.offset("pt_regs.ip") == 16 * 8
