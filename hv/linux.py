@@ -321,12 +321,12 @@ class Linux:
         try:
             p = user_ptr(va)
             while True:
-                if len(out) >= max_count or budget <= 0:
-                    return out, True
                 sp = self.u64(p)
                 if sp == 0:
                     return out, False
-                s, trunc = self.user_string(sp, min(MAX_STR, budget))
+                if len(out) >= max_count or budget <= 1:
+                    return out, True
+                s, trunc = self.user_string(sp, min(MAX_STR, budget - 1))
                 if s is None:
                     return out, True
                 out.append(s)

@@ -1,0 +1,397 @@
+"""The Linux layer against crafted guest memory: page tables, tasks, dentries and mounts built
+byte by byte, including the lies a hostile guest can tell (cycles, absurd lengths, pointers
+into nowhere). FakeGuest is shared with test_interceptor.py."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from hv.linux import MAX_ARGV, MAX_STR, DictProfile, Linux, encode_dev
+from hv.memory import PhysicalBytes, Virtual
+
+KBASE = 0xFFFF_8880_0010_0000  # kernel objects (a direct-map-like address)
+UBASE = 0x0000_0000_0040_0000  # user memory
+PERCPU = 0xFFFF_8880_0F80_0000
+
+OFFSETS = {
+    "task_struct.pid": 0, "task_struct.tgid": 4, "task_struct.comm": 8,
+    "task_struct.real_parent": 24, "task_struct.cred": 32, "task_struct.start_time": 40,
+    "task_struct.fs": 48, "task_struct.files": 56, "task_struct.mm": 64,
+    "cred.uid": 8, "fs_struct.root": 24, "fs_struct.pwd": 40, "path.mnt": 0, "path.dentry": 8,
+    "dentry.d_parent": 24, "dentry.d_name": 32, "dentry.d_inode": 48, "qstr.len": 4,
+    "qstr.name": 8, "inode.i_sb": 40, "inode.i_ino": 64, "super_block.s_dev": 16,
+    "files_struct.fdt": 32, "fdtable.max_fds": 0, "fdtable.fd": 8, "file.f_path": 16,
+    "file.f_inode": 32, "mount.mnt_parent": 16, "mount.mnt_mountpoint": 24, "mount.mnt": 32,
+    "mount.mnt_id": 80, "vfsmount.mnt_root": 0, "mm_struct.pgd": 72,
+    "pt_regs.r11": 48, "pt_regs.r10": 56, "pt_regs.r9": 64, "pt_regs.r8": 72, "pt_regs.ax": 80,
+    "pt_regs.cx": 88, "pt_regs.dx": 96, "pt_regs.si": 104, "pt_regs.di": 112,
+    "pt_regs.orig_ax": 120, "pt_regs.ip": 128, "pt_regs.cs": 136, "pt_regs.flags": 144,
+}
+CURRENT_TASK = 0x1FB80
+
+
+class FakeGuest:
+    """Physical memory with real x86-64 page tables (4K pages), and a bump allocator for
+    kernel and user objects. ``write`` goes through the test's own map, not the walker."""
+
+    def __init__(self, size: int = 2 << 20) -> None:
+        self.phys = bytearray(size)
+        self._next = 0x1000
+        self.cr3 = self.page()
+        self.pages: dict[int, int] = {}
+        self.kbrk = KBASE
+        self.ubrk = UBASE
+        self.map_range(PERCPU, 0x20000)
+
+    def page(self) -> int:
+        p = self._next
+        self._next += 0x1000
+        if self._next > len(self.phys):
+            raise MemoryError("fake guest out of memory")
+        return p
+
+    def _entry(self, table: int, idx: int, create: bool = True, flags: int = 0x63) -> int:
+        e = struct.unpack_from("<Q", self.phys, table + idx * 8)[0]
+        if not e & 1 and create:
+            e = self.page() | flags
+            struct.pack_into("<Q", self.phys, table + idx * 8, e)
+        return e & 0x000F_FFFF_FFFF_F000
+
+    def map(self, va: int, pa: int) -> None:
+        t = self.cr3
+        for shift in (39, 30, 21):
+            t = self._entry(t, (va >> shift) & 0x1FF)
+        struct.pack_into("<Q", self.phys, t + ((va >> 12) & 0x1FF) * 8, pa | 0x63)
+        self.pages[va >> 12] = pa
+
+    def map_large(self, va: int, pa: int, level: int) -> None:
+        """A 2M (level 2) or 1G (level 3) page."""
+        t = self.cr3
+        for shift in {3: (39,), 2: (39, 30)}[level]:
+            t = self._entry(t, (va >> shift) & 0x1FF)
+        shift = {2: 21, 3: 30}[level]
+        struct.pack_into("<Q", self.phys, t + ((va >> shift) & 0x1FF) * 8, pa | 0xE3)
+
+    def unmap(self, va: int) -> None:
+        t = self.cr3
+        for shift in (39, 30, 21):
+            t = self._entry(t, (va >> shift) & 0x1FF, create=False)
+        struct.pack_into("<Q", self.phys, t + ((va >> 12) & 0x1FF) * 8, 0)
+        self.pages.pop(va >> 12, None)
+
+    def map_range(self, va: int, size: int) -> int:
+        for off in range(0, size, 0x1000):
+            if (va + off) >> 12 not in self.pages:
+                self.map(va + off, self.page())
+        return va
+
+    def write(self, va: int, data: bytes) -> None:
+        while data:
+            pa = self.pages[va >> 12] | (va & 0xFFF)
+            n = min(len(data), 0x1000 - (va & 0xFFF))
+            self.phys[pa:pa + n] = data[:n]
+            va, data = va + n, data[n:]
+
+    def u64(self, va: int, v: int) -> None:
+        self.write(va, struct.pack("<Q", v & 0xFFFF_FFFF_FFFF_FFFF))
+
+    def u32(self, va: int, v: int) -> None:
+        self.write(va, struct.pack("<I", v))
+
+    def kalloc(self, size: int) -> int:
+        a = self.kbrk
+        self.kbrk += (size + 63) & ~63
+        self.map_range(a & ~0xFFF, self.kbrk - (a & ~0xFFF) + 0x1000)
+        return a
+
+    def ualloc(self, data: bytes) -> int:
+        a = self.ubrk
+        self.ubrk += (len(data) + 15) & ~15
+        self.map_range(a & ~0xFFF, self.ubrk - (a & ~0xFFF) + 0x1000)
+        self.write(a, data)
+        return a
+
+    # -- kernel objects --------------------------------------------------------------------
+    def dentry(self, name: bytes, parent: int | None, inode: int = 0) -> int:
+        d = self.kalloc(64)
+        nm = self.kalloc(len(name) + 1)
+        self.write(nm, name + b"\0")
+        self.u64(d + 24, parent if parent is not None else d)
+        self.u32(d + 32 + 4, len(name))
+        self.u64(d + 32 + 8, nm)
+        self.u64(d + 48, inode)
+        return d
+
+    def inode(self, ino: int, dev: int) -> int:
+        sb = self.kalloc(32)
+        self.u32(sb + 16, dev)
+        i = self.kalloc(80)
+        self.u64(i + 40, sb)
+        self.u64(i + 64, ino)
+        return i
+
+    def mount(self, root: int, mnt_id: int, parent: int | None = None,
+              mountpoint: int = 0) -> int:
+        m = self.kalloc(96)
+        self.u64(m + 16, parent if parent is not None else m)
+        self.u64(m + 24, mountpoint or root)
+        self.u64(m + 32, root)  # mnt.mnt_root
+        self.u32(m + 80, mnt_id)
+        return m
+
+    def fs(self, root_mnt: int, root: int, pwd_mnt: int, pwd: int) -> int:
+        f = self.kalloc(64)
+        self.u64(f + 24, root_mnt + 32)
+        self.u64(f + 32, root)
+        self.u64(f + 40, pwd_mnt + 32)
+        self.u64(f + 48, pwd)
+        return f
+
+    def files(self, fds: list[int]) -> int:
+        arr = self.kalloc(8 * max(1, len(fds)))
+        for i, f in enumerate(fds):
+            self.u64(arr + 8 * i, f)
+        fdt = self.kalloc(16)
+        self.u32(fdt, len(fds))
+        self.u64(fdt + 8, arr)
+        fs = self.kalloc(40)
+        self.u64(fs + 32, fdt)
+        return fs
+
+    def file(self, mnt: int, dentry: int, inode: int) -> int:
+        f = self.kalloc(40)
+        self.u64(f + 16, mnt + 32)
+        self.u64(f + 24, dentry)
+        self.u64(f + 32, inode)
+        return f
+
+    def task(self, pid: int, tgid: int, comm: bytes, parent: int | None, uid: int,
+             fs: int, files: int, start: int = 1000) -> int:
+        t = self.kalloc(72)
+        cred = self.kalloc(16)
+        self.u32(cred + 8, uid)
+        self.write(t, struct.pack("<ii", pid, tgid))
+        self.write(t + 8, comm[:15].ljust(16, b"\0"))
+        self.u64(t + 24, parent if parent is not None else t)
+        self.u64(t + 32, cred)
+        self.u64(t + 40, start)
+        self.u64(t + 48, fs)
+        self.u64(t + 56, files)
+        mm = self.kalloc(80)
+        self.u64(mm + 72, KBASE + 0x7F000)  # pgd: a kernel address (unused by these tests)
+        self.u64(t + 64, mm)
+        return t
+
+    def set_current(self, task: int) -> None:
+        self.u64(PERCPU + CURRENT_TASK, task)
+
+    def linux(self) -> Linux:
+        prof = DictProfile({"current_task": CURRENT_TASK}, OFFSETS)
+        return Linux(Virtual(PhysicalBytes(self.phys), self.cr3), prof)
+
+
+def world() -> tuple[FakeGuest, dict[str, int]]:
+    """/ (rootfs, mnt 1) with /root/work, and /mnt/data on a second mount (mnt 42)."""
+    g = FakeGuest()
+    ino_root = g.inode(1, (8 << 20) | 1)
+    r = g.dentry(b"/", None, ino_root)
+    root_d = g.dentry(b"root", r, g.inode(2, (8 << 20) | 1))
+    work = g.dentry(b"work", root_d, g.inode(3, (8 << 20) | 1))
+    mnt_d = g.dentry(b"mnt", r)
+    m1 = g.mount(r, 1)
+    r2 = g.dentry(b"/", None)
+    data = g.dentry(b"data", r2)
+    m2 = g.mount(r2, 42, parent=m1, mountpoint=mnt_d)
+    a_ino = g.inode(77, (8 << 20) | 1)
+    a_d = g.dentry(b"a.txt", work, a_ino)
+    f = g.file(m1, a_d, a_ino)
+    pipe_root = g.dentry(b"pipe:", None)
+    pipe_ino = g.inode(555, 13)
+    pipe_d = g.dentry(b"pipe:[555]", pipe_root, pipe_ino)
+    pm = g.mount(pipe_root, 7)
+    pf = g.file(pm, pipe_d, pipe_ino)
+    fs = g.fs(m1, r, m1, work)
+    files = g.files([0, 0, 0, f, pf])
+    init = g.task(1, 1, b"init", None, 0, fs, files)
+    t = g.task(80, 80, b"sh", init, 1000, fs, files, start=5555)
+    g.set_current(t)
+    return g, {"task": t, "init": init, "m1": m1, "m2": m2, "data": data, "work": work,
+               "fs": fs, "r": r, "root_d": root_d}
+
+
+def test_task_identity() -> None:
+    g, w = world()
+    lx = g.linux()
+    assert lx.current_task(PERCPU) == w["task"]
+    t = lx.task(w["task"])
+    assert t.ok and (t.pid, t.tgid, t.ppid, t.uid, t.comm, t.start_time) == \
+        (80, 80, 1, 1000, "sh", 5555)
+
+
+def test_cwd_normal_and_across_mounts() -> None:
+    g, w = world()
+    lx = g.linux()
+    assert lx.cwd(lx.task(w["task"])) == ("/root/work", 1)
+    g.u64(w["fs"] + 40, w["m2"] + 32)
+    g.u64(w["fs"] + 48, w["data"])
+    assert lx.cwd(lx.task(w["task"])) == ("/mnt/data", 42)
+    g.u64(w["fs"] + 48, lx.u64(w["m2"] + 32))  # the root dentry of the second mount
+    assert lx.cwd(lx.task(w["task"])) == ("/mnt", 42)
+
+
+def test_cyclic_dparent_chain_is_unreadable_not_a_hang() -> None:
+    g, w = world()
+    g.u64(w["root_d"] + 24, w["work"])  # root's parent is work, work's parent is root
+    lx = g.linux()
+    path, mnt = lx.cwd(lx.task(w["task"]))
+    assert path is None and mnt == 1
+
+
+def test_cyclic_mount_chain() -> None:
+    g, w = world()
+    m3 = g.mount(g.dentry(b"/", None), 3)
+    g.u64(w["m2"] + 16, m3)
+    g.u64(m3 + 16, w["m2"])  # two mounts, each the other's parent
+    g.u64(w["fs"] + 40, w["m2"] + 32)
+    g.u64(w["fs"] + 48, w["data"])
+    lx = g.linux()
+    assert lx.cwd(lx.task(w["task"]))[0] is None
+
+
+def test_deep_chain_hits_the_depth_bound() -> None:
+    g, w = world()
+    d = w["root_d"]
+    for i in range(80):
+        d = g.dentry(b"d%d" % i, d)
+    g.u64(w["fs"] + 48, d)
+    lx = g.linux()
+    assert lx.cwd(lx.task(w["task"]))[0] is None
+    d2 = w["root_d"]
+    for i in range(40):
+        d2 = g.dentry(b"e%d" % i, d2)
+    g.u64(w["fs"] + 48, d2)
+    path = lx.cwd(lx.task(w["task"]))[0]
+    assert path is not None and path.count("/") == 41
+
+
+@pytest.mark.parametrize("length", [256, 0xFFFFFFFF, 1 << 20])
+def test_absurd_qstr_length(length: int) -> None:
+    g, w = world()
+    g.u32(w["work"] + 32 + 4, length)
+    lx = g.linux()
+    assert lx.cwd(lx.task(w["task"]))[0] is None
+
+
+@pytest.mark.parametrize("ptr", [0, 0x1234, 0xDEAD_BEEF_0000_0000, 0xFFFF_8880_7FFF_F000,
+                                 0xFFFF_FFFF_FFFF_FFF8])
+def test_bad_pointers(ptr: int) -> None:
+    g, w = world()
+    lx = g.linux()
+    g.u64(w["work"] + 24, ptr)  # d_parent
+    assert lx.cwd(lx.task(w["task"]))[0] is None
+    g2, w2 = world()
+    g2.u64(w2["task"] + 48, ptr)  # task->fs
+    lx2 = g2.linux()
+    assert lx2.cwd(lx2.task(w2["task"])) == (None, 0)
+    g3, w3 = world()
+    g3.u64(w3["task"] + 32, ptr)  # task->cred
+    lx3 = g3.linux()
+    assert not lx3.task(w3["task"]).ok
+
+
+def test_unmapped_page_under_an_object() -> None:
+    g, w = world()
+    g.unmap(w["work"] & ~0xFFF)
+    lx = g.linux()
+    t = lx.task(w["task"])  # the task may share that page: either way, no exception
+    assert lx.cwd(t)[0] is None
+
+
+def test_fd_to_file_identity() -> None:
+    g, w = world()
+    lx = g.linux()
+    t = lx.task(w["task"])
+    f = lx.fd_file(t, 3)
+    assert f is not None
+    assert (f.dev, f.ino, f.path) == (encode_dev((8 << 20) | 1), 77, "/root/work/a.txt")
+    p = lx.fd_file(t, 4)
+    assert p is not None and p.ino == 555 and p.path == "pipe:[555]"
+    for fd in (0, 5, 1000, -1, 1 << 30):
+        assert lx.fd_file(t, fd) is None
+
+
+def test_fd_table_lies() -> None:
+    g, w = world()
+    lx = g.linux()
+    fdt = lx.u64(lx.task(w["task"]).files + 32)
+    g.u32(fdt, 0xFFFFFFFF)  # max_fds: claims 4 billion
+    g.u64(fdt + 8, 0x1000)  # the fd array in user space
+    assert lx.fd_file(lx.task(w["task"]), 3) is None
+
+
+def test_encode_dev() -> None:
+    assert encode_dev((8 << 20) | 1) == 0x801
+    assert encode_dev((259 << 20) | 0x12345) == (0x45 | (259 << 8) | (0x123 << 12 << 8))
+
+
+def test_user_strings_and_bounds() -> None:
+    g, _ = world()
+    lx = g.linux()
+    s = g.ualloc(b"/root/a.txt\0")
+    assert lx.user_string(s) == ("/root/a.txt", False)
+    long = g.ualloc(b"x" * (MAX_STR + 100))  # no NUL within the bound
+    text, trunc = lx.user_string(long)
+    assert trunc and len(text) == MAX_STR
+    assert lx.user_string(0) == (None, False)
+    assert lx.user_string(0xFFFF_8880_0010_0000) == (None, False)  # a kernel address
+    assert lx.user_string(0x7000_0000) == (None, False)  # unmapped
+    # a string running into an unmapped page
+    edge = g.ubrk = (g.ubrk + 0xFFF) & ~0xFFF
+    g.map_range(edge, 0x1000)
+    g.write(edge + 0xFF0, b"A" * 16)
+    assert lx.user_string(edge + 0xFF0) == (None, False)
+
+
+def test_argv() -> None:
+    g, _ = world()
+    lx = g.linux()
+    ptrs = [g.ualloc(b"cat\0"), g.ualloc(b"a.txt\0"), 0]
+    argv = g.ualloc(b"".join(struct.pack("<Q", p) for p in ptrs))
+    assert lx.user_strv(argv) == (["cat", "a.txt"], False)
+    one = g.ualloc(b"x\0")
+    many = g.ualloc(b"".join(struct.pack("<Q", one) for _ in range(MAX_ARGV + 50)) + bytes(8))
+    lst, trunc = lx.user_strv(many)
+    assert trunc and len(lst) == MAX_ARGV
+    big = g.ualloc(b"y" * 4000 + b"\0")
+    heavy = g.ualloc(b"".join(struct.pack("<Q", big) for _ in range(20)) + bytes(8))
+    lst, trunc = lx.user_strv(heavy)
+    assert trunc and sum(len(x) + 1 for x in lst) <= 32 * 1024
+    bad = g.ualloc(struct.pack("<QQ", ptrs[0], 0x7777_0000) + bytes(8))
+    lst, trunc = lx.user_strv(bad)
+    assert lst == ["cat"] and trunc
+    assert lx.user_strv(0x7777_0000) == (None, True)
+    assert lx.user_strv(0) == ([], False)
+
+
+def test_pt_regs_and_ints() -> None:
+    g, _ = world()
+    lx = g.linux()
+    regs = g.kalloc(168)
+    for name, off in OFFSETS.items():
+        if name.startswith("pt_regs."):
+            g.u64(regs + off, off * 3)
+    args, nr = lx.syscall_args(regs)
+    assert args == (112 * 3, 104 * 3, 96 * 3, 56 * 3, 72 * 3, 64 * 3) and nr == 120 * 3
+    pair = g.ualloc(struct.pack("<ii", 3, 4))
+    assert lx.user_ints(pair, 2) == [3, 4]
+    assert lx.user_ints(0x7777_0000, 2) is None
+
+
+def test_profile_missing_members_is_a_clear_error() -> None:
+    g, _ = world()
+    offs = dict(OFFSETS)
+    del offs["qstr.len"]
+    with pytest.raises(KeyError, match="qstr.len"):
+        Linux(Virtual(PhysicalBytes(g.phys), g.cr3), DictProfile({"current_task": 0}, offs))
