@@ -7,6 +7,8 @@ offline. The guest stays unmodified: a stock distribution kernel, a stock static
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
@@ -150,8 +152,22 @@ def _extract(deb: Path, members: dict[str, Path], log: Log) -> None:
     log(f"extracted in {time.monotonic() - t0:.1f}s")
 
 
+@contextlib.contextmanager
+def _locked(cache: Path):
+    """One fetch at a time per cache (tests and a collect run may start together)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".fetch.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def fetch(cfg: dict[str, Any], log: Log = _echo, build_profile: bool = True) -> Kit:
     """Download and unpack the pinned kernel and its -dbg vmlinux, then build the profile."""
+    with _locked(cache_dir(cfg)):
+        return _fetch(cfg, log, build_profile)
+
+
+def _fetch(cfg: dict[str, Any], log: Log, build_profile: bool) -> Kit:
     cache = cache_dir(cfg)
     abi = str(cfg.get("guest", {}).get("debian_abi", "6.1.0-47"))
     k = _paths(cache, abi)
@@ -169,9 +185,9 @@ def fetch(cfg: dict[str, Any], log: Log = _echo, build_profile: bool = True) -> 
         _extract(deb, {"./usr/lib/debug/boot/vmlinux-*": k.vmlinux,
                        "./usr/lib/debug/boot/System.map-*": k.system_map}, log)
         deb.unlink()  # 280 MB; the vmlinux is what we keep
-    if build_profile and not k.profile.exists():
-        from hv import profile
+    from hv import profile
 
+    if build_profile and not profile.is_current(k.profile):
         t0 = time.monotonic()
         log(f"building the kernel profile from {k.vmlinux.name}")
         profile.write(profile.build(k.vmlinux, k.system_map, log=lambda m: log(f"profile: {m}")), k.profile)
@@ -180,7 +196,9 @@ def fetch(cfg: dict[str, Any], log: Log = _echo, build_profile: bool = True) -> 
 
 
 def _complete(k: Kit) -> bool:
-    return all(p.exists() for p in (k.kernel, k.vmlinux, k.system_map, k.profile))
+    from hv.profile import is_current
+
+    return all(p.exists() for p in (k.kernel, k.vmlinux, k.system_map)) and is_current(k.profile)
 
 
 def kit(cfg: dict[str, Any], log: Log = _echo) -> Kit:

@@ -32,6 +32,10 @@ class ProfileError(ProvisorError):
     pass
 
 
+class ProfileLookupError(ProfileError, LookupError):
+    """A symbol, type or member the profile lacks (also a LookupError for callers probing)."""
+
+
 @dataclass(frozen=True)
 class Spec:
     """What to put in a profile: types (with members that must exist), symbols, anchor functions."""
@@ -69,12 +73,15 @@ KERNEL_SPEC = Spec(
     optional_symbols=("syscall_exit_to_user_mode", "entry_SYSCALL_64_after_hwframe",
                       "x64_sys_call", "sys_call_table", "init_top_pgt", "page_offset_base",
                       "phys_base", "_stext", "_etext", "__start___ex_table", "swapper_pg_dir",
-                      "init_fs", "init_files", "pcpu_hot"),
+                      "init_fs", "init_files", "pcpu_hot", "kstack_offset",
+                      "cpu_current_top_of_stack", "cpu_tss_rw", "kernel_init"),
     anchors=("copy_process", "do_syscall_64", "path_mount", "do_mount", "copy_mnt_ns",
              "do_sys_openat2", "__d_alloc"),
 )
 
 _ISF_FORMAT = "6.2.0"
+# Bumped whenever the builder's output changes, so cached profiles get rebuilt (hv.guest.kit)
+BUILDER_VERSION = 2
 # A synthetic symbol: where every __x64_sys_* returns in do_syscall_64 (see _return_site)
 SYSCALL_RETURN = "__provisor_syscall_return"
 _DEPTH = 3  # how deep embedded struct types of needed members are pulled in (cred.uid -> kuid_t)
@@ -430,7 +437,7 @@ def build(vmlinux: str | Path, system_map: str | Path | None = None, spec: Spec 
     return {
         "metadata": {
             "format": _ISF_FORMAT,
-            "producer": {"name": "provisor", "version": __version__,
+            "producer": {"name": "provisor", "version": __version__, "builder": BUILDER_VERSION,
                          "datetime": datetime.now(UTC).isoformat(timespec="seconds")},
             "linux": {"release": release, "banner": text,
                       "symbols": [{"kind": "symtab", "name": path.name}],
@@ -441,6 +448,15 @@ def build(vmlinux: str | Path, system_map: str | Path | None = None, spec: Spec 
         "enums": b.enums,
         "symbols": symbols,
     }
+
+
+def is_current(path: str | Path) -> bool:
+    """Whether the profile at ``path`` exists and was written by this builder version."""
+    try:
+        meta = json.loads(Path(path).read_text())["metadata"]
+        return meta["producer"].get("builder") == BUILDER_VERSION
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def write(profile: dict, out: str | Path) -> Path:
@@ -494,7 +510,7 @@ class Profile:
         try:
             return int(self.data["symbols"][name]["address"])
         except KeyError:
-            raise ProfileError(f"symbol {name} not in profile {self.path or ''}".rstrip()) from None
+            raise ProfileLookupError(f"symbol {name} not in profile {self.path or ''}".rstrip()) from None
 
     @property
     def syscall_return(self) -> int | None:
@@ -508,7 +524,7 @@ class Profile:
         try:
             return self.data["user_types"][name]
         except KeyError:
-            raise ProfileError(f"type {name} not in profile {self.path or ''}".rstrip()) from None
+            raise ProfileLookupError(f"type {name} not in profile {self.path or ''}".rstrip()) from None
 
     def has_member(self, type_name: str, member: str) -> bool:
         return member in self._type(type_name)["fields"]
@@ -517,7 +533,7 @@ class Profile:
         """The ISF field ``{offset, type}`` of ``type_name.member`` (one level)."""
         fields = self._type(type_name)["fields"]
         if member not in fields:
-            raise ProfileError(f"struct {type_name} has no member {member} in the profile")
+            raise ProfileLookupError(f"struct {type_name} has no member {member} in the profile")
         return fields[member]
 
     def offset(self, path: str, member: str | None = None) -> int:
@@ -547,7 +563,7 @@ class Profile:
             return int(self.data["user_types"][type_name]["size"])
         if type_name in self.data["base_types"]:
             return int(self.data["base_types"][type_name]["size"])
-        raise ProfileError(f"type {type_name} not in profile {self.path or ''}".rstrip())
+        raise ProfileLookupError(f"type {type_name} not in profile {self.path or ''}".rstrip())
 
     def member_size(self, type_name: str, member: str) -> int:
         """Byte size of a member (base, pointer, array or struct)."""

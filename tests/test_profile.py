@@ -243,3 +243,17 @@ def test_real_kernel_profile(tmp_path):
     # rebuilding straight from the vmlinux is deterministic apart from the timestamp
     again = build(k.vmlinux, k.system_map)
     assert again["user_types"] == p.data["user_types"] and again["symbols"] == p.data["symbols"]
+
+
+def test_lookups_raise_lookup_errors(built):
+    from hv.profile import ProfileLookupError
+
+    _, p, _ = built
+    for call in (lambda: p.symbol("nope"), lambda: p.offset("task.nope"), lambda: p.size("nope"),
+                 lambda: p.offset("nope.x")):
+        with pytest.raises(ProfileLookupError):
+            call()
+        with pytest.raises(LookupError):
+            call()
+    with pytest.raises(ProfileError, match="not an embedded struct"):
+        p.offset("task.pid.x")
