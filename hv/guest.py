@@ -434,3 +434,26 @@ def guest_build_cmd(cfg: dict[str, Any], workload: str, include: str | None, out
       provisor guest build --workload config/guest/workloads/demo.sh --include out/ -o initrd.gz
     """
     click.echo(build_initramfs(cfg, workload, include, output))
+
+
+@guest_group.command("boot")
+@click.option("--workload", required=True, type=click.Path(dir_okay=False), help="Shell script to run.")
+@click.option("--include", type=click.Path(file_okay=False), help="Directory copied to the initramfs root.")
+@click.option("--nokaslr", is_flag=True, help="Boot with nokaslr.")
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds before giving up.")
+@click.pass_obj
+def guest_boot_cmd(cfg: dict[str, Any], workload: str, include: str | None, nokaslr: bool,
+                   timeout: float) -> None:
+    """Boot the guest under QEMU (TCG, no tracing) and print its serial console.
+
+    \b
+    Example:
+      provisor guest boot --workload config/guest/workloads/demo.sh
+    """
+    k = kit(cfg)
+    initrd = build_initramfs(cfg, workload, include)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.monotonic()
+        out = boot(k.kernel, initrd, Path(tmp) / "serial.log", timeout=timeout, kaslr=not nokaslr)
+    click.echo(out, nl=False)
+    _echo(f"powered off after {time.monotonic() - t0:.1f}s")

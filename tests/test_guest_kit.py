@@ -168,3 +168,15 @@ def test_boot_runs_the_workload_and_powers_off(tmp_path, kaslr):
     assert "1:3" in log                                  # devtmpfs mounted
     assert ("nokaslr" in log) is (not kaslr)
     assert "provisor-guest: workload exit 0" in log and "Power down" in log
+
+
+@pytest.mark.guest
+def test_cli_build_and_boot(tmp_path):
+    w = tmp_path / "w.sh"
+    w.write_text("echo cli-marker\n")
+    run = [sys.executable, "-c", "from provisor.cli import main; main()", "guest"]
+    r = subprocess.run([*run, "build", "--workload", str(w), "-o", str(tmp_path / "i.gz")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / "i.gz").exists(), r.stderr
+    r = subprocess.run([*run, "boot", "--workload", str(w)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "cli-marker" in r.stdout, r.stderr
