@@ -126,7 +126,16 @@ def _download(pkgs: Iterable[str], dest: Path, log: Log) -> Path:
 
 
 def _extract(deb: Path, members: dict[str, Path], log: Log) -> None:
-    """Pull only the wanted members (tar wildcards -> final path) out of a .deb."""
+    """Pull only the wanted members (tar wildcards -> final path) out of a .deb; a .deb that
+    fails is deleted so that the next fetch downloads it again."""
+    try:
+        _extract_members(deb, members, log)
+    except GuestError:
+        deb.unlink(missing_ok=True)
+        raise
+
+
+def _extract_members(deb: Path, members: dict[str, Path], log: Log) -> None:
     t0 = time.monotonic()
     log(f"extracting {', '.join(p.name for p in members.values())} from {deb.name}")
     with tempfile.TemporaryDirectory(dir=next(iter(members.values())).parent) as tmp:

@@ -180,3 +180,11 @@ def test_cli_build_and_boot(tmp_path):
     assert r.returncode == 0 and (tmp_path / "i.gz").exists(), r.stderr
     r = subprocess.run([*run, "boot", "--workload", str(w)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "cli-marker" in r.stdout, r.stderr
+
+
+def test_corrupt_deb_is_dropped(tmp_path):
+    deb = tmp_path / "linux-image-x_1_amd64.deb"
+    deb.write_bytes(b"!<arch>\ngarbage")
+    with pytest.raises(GuestError, match="extracting"):
+        g._extract(deb, {"./boot/vmlinuz-*": tmp_path / "vmlinuz"}, log=lambda _m: None)
+    assert not deb.exists() and not (tmp_path / "vmlinuz").exists()
