@@ -354,8 +354,8 @@ class Interceptor:
             elif kind in ("argv", "envp"):
                 if kind == "envp" and not self.record_envp:
                     continue
-                lst, trunc = lx.user_strv(v)
-                if lst is None:
+                lst, trunc, bad = lx.user_strv(v)
+                if bad:
                     ev.flags |= E.F_ARGV_UNREADABLE
                 if trunc:
                     ev.flags |= E.F_TRUNCATED
@@ -542,10 +542,12 @@ def entry_sites(mem: Virtual, symbols: dict[str, int], slide: int,
     if base is not None:
         base += slide
         end = min([a + slide for a in symbols.values() if a > base - slide] or [base + span])
-        try:
-            code = mem.read(base, min(end - base, span))
-        except Unreadable:
-            code = b""
+        code = b""
+        for off in range(0, min(end - base, span), 0x1000):  # up to the first hole
+            try:
+                code += mem.read(base + off, min(0x1000, end - base - off))
+            except Unreadable:
+                break
         for i in range(len(code) - 4):
             if code[i] == 0xE9:
                 target = base + i + 5 + struct.unpack_from("<i", code, i + 1)[0]

@@ -310,12 +310,13 @@ class Linux:
             return None, False
         return raw.decode("utf-8", "surrogateescape"), trunc
 
-    def user_strv(self, va: int, max_count: int = MAX_ARGV,
-                  max_bytes: int = MAX_ARGV_BYTES) -> tuple[list[str] | None, bool]:
+    def user_strv(self, va: int, max_count: int = MAX_ARGV, max_bytes: int = MAX_ARGV_BYTES
+                  ) -> tuple[list[str] | None, bool, bool]:
         """A NULL-terminated array of strings (argv, envp), bounded in count and bytes.
-        Returns (list or None if the array itself is unreadable, truncated)."""
+        Returns (what could be read, or None if not even the array could; truncated by a
+        bound; something was unreadable)."""
         if va == 0:
-            return [], False
+            return [], False, False
         out: list[str] = []
         budget = max_bytes
         try:
@@ -323,19 +324,19 @@ class Linux:
             while True:
                 sp = self.u64(p)
                 if sp == 0:
-                    return out, False
+                    return out, False, False
                 if len(out) >= max_count or budget <= 1:
-                    return out, True
+                    return out, True, False
                 s, trunc = self.user_string(sp, min(MAX_STR, budget - 1))
                 if s is None:
-                    return out, True
+                    return out, False, True
                 out.append(s)
                 budget -= len(s) + 1
                 if trunc:
-                    return out, True
+                    return out, True, False
                 p += 8
         except Unreadable:
-            return (out or None), True
+            return (out if out else None), False, True
 
     def user_ints(self, va: int, count: int) -> list[int] | None:
         try:

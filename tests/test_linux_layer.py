@@ -359,20 +359,19 @@ def test_argv() -> None:
     lx = g.linux()
     ptrs = [g.ualloc(b"cat\0"), g.ualloc(b"a.txt\0"), 0]
     argv = g.ualloc(b"".join(struct.pack("<Q", p) for p in ptrs))
-    assert lx.user_strv(argv) == (["cat", "a.txt"], False)
+    assert lx.user_strv(argv) == (["cat", "a.txt"], False, False)
     one = g.ualloc(b"x\0")
     many = g.ualloc(b"".join(struct.pack("<Q", one) for _ in range(MAX_ARGV + 50)) + bytes(8))
-    lst, trunc = lx.user_strv(many)
-    assert trunc and len(lst) == MAX_ARGV
+    lst, trunc, bad = lx.user_strv(many)
+    assert trunc and not bad and len(lst) == MAX_ARGV
     big = g.ualloc(b"y" * 4000 + b"\0")
     heavy = g.ualloc(b"".join(struct.pack("<Q", big) for _ in range(20)) + bytes(8))
-    lst, trunc = lx.user_strv(heavy)
-    assert trunc and sum(len(x) + 1 for x in lst) <= 32 * 1024
+    lst, trunc, bad = lx.user_strv(heavy)
+    assert trunc and not bad and sum(len(x) + 1 for x in lst) <= 32 * 1024
     bad = g.ualloc(struct.pack("<QQ", ptrs[0], 0x7777_0000) + bytes(8))
-    lst, trunc = lx.user_strv(bad)
-    assert lst == ["cat"] and trunc
-    assert lx.user_strv(0x7777_0000) == (None, True)
-    assert lx.user_strv(0) == ([], False)
+    assert lx.user_strv(bad) == (["cat"], False, True)
+    assert lx.user_strv(0x7777_0000) == (None, False, True)
+    assert lx.user_strv(0) == ([], False, False)
 
 
 def test_pt_regs_and_ints() -> None:
