@@ -213,7 +213,8 @@ class ChainEnd:
 def scan(buf, hdr: Header, start_seq: int | None = None, start_off: int | None = None,
          limit: int | None = None):
     """Yield the valid chain from the checkpoint (or a given position) as Records (PAD
-    included); then return a ChainEnd (``StopIteration.value``). ``limit`` stops early."""
+    included); then return a ChainEnd (``StopIteration.value``). ``limit`` stops early after
+    that many records; PADs do not count, or ``limit=1`` at a PAD would never get past it."""
     expect = hdr.checkpoint_seq + 1 if start_seq is None else start_seq
     off = hdr.checkpoint_off if start_off is None else start_off
     size = hdr.data_size
@@ -232,5 +233,5 @@ def scan(buf, hdr: Header, start_seq: int | None = None, start_off: int | None =
         off = (off + step) % size
         if rec.type != RecType.PAD:
             expect += 1
-        n += 1
+            n += 1
         yield rec
