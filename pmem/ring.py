@@ -261,6 +261,10 @@ class Producer(_RingBase):
         together. Under ``drop``, records from the first that does not fit come back None."""
         if self.state.lost_total != self.state.lost_reported:
             self._report_loss()
+            if self.state.lost_total != self.state.lost_reported and items:
+                # no room for the LOSS record yet: nothing may go ahead of it (as in append)
+                self._drop(len(items))
+                return [None] * len(items)
         out: list[int | None] = []
         start, total, dropped = self.tail, 0, 0
         for rtype, payload in items:
