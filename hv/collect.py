@@ -23,7 +23,8 @@ from provisor.errors import ProvisorError
 
 # per-cpu and boot symbols the profile leaves out; read from System.map when missing
 _EXTRA_SYMBOLS = ("kstack_offset", "cpu_current_top_of_stack", "cpu_tss_rw", "kernel_init",
-                  "x64_sys_call", "linux_banner", "entry_SYSCALL_64")
+                  "x64_sys_call", "linux_banner", "entry_SYSCALL_64", "system_state",
+                  "__per_cpu_offset")
 
 
 class CollectError(ProvisorError):
@@ -140,7 +141,14 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
             mode: str = "entry-exit", trap: str = "watch", run_daemon: bool = True,
             serial_log: str | None = None, timeout: float = 600.0, log=_echo) -> Summary:
     from hv import guest
-    from hv.interceptor import Interceptor, KernelView, QemuGuest, boot_to_kernel_init, entry_sites
+    from hv.interceptor import (
+        Interceptor,
+        KernelView,
+        QemuGuest,
+        boot_to_kernel_init,
+        boot_until_slide,
+        entry_sites,
+    )
     from hv.linux import Linux
     from hv.memory import Virtual
     from hv.profile import Profile
@@ -154,7 +162,7 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
     initrd = guest.build_initramfs(cfg, workload, include, log=log)
     profile = Profile.load(kit.profile)
     syms = kernel_symbols(profile, kit.system_map)
-    for need in ("kernel_init", "current_task") + (
+    for need in ("kernel_init", "current_task", "system_state", "__per_cpu_offset") + (
             ("kstack_offset", "cpu_current_top_of_stack", "cpu_tss_rw", "entry_SYSCALL_64")
             if trap == "watch" else ()):
         if need not in syms:
@@ -179,12 +187,15 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
     try:
         log(f"booting {kit.release} under QEMU (TCG){'' if kaslr else ', nokaslr'}")
         gdb = vm.start()
-        s.slide = boot_to_kernel_init(gdb, syms, kaslr)
-        regs = gdb.read_registers()
-        mem = Virtual(vm.phys, regs["cr3"])
+        if kaslr:
+            bp = boot_until_slide(gdb, vm.phys, profile, syms)
+        else:
+            bp = boot_to_kernel_init(gdb, syms, 0)
+        s.slide = bp.slide
+        mem = Virtual(vm.phys, bp.kernel_cr3)
         _check_banner(mem, profile, syms, s.slide)
         lx = Linux(mem, profile)
-        kv = KernelView(percpu=regs["gs_base"], kernel_cr3=regs["cr3"],
+        kv = KernelView(percpu=bp.percpu, kernel_cr3=bp.kernel_cr3,
                         kstack_offset=syms.get("kstack_offset", 0),
                         top_of_stack=syms.get("cpu_current_top_of_stack", 0),
                         tss_rw=syms.get("cpu_tss_rw", 0),
@@ -195,7 +206,7 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
             sites, missing = entry_sites(mem, syms, s.slide)
             if missing:
                 log(f"not traced (no symbol): {', '.join(missing)}")
-        log(f"kernel at slide {s.slide:#x}; tracing from kernel_init ({trap} trap, {mode})")
+        log(f"kernel at slide {s.slide:#x}; tracing from {bp.how} ({trap} trap, {mode})")
 
         def progress(st) -> None:
             hwm[0] = max(hwm[0], _ring_fill(producer))

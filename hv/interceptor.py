@@ -494,28 +494,70 @@ def log(msg: str) -> None:
     print(f"provisor: {msg}", file=sys.stderr, flush=True)
 
 
-def boot_to_kernel_init(gdb: GdbClient, symbols: dict[str, int], kaslr: bool = True,
-                        anchor: str = "kernel_init", align: int = 0x200000,
-                        span: int = 1 << 30) -> int:
-    """Run a just-started guest to ``anchor`` (runs once, after ftrace patched the kernel
-    text and before user space) with a breakpoint at every address KASLR can give it (only
-    the unslid one with ``nokaslr``); the hit tells the slide. Returns the slide and leaves
-    the guest stopped there with no breakpoint inserted."""
-    base = symbols[anchor]
-    lo_slide = -0x1000000  # the kernel may start at 0xffffffff80000000 at the lowest
-    cands = [base + s for s in range(lo_slide, span - 0x1000000, align)
-             if 0xFFFF_FFFF_8000_0000 <= base + s < 0xFFFF_FFFF_FFFF_F000] if kaslr else [base]
-    for chunk in range(0, len(cands), 64):
-        for r in gdb.pipeline([gdb.bp_packet(True, a) for a in cands[chunk:chunk + 64]]):
-            gdb.check_ok(r, "KASLR probe breakpoint")
+@dataclass(frozen=True)
+class BootPoint:
+    """Where tracing starts: the slide, a kernel page-table root, vCPU 0's per-cpu base."""
+
+    slide: int
+    kernel_cr3: int
+    percpu: int
+    how: str
+
+
+SYSTEM_RUNNING = 3  # enum system_states: BOOTING, SCHEDULING, FREEING_INITMEM, RUNNING
+
+
+def boot_to_kernel_init(gdb: GdbClient, symbols: dict[str, int], slide: int = 0) -> BootPoint:
+    """Known slide (nokaslr: 0): run a just-started guest to kernel_init, which runs once,
+    after ftrace patched the kernel text and before any user space. One breakpoint stop."""
+    addr = symbols["kernel_init"] + slide
+    gdb.check_ok(gdb.command(gdb.bp_packet(True, addr)), "breakpoint on kernel_init")
     gdb.resume()
     gdb.wait(None)
-    rip = gdb.read_registers()["rip"]
-    for chunk in range(0, len(cands), 64):
-        gdb.pipeline([gdb.bp_packet(False, a) for a in cands[chunk:chunk + 64]])
-    if rip not in set(cands):
-        raise GdbError(f"guest stopped at {rip:#x}, not at a KASLR candidate of {anchor}")
-    return rip - base
+    regs = gdb.read_registers()
+    gdb.check_ok(gdb.command(gdb.bp_packet(False, addr)), "breakpoint on kernel_init")
+    if regs["rip"] != addr:
+        raise GdbError(f"guest stopped at {regs['rip']:#x}, not at kernel_init ({addr:#x}): "
+                       "is the slide right (KASLR on without detection)?")
+    return BootPoint(slide, regs["cr3"], regs["gs_base"], "kernel_init")
+
+
+def boot_until_slide(gdb: GdbClient, phys, profile, symbols: dict[str, int],
+                     interval: float = 0.02, timeout: float = 120.0) -> BootPoint:
+    """KASLR: let the guest boot, pausing it every ``interval`` (a pause, unlike a
+    breakpoint, costs QEMU no translation-cache flush), until the kernel runs in its
+    randomized mapping with per-cpu areas set up; then find the slide from linux_banner
+    (hv.kaslr) and check that no user space has run yet (system_state < SYSTEM_RUNNING)."""
+    from hv import kaslr as K
+    from hv.memory import Virtual as V
+
+    deadline = time.monotonic() + timeout
+    gdb.resume()
+    while True:
+        time.sleep(interval)
+        gdb.interrupt()
+        gdb.wait(30)
+        regs = gdb.read_registers()
+        if regs["rip"] >= K.KERNEL_MAP and regs["cr3"]:
+            try:
+                k = K.detect(profile, phys.read, regs["cr3"], phys.size)
+            except K.KaslrError:
+                k = None
+            if k is not None:
+                mem = V(phys, k.pgd or regs["cr3"])
+                try:
+                    state = struct.unpack("<I", mem.read(symbols["system_state"] + k.slide, 4))[0]
+                    percpu = mem.u64(symbols["__per_cpu_offset"] + k.slide)
+                except Unreadable:
+                    state, percpu = 0, 0
+                if state >= SYSTEM_RUNNING:
+                    raise GdbError("the guest reached user space before the KASLR slide was "
+                                   "found; retry, or boot with nokaslr")
+                if state > 0 and percpu >> 47 == 0x1FFFF:
+                    return BootPoint(k.slide, k.pgd or regs["cr3"], percpu, "kaslr")
+        if time.monotonic() > deadline:
+            raise GdbError(f"no KASLR slide found within {timeout:.0f}s of boot")
+        gdb.resume()
 
 
 def entry_sites(mem: Virtual, symbols: dict[str, int], slide: int,
