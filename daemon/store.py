@@ -31,11 +31,12 @@ class StoreError(ProvisorError):
     pass
 
 
-# Covering indexes for the recursive lineage walks of daemon/query.py: a step up (src -> dst)
-# or down (dst -> src), optionally within a time window, reads only the index.
+# Covering indexes for the lineage queries of daemon/query.py: a recursive step up (src -> dst)
+# or down (dst -> src), optionally within a time window, and the kind of each edge, read only
+# the index. (relations_walk_up/down were their first, narrower form.)
 QUERY_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS relations_walk_up ON relations(src, ts_ns, dst)",
-    "CREATE INDEX IF NOT EXISTS relations_walk_down ON relations(dst, ts_ns, src)",
+    "CREATE INDEX IF NOT EXISTS relations_up ON relations(src, ts_ns, dst, kind)",
+    "CREATE INDEX IF NOT EXISTS relations_down ON relations(dst, ts_ns, src, kind)",
 )
 
 
@@ -43,6 +44,8 @@ def ensure_indexes(conn: sqlite3.Connection) -> None:
     """Additive migration: create the query indexes on databases made before they existed."""
     for sql in QUERY_INDEXES:
         conn.execute(sql)
+    conn.execute("DROP INDEX IF EXISTS relations_walk_up")
+    conn.execute("DROP INDEX IF EXISTS relations_walk_down")
 
 
 def _schema(db: sqlite_utils.Database) -> None:
