@@ -36,12 +36,19 @@ def _query_options(f: Callable) -> Callable:
     return f
 
 
+TABLE_LIMIT = 1000
+
+
 def _run(cfg: dict, name: str, target: str, db_path: str | None, depth: int | None,
-         since: str | None, until: str | None, fmt: str, all_versions: bool = False) -> None:
+         since: str | None, until: str | None, fmt: str, all_versions: bool = False,
+         limit: int | None = None) -> None:
     win = Q.Window(Q.parse_time(since), Q.parse_time(until))
+    if limit is None:
+        limit = TABLE_LIMIT if fmt == "table" else 0
     conn = Q.connect(_db(cfg, db_path))
     try:
-        res = Q.QUERIES[name](conn, target, depth, win, all_versions)
+        res = Q.QUERIES[name](conn, target, depth, win, all_versions, fmt != "table",
+                              limit or None)
     finally:
         conn.close()
     render = {"table": Q.render_table, "json": Q.render_json, "dot": Q.render_dot}[fmt]
@@ -69,9 +76,12 @@ def query_cmd() -> None:
 @query_cmd.command("ancestors")
 @click.argument("target")
 @click.option("--all-versions", is_flag=True, help="Start from every version of the object.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help=f"Show the nearest N nodes (default {TABLE_LIMIT} for the table, all for "
+              "--json/--dot; 0: all). The whole closure is still walked and counted.")
 @_query_options
 @click.pass_obj
-def q_ancestors(cfg: dict, target: str, all_versions: bool, **kw) -> None:
+def q_ancestors(cfg: dict, target: str, all_versions: bool, limit: int | None, **kw) -> None:
     """Everything TARGET depends on: what made it, what that read, and so on.
 
     \b
@@ -79,15 +89,19 @@ def q_ancestors(cfg: dict, target: str, all_versions: bool, **kw) -> None:
       provisor query ancestors /w/out.txt --depth 3 --db /dev/shm/p.db
       provisor query ancestors artifact:5 --all-versions --json
     """
-    _run(cfg, "ancestors", target, all_versions=all_versions, **kw)
+    _run(cfg, "ancestors", target, all_versions=all_versions, limit=limit, **kw)
 
 
 @query_cmd.command("descendants")
 @click.argument("target")
 @click.option("--all-versions", is_flag=True, help="Start from every version of the object.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help=f"Show the nearest N nodes (default {TABLE_LIMIT} for the table, all for "
+              "--json/--dot; 0: all). The whole closure is still walked and counted.")
 @_query_options
 @click.pass_obj
-def q_descendants(cfg: dict, target: str, all_versions: bool, **kw) -> None:
+def q_descendants(cfg: dict, target: str, all_versions: bool, limit: int | None, **kw
+                  ) -> None:
     """Everything that depends on TARGET: who read it, what they wrote, and so on.
 
     \b
@@ -95,7 +109,7 @@ def q_descendants(cfg: dict, target: str, all_versions: bool, **kw) -> None:
       provisor query descendants /w/secret.key --since 2026-11-23T08:00:00Z
       provisor query descendants v:42 --dot > d.dot
     """
-    _run(cfg, "descendants", target, all_versions=all_versions, **kw)
+    _run(cfg, "descendants", target, all_versions=all_versions, limit=limit, **kw)
 
 
 @query_cmd.command("history")

@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from bisect import bisect_right
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from daemon.store import APP_ID, QUERY_INDEXES, SCHEMA_VERSION
+from daemon.store import APP_ID, QUERY_INDEXES, SCHEMA_VERSION, ensure_indexes
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 
@@ -61,8 +62,7 @@ def connect(path: str) -> sqlite3.Connection:
             raise QueryError(f"{path}: schema version {ver} is newer than this provisor")
         have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         if writable and any(sql.split()[5] not in have for sql in QUERY_INDEXES):
-            for sql in QUERY_INDEXES:
-                conn.execute(sql)
+            ensure_indexes(conn)
         conn.execute("PRAGMA query_only=1")
     except sqlite3.DatabaseError as e:
         raise QueryError(f"{path}: {e}") from None
@@ -217,59 +217,70 @@ def _artifact_target(conn: sqlite3.Connection, text: str, aid: int, all_versions
 
 # -- node and edge details -----------------------------------------------------------------
 def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, dict]:
-    """Version id -> a dict with its object and a readable label (the name it had then)."""
+    """Version id -> a dict with its object and a readable label (the name it had then, the
+    image a process version ran)."""
     ids = list(ids)
     if not ids:
         return {}
     out: dict[int, dict] = {}
-    arts: set[int] = set()
-    for (vid, kind, obj, ver, seq, ts, reason, tgid, exe, comm, uid, path, dev, ino) in conn.execute(
+    procs: dict[int, list[dict]] = defaultdict(list)
+    arts: dict[int, list[dict]] = defaultdict(list)
+    for (vid, kind, obj, ver, seq, ts, reason, tgid, comm, uid, path, dev, ino) in conn.execute(
             "SELECT v.id, v.kind, v.object_id, v.version, v.seq, v.ts_ns, v.reason, p.tgid, "
-            "p.exe, p.comm, p.uid, a.path, a.dev, a.ino FROM versions v "
+            "p.comm, p.uid, a.path, a.dev, a.ino FROM versions v "
             "LEFT JOIN processes p ON v.kind='process' AND p.id=v.object_id "
             "LEFT JOIN artifacts a ON v.kind!='process' AND a.id=v.object_id "
             "WHERE v.id IN (SELECT value FROM json_each(?))", (_ints(ids),)):
-        d = {"id": vid, "kind": kind, "object_id": obj, "version": ver, "seq": seq,
-             "ts_ns": ts, "time": fmt_ts(ts), "reason": reason}
         if kind == "process":
-            d.update(tgid=tgid, exe=exe, comm=comm, uid=uid)
+            d = {"id": vid, "kind": kind, "object_id": obj, "version": ver, "seq": seq,
+                 "ts_ns": ts, "time": fmt_ts(ts), "reason": reason, "tgid": tgid, "exe": None,
+                 "comm": comm, "uid": uid}
+            procs[obj].append(d)
         else:
-            d.update(path=path, dev=dev, ino=ino)
-            arts.add(obj)
+            d = {"id": vid, "kind": kind, "object_id": obj, "version": ver, "seq": seq,
+                 "ts_ns": ts, "time": fmt_ts(ts), "reason": reason, "path": path, "dev": dev,
+                 "ino": ino, "deleted": False}
+            arts[obj].append(d)
         out[vid] = d
-    procs = {d["object_id"] for d in out.values() if d["kind"] == "process"}
     if procs:
-        exes: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        exes: dict[int, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
         for obj, ver, paths, cwd in conn.execute(
                 "SELECT v.object_id, v.version, en.paths, en.cwd FROM versions v "
                 "JOIN events x ON x.seq = v.seq JOIN events en ON en.seq = x.entry_seq "
                 "WHERE v.kind='process' AND v.reason='execve' AND v.object_id IN "
                 "(SELECT value FROM json_each(?)) ORDER BY v.version", (_ints(procs),)):
             if paths:
-                p = paths.split("\n")[0]
-                exes[obj].append((ver, _normpath(p if p.startswith("/") else
-                                                 f"{cwd or '/'}/{p}")))
-        for d in out.values():
-            if d["kind"] == "process":
+                p = paths.split("\n", 1)[0]
+                vs, es = exes[obj]
+                vs.append(ver)
+                es.append(_normpath(p if p.startswith("/") else f"{cwd or '/'}/{p}"))
+        for obj, ds in procs.items():
+            vs, es = exes[obj] if obj in exes else ((), ())
+            for d in ds:
                 # the image this version runs: the last exec at or before it
-                run = [e for v, e in exes.get(d["object_id"], []) if v <= d["version"]]
-                d["exe"] = run[-1] if run else None
+                i = bisect_right(vs, d["version"]) - 1 if vs else -1
+                d["exe"] = es[i] if i >= 0 else None
+                d["label"] = (f"process {d['tgid']} {d['exe'] or d['comm'] or '?'} "
+                              f"v{d['version']}")
     if arts:
         names: dict[int, list[tuple[int, int | None, str]]] = defaultdict(list)
         for aid, path, b, u in conn.execute(
                 "SELECT artifact_id, path, bind_seq, unbind_seq FROM names WHERE artifact_id IN "
                 "(SELECT value FROM json_each(?)) ORDER BY bind_seq, id", (_ints(arts),)):
             names[aid].append((b, u, path))
-        for d in out.values():
-            if d["kind"] == "process":
-                continue
-            ns = names.get(d["object_id"], [])
-            # the name bound when this version came to be, else the first one given later
-            at = [p for b, u, p in ns if b <= d["seq"] and (u is None or u > d["seq"])]
-            d["path"] = at[-1] if at else (ns[0][2] if ns else d["path"])
-            d["deleted"] = bool(ns) and all(u is not None for _b, u, _p in ns)
-    for d in out.values():
-        d["label"] = label(d)
+        for obj, ds in arts.items():
+            ns = names.get(obj)
+            binds = [b for b, _u, _p in ns] if ns else []
+            gone = bool(ns) and all(u is not None for _b, u, _p in ns)
+            for d in ds:
+                if ns:
+                    # the name bound when this version came to be, else the first one later
+                    i = bisect_right(binds, d["seq"]) - 1
+                    while i >= 0 and ns[i][1] is not None and ns[i][1] <= d["seq"]:
+                        i -= 1
+                    d["path"] = ns[i][2] if i >= 0 else ns[0][2]
+                d["deleted"] = gone
+                d["label"] = label(d)
     return out
 
 
@@ -283,18 +294,26 @@ def label(d: dict) -> str:
 
 
 def fetch_edges(conn: sqlite3.Connection, nodes: set[int], up: bool, win: Window,
-                inner: bool = True) -> list[dict]:
+                inner: bool = True, detail: bool = True) -> list[dict]:
     """The relations leaving ``nodes`` upwards (src in nodes), else arriving (dst in nodes);
-    with ``inner`` only those whose other end is in ``nodes`` too."""
+    with ``inner`` only those whose other end is in ``nodes`` too. Without ``detail`` only
+    src, dst, kind and ts_ns, which the covering index holds (no row lookups)."""
     if not nodes:
         return []
-    col = "src" if up else "dst"
+    col, idx = ("src", "relations_up") if up else ("dst", "relations_down")
+    args = (_ints(nodes), win.lo, win.hi)
+    if not detail:
+        return [{"kind": kind, "src": src, "dst": dst, "ts_ns": ts} for src, dst, kind, ts in
+                conn.execute(f"SELECT src, dst, kind, ts_ns FROM relations INDEXED BY {idx} "
+                             f"WHERE {col} IN (SELECT value FROM json_each(?)) "
+                             f"AND ts_ns BETWEEN ? AND ?", args)
+                if not inner or (dst if up else src) in nodes]
     out = []
     for rid, kind, src, dst, en, ex, ts, name in conn.execute(
             f"SELECT r.id, r.kind, r.src, r.dst, r.entry_seq, r.exit_seq, r.ts_ns, e.name "
             f"FROM relations r LEFT JOIN events e ON e.seq = r.exit_seq "
             f"WHERE r.{col} IN (SELECT value FROM json_each(?)) AND r.ts_ns BETWEEN ? AND ?",
-            (_ints(nodes), win.lo, win.hi)):
+            args):
         if not inner or (dst if up else src) in nodes:
             out.append({"id": rid, "kind": kind, "src": src, "dst": dst, "entry_seq": en,
                         "exit_seq": ex, "ts_ns": ts, "time": fmt_ts(ts), "syscall": name})
@@ -356,11 +375,28 @@ def walk(conn: sqlite3.Connection, starts: list[int], up: bool, depth: int | Non
     return {r[0] for r in conn.execute(sql, args)}
 
 
-def _depths(starts: list[int], edges: list[dict], up: bool) -> dict[int, int]:
+def closure_edges(conn: sqlite3.Connection, starts: list[int], up: bool, win: Window
+                  ) -> list[tuple[int, int, str, int]]:
+    """Every relation (src, dst, kind, ts_ns) reachable from ``starts``: walk and edges in one
+    statement that reads
+    only the covering index (no depth limit: every edge out of the closure stays inside it)."""
+    a, b, idx = ("src", "dst", "relations_up") if up else ("dst", "src", "relations_down")
+    sql = (f"WITH RECURSIVE w(node) AS (SELECT value FROM json_each(?) UNION "
+           f"SELECT r.{b} FROM w JOIN relations r INDEXED BY {idx} ON r.{a} = w.node "
+           f"WHERE r.ts_ns BETWEEN ? AND ?) "
+           f"SELECT r.src, r.dst, r.kind, r.ts_ns FROM w JOIN relations r INDEXED BY {idx} "
+           f"ON r.{a} = w.node WHERE r.ts_ns BETWEEN ? AND ?")
+    return conn.execute(sql, (_ints(starts), win.lo, win.hi, win.lo, win.hi)).fetchall()
+
+
+def _depths(starts: list[int], pairs: list[tuple], up: bool) -> dict[int, int]:
     adj: dict[int, list[int]] = defaultdict(list)
-    for e in edges:
-        s, d = (e["src"], e["dst"]) if up else (e["dst"], e["src"])
-        adj[s].append(d)
+    if up:
+        for a, b, *_ in pairs:
+            adj[a].append(b)
+    else:
+        for a, b, *_ in pairs:
+            adj[b].append(a)
     dist = {s: 0 for s in starts}
     dq = deque(starts)
     while dq:
@@ -373,24 +409,48 @@ def _depths(starts: list[int], edges: list[dict], up: bool) -> dict[int, int]:
 
 
 def lineage(conn: sqlite3.Connection, target: str, up: bool, depth: int | None = None,
-            win: Window | None = None, all_versions: bool = False) -> Result:
+            win: Window | None = None, all_versions: bool = False,
+            detail: bool = True, limit: int | None = None) -> Result:
     """ancestors (``up``) or descendants of TARGET, with outcome-unknown events of the
-    processes involved."""
+    processes involved. ``detail`` adds each edge's id, entry/exit seq and syscall (JSON and
+    DOT show them; the table does not need them). ``limit`` keeps the nearest nodes (by depth,
+    then age) and the edges among them: the whole closure is still walked and counted, but only
+    what is shown is labelled, which is what costs at millions of relations."""
     win = win or Window()
     if depth is not None and depth < 0:
         raise QueryError("--depth must not be negative")
+    if limit is not None and limit < 0:
+        raise QueryError("--limit must not be negative")
     tg = resolve(conn, target, all_versions)
-    nodes = walk(conn, tg.nodes, up, depth, win)
-    edges = fetch_edges(conn, nodes, up, win)
-    info = describe_nodes(conn, nodes)
-    dist = _depths(tg.nodes, edges, up)
+    if depth is None and not detail:
+        pairs = closure_edges(conn, tg.nodes, up, win)
+        nodes = set(tg.nodes)
+        nodes.update(p[1] if up else p[0] for p in pairs)
+    else:
+        nodes = walk(conn, tg.nodes, up, depth, win)
+        edges = fetch_edges(conn, nodes, up, win, detail=detail)
+        pairs = [(e["src"], e["dst"], e["kind"], e["ts_ns"]) for e in edges]
+    dist = _depths(tg.nodes, pairs, up)
+    total_nodes, total_edges = len(nodes), len(pairs)
+    shown = nodes
+    if limit and len(nodes) > limit:
+        shown = set(sorted(nodes, key=lambda n: (dist.get(n, 0), n))[:limit])
+    if depth is None and not detail:
+        edges = [{"kind": k, "src": a, "dst": b, "ts_ns": t} for a, b, k, t in pairs
+                 if shown is nodes or (a in shown and b in shown)]
+    elif shown is not nodes:
+        edges = [e for e in edges if e["src"] in shown and e["dst"] in shown]
+    info = describe_nodes(conn, shown)
     via: dict[int, str] = {}
-    for e in edges:
-        via.setdefault(e["dst"] if up else e["src"], e["kind"])
+    for a, b, k, _t in pairs:
+        via.setdefault(b if up else a, k)
     res = Result("ancestors" if up else "descendants", target,
                  ["depth", "node", "kind", "object", "time", "seq", "reason", "via"])
-    res.notes.append(f"{res.query} of {tg.desc}: {len(nodes) - len(tg.nodes)} nodes, "
-                     f"{len(edges)} relations")
+    res.notes.append(f"{res.query} of {tg.desc}: {total_nodes - len(tg.nodes)} nodes, "
+                     f"{total_edges} relations")
+    if shown is not nodes:
+        res.notes.append(f"showing the nearest {len(shown)} nodes and the {len(edges)} "
+                         f"relations among them (--limit 0 shows all)")
     for n, d in info.items():
         d["depth"] = dist.get(n, 0)
     res.nodes = info
@@ -614,11 +674,13 @@ def process(conn: sqlite3.Connection, target: str, depth: int | None = None,
     return res
 
 
-QUERIES = {"ancestors": lambda c, t, d, w, av: lineage(c, t, True, d, w, av),
-           "descendants": lambda c, t, d, w, av: lineage(c, t, False, d, w, av),
-           "history": lambda c, t, d, w, av: history(c, t, d, w),
-           "writers": lambda c, t, d, w, av: writers(c, t, d, w),
-           "process": lambda c, t, d, w, av: process(c, t, d, w)}
+QUERIES = {
+    "ancestors": lambda c, t, d, w, av, det=True, lim=None: lineage(c, t, True, d, w, av, det, lim),
+    "descendants": lambda c, t, d, w, av, det=True, lim=None: lineage(c, t, False, d, w, av, det,
+                                                                      lim),
+    "history": lambda c, t, d, w, av, det=True, lim=None: history(c, t, d, w),
+    "writers": lambda c, t, d, w, av, det=True, lim=None: writers(c, t, d, w),
+    "process": lambda c, t, d, w, av, det=True, lim=None: process(c, t, d, w)}
 
 
 # -- rendering -----------------------------------------------------------------------------

@@ -234,12 +234,27 @@ def test_old_database_gets_query_indexes(tmp_path):
     Store(path, "r").close()
     import sqlite3
     c = sqlite3.connect(path)
-    c.execute("DROP INDEX relations_walk_up")
+    c.execute("DROP INDEX relations_up")
     c.commit()
     c.close()
     conn = Q.connect(path)
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert "relations_walk_up" in names
+    assert "relations_up" in names
     plan = " ".join(str(r) for r in conn.execute(
         "EXPLAIN QUERY PLAN SELECT dst FROM relations WHERE src = 5"))
-    assert "COVERING INDEX relations_walk_up" in plan
+    assert "COVERING INDEX relations_up" in plan
+
+
+def test_limit_keeps_the_nearest_nodes_and_counts_all(conn):
+    full = Q.lineage(conn, "/w/final.txt", up=True, detail=False)
+    few = Q.lineage(conn, "/w/final.txt", up=True, detail=False, limit=3)
+    assert len(few.nodes) == 3 and len(full.nodes) > 3
+    assert few.notes[0] == full.notes[0]  # the whole closure is still counted
+    assert "nearest 3 nodes" in few.notes[1]
+    assert max(d["depth"] for d in few.nodes.values()) <= 1
+    assert all(e["src"] in few.nodes and e["dst"] in few.nodes for e in few.edges)
+    detailed = Q.lineage(conn, "/w/final.txt", up=True, detail=True, limit=3)
+    assert set(detailed.nodes) == set(few.nodes)
+    # the fast path (table) and the detailed one (JSON) agree on the graph
+    assert {(e["src"], e["dst"], e["kind"]) for e in full.edges} == {
+        (e["src"], e["dst"], e["kind"]) for e in Q.lineage(conn, "/w/final.txt", up=True).edges}
