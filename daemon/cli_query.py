@@ -6,6 +6,8 @@ daemon/cli.py appends these to its ``COMMANDS``.
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Callable
 
 import click
@@ -13,6 +15,17 @@ import click
 from daemon import query as Q
 
 OUTPUTS = ("table", "json", "dot")
+
+
+def _sqlite_errors(f: Callable) -> Callable:
+    """A database that breaks mid-query (corrupt page, locked) is bad input: one line, exit 2."""
+    @functools.wraps(f)
+    def run(*a, **kw):
+        try:
+            return f(*a, **kw)
+        except sqlite3.DatabaseError as e:
+            raise Q.QueryError(f"database error: {e}") from None
+    return run
 
 
 def _db(cfg: dict, db: str | None) -> str:
@@ -39,6 +52,7 @@ def _query_options(f: Callable) -> Callable:
 TABLE_LIMIT = 1000
 
 
+@_sqlite_errors
 def _run(cfg: dict, name: str, target: str, db_path: str | None, depth: int | None,
          since: str | None, until: str | None, fmt: str, all_versions: bool = False,
          limit: int | None = None) -> None:
@@ -195,6 +209,7 @@ def _progress(label: str, total: int):
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False,
               allow_dash=True), help="Output file ('-' for stdout).")
 @click.pass_obj
+@_sqlite_errors
 def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, until: str | None,
                target: str | None, chunk: int, output: str) -> None:
     """Export the provenance graph as W3C PROV (PROV-JSON, PROV-N, PROV-XML, RDF) or DOT.
@@ -248,6 +263,7 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
               help="A chain head anchored earlier (hex): it must still be a link of the chain.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.pass_obj
+@_sqlite_errors
 def verify_cmd(cfg: dict, db_path: str | None, ring_path: str | None, head: str | None,
                as_json: bool) -> None:
     """Recompute the tamper-evidence hash chain; report the first altered, deleted, inserted
@@ -299,6 +315,7 @@ def verify_cmd(cfg: dict, db_path: str | None, ring_path: str | None, head: str 
 @click.option("--verify", "run_verify", is_flag=True, help="Verify the chain now.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
+@_sqlite_errors
 def status_cmd(cfg: dict, ring_path: str | None, db_path: str | None, run_verify: bool,
                as_json: bool) -> None:
     """Ring mode (DAX/pmem or emulated), fill, checkpoint, last sequence; the store's applied
