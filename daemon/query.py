@@ -23,6 +23,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from daemon.store import APP_ID, QUERY_INDEXES, SCHEMA_VERSION, ensure_indexes
 from provisor.errors import ProvisorError
@@ -93,9 +94,13 @@ def fmt_ts(ns: int | None) -> str:
     if ns is None:
         return "-"
     if ns >= EPOCH_MIN_NS:
-        dt = datetime.fromtimestamp(ns // 10**9, UTC).replace(microsecond=ns % 10**9 // 1000)
-        return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return f"{_iso_second(ns // 10**9)}.{ns % 10**9 // 1000:06d}Z"
     return f"+{ns / 1e9:.6f}s"
+
+
+@lru_cache(maxsize=4096)
+def _iso_second(sec: int) -> str:
+    return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _normpath(path: str) -> str:
