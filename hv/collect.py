@@ -24,7 +24,7 @@ from provisor.errors import ProvisorError
 # per-cpu and boot symbols the profile leaves out; read from System.map when missing
 _EXTRA_SYMBOLS = ("kstack_offset", "cpu_current_top_of_stack", "cpu_tss_rw", "kernel_init",
                   "x64_sys_call", "linux_banner", "entry_SYSCALL_64", "system_state",
-                  "__per_cpu_offset")
+                  "__per_cpu_offset", "page_offset_base")
 
 
 class CollectError(ProvisorError):
@@ -57,6 +57,7 @@ class Summary:
     stops: int = 0
     elapsed: float = 0.0
     guest_s: float = 0.0
+    vm_s: float = 0.0  # QEMU start to guest poweroff
     us_per_syscall: float = 0.0
     ring_hwm: float = 0.0
     slide: int = 0
@@ -186,6 +187,7 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
     hwm = [0.0]
     try:
         log(f"booting {kit.release} under QEMU (TCG){'' if kaslr else ', nokaslr'}")
+        t_vm = time.monotonic()
         gdb = vm.start()
         if kaslr:
             bp = boot_until_slide(gdb, vm.phys, profile, syms)
@@ -194,6 +196,7 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
         s.slide = bp.slide
         mem = Virtual(vm.phys, bp.kernel_cr3)
         _check_banner(mem, profile, syms, s.slide)
+        _use_direct_map(mem, syms, s.slide)
         lx = Linux(mem, profile)
         kv = KernelView(percpu=bp.percpu, kernel_cr3=bp.kernel_cr3,
                         kstack_offset=syms.get("kstack_offset", 0),
@@ -221,6 +224,7 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
         st = ic.run()
         hwm[0] = max(hwm[0], _ring_fill(producer))
         vm.wait(10)
+        s.vm_s = time.monotonic() - t_vm
         s.events, s.syscalls, s.stops = st.events, st.syscalls, st.stops
         s.guest_s = st.run_ns / 1e9
         s.us_per_syscall = st.us_per_syscall
@@ -237,6 +241,21 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
         s.db = db_counts(db)
     s.elapsed = time.monotonic() - t0
     return s
+
+
+def _use_direct_map(mem, syms: dict[str, int], slide: int) -> None:
+    """Translate direct-map addresses arithmetically, once a page walk agrees."""
+    from hv.memory import Unreadable
+
+    addr = syms.get("page_offset_base")
+    if addr is None:
+        return
+    try:
+        base = mem.u64(addr + slide)
+        if base >> 47 == 0x1FFFF and mem.translate(base + 0x1000) == 0x1000:
+            mem.set_direct_map(base)
+    except Unreadable:
+        pass
 
 
 def _check_banner(mem, profile, syms: dict[str, int], slide: int) -> None:

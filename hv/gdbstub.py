@@ -153,6 +153,7 @@ class GdbClient:
         self._buf = bytearray()
         self._owe_ack = False
         self._unacked: deque[bytes] = deque()  # framed packets awaiting '+'
+        self._deferred: list[bytes] = []  # sent with a resume; replies not yet read
         self.round_trips = 0
         self.max_mem_packet = 0x800  # bytes per 'm' request; QEMU's buffer is 4K hex chars
         try:
@@ -362,13 +363,24 @@ class GdbClient:
     def remove_breakpoint(self, addr: int, hw: bool = False) -> None:
         self.check_ok(self.command(self.bp_packet(False, addr, hw)), f"remove {addr:#x}")
 
-    def resume(self, before: list[bytes] | None = None, step: bool = False) -> list[bytes]:
-        """Let the guest run (after ``before`` packets, in the same write); the stop reply
-        is collected later by ``wait``."""
-        return self.pipeline(before or [], b"s" if step else b"c")
+    def resume(self, before: list[bytes] | None = None, step: bool = False) -> None:
+        """Let the guest run, after ``before`` packets sent in the same write. Their replies
+        are not waited for here (that would cost a round trip): ``wait`` checks them."""
+        before = before or []
+        self.send_packets(before + [b"s" if step else b"c"])
+        self._deferred.extend(before)
 
     def wait(self, timeout: float | None = None) -> Stop:
-        """Block until the running guest stops; GuestExited when it is gone."""
+        """Block until the running guest stops; GuestExited when it is gone. Replies to the
+        packets sent with the resume come first and must all be OK."""
+        while self._deferred:
+            body = self._deferred.pop(0)
+            reply = self.recv_packet(timeout)
+            if reply != b"OK":
+                self._deferred.clear()
+                if reply[:1] in (b"T", b"S", b"W", b"X"):
+                    raise GdbError(f"no reply to {body[:30]!r} before the stop")
+                raise GdbError(f"{body[:30]!r}: stub answered {reply[:40]!r}")
         stop = Stop.parse(self.recv_packet(timeout))
         if stop.exited:
             raise GuestExited(f"guest exited ({stop.raw.decode(errors='replace')})")

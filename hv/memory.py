@@ -91,11 +91,19 @@ class PhysicalBytes:
 class Virtual:
     """An address space: x86-64 4-level paging from ``cr3`` over a physical layer."""
 
-    def __init__(self, phys: PhysicalFile | PhysicalBytes, cr3: int) -> None:
+    def __init__(self, phys: PhysicalFile | PhysicalBytes, cr3: int,
+                 direct_map: int | None = None) -> None:
         self.phys = phys
         self.cr3 = cr3 & _ADDR_MASK
         self._tlb: dict[int, int] = {}  # virtual page number -> physical page address
         self.walks = 0
+        self.set_direct_map(direct_map)
+
+    def set_direct_map(self, base: int | None) -> None:
+        """Linux maps all RAM linearly at page_offset_base: there, pa = va - base, with no
+        walk and no cache to flush (the kernel's own __pa)."""
+        self._dm_lo = base or 0
+        self._dm_hi = self._dm_lo + getattr(self.phys, "size", 0) if base else 0
 
     def set_cr3(self, cr3: int) -> None:
         cr3 &= _ADDR_MASK
@@ -108,6 +116,8 @@ class Virtual:
         self._tlb.clear()
 
     def translate(self, va: int) -> int:
+        if self._dm_lo <= va < self._dm_hi:
+            return va - self._dm_lo
         vpn = va >> 12
         base = self._tlb.get(vpn)
         if base is None:
@@ -173,6 +183,7 @@ class GdbVirtual(Virtual):
         self.cr3 = 0
         self._tlb = {}
         self.walks = 0
+        self._dm_lo = self._dm_hi = 0
 
     def set_cr3(self, cr3: int) -> None:
         self.cr3 = cr3

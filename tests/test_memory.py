@@ -121,3 +121,18 @@ def test_physical_file_refuses_the_pci_hole(tmp_path) -> None:
     with pytest.raises(ValueError, match="PCI hole"):
         PhysicalFile(str(p))
     os.unlink(p)
+
+
+def test_direct_map_fast_path() -> None:
+    g = FakeGuest()
+    base = 0xFFFF_8880_0000_0000
+    v = Virtual(PhysicalBytes(g.phys), g.cr3, direct_map=base)
+    g.phys[0x5008:0x5010] = b"direct!!"
+    assert v.read(base + 0x5008, 8) == b"direct!!" and v.walks == 0
+    with pytest.raises(Unreadable):
+        v.read(base + len(g.phys), 8)  # past RAM: not in the direct map, not mapped
+    with pytest.raises(Unreadable):
+        v.read((1 << 64) - 4, 8)  # wraps around
+    v.set_direct_map(None)
+    with pytest.raises(Unreadable):
+        v.read(base + 0x5008, 8)
