@@ -123,6 +123,10 @@ class Linux:
                   o.task_struct_fs, o.task_struct_files, o.task_struct_mm)
         self._task_lo = min(fields)
         self._task_len = max(fields) + 16 - self._task_lo
+        self._paths: dict[tuple, tuple[bytes, str, int]] = {}
+        dk = (o.dentry_d_parent, o.dentry_d_name + o.qstr_len, o.dentry_d_name + o.qstr_name)
+        self._dkey_lo = min(dk)
+        self._dkey_len = max(dk) + 8 - self._dkey_lo
         regs = [getattr(o, "pt_regs_" + r) for r in PT_REGS]
         self._regs_lo = min(regs)
         self._regs_len = max(regs) + 8 - self._regs_lo
@@ -199,11 +203,44 @@ class Linux:
             return b""
         return self.mem.read(self.kptr(q + o.qstr_name), n)
 
+    def invalidate_paths(self) -> None:
+        """Forget cached paths: a rename may have moved any directory."""
+        self._paths.clear()
+
+    def _dentry_key(self, dentry: int) -> bytes:
+        """What identifies a dentry's place: its parent pointer and name (hash, length and
+        pointer), read in one piece."""
+        return self.mem.read(dentry + self._dkey_lo, self._dkey_len)
+
     def path_of(self, mnt: int, dentry: int, root_mount: int | None = None
                 ) -> tuple[str | None, int]:
         """Absolute path of (vfsmount, dentry), walking d_parent and crossing mounts.
         Returns (path or None, mnt_id of ``mnt``'s mount). Bounded and cycle-safe; a path
-        on a mount outside the namespace tree (pipes, sockets) comes back as 'fs:[ino]'."""
+        on a mount outside the namespace tree (pipes, sockets) comes back as 'fs:[ino]'.
+
+        Results are cached per (mount, dentry) and reused only while the dentry still has
+        the same parent and name; the interceptor drops the cache after every rename (the
+        one syscall that moves a dentry's ancestors), so a cached path is a current path."""
+        key = (mnt, dentry, root_mount)
+        hit = self._paths.get(key)
+        if hit is not None:
+            try:
+                if self._dentry_key(dentry) == hit[0]:
+                    return hit[1], hit[2]
+            except Unreadable:
+                pass
+        path, mnt_id = self._path_of(mnt, dentry, root_mount)
+        if path is not None:
+            try:
+                if len(self._paths) > 4096:
+                    self._paths.clear()
+                self._paths[key] = (self._dentry_key(dentry), path, mnt_id)
+            except Unreadable:
+                pass
+        return path, mnt_id
+
+    def _path_of(self, mnt: int, dentry: int, root_mount: int | None = None
+                 ) -> tuple[str | None, int]:
         o = self.o
         try:
             mount = kernel_ptr(mnt) - o.mount_mnt

@@ -394,3 +394,21 @@ def test_profile_missing_members_is_a_clear_error() -> None:
     del offs["qstr.len"]
     with pytest.raises(KeyError, match="qstr.len"):
         Linux(Virtual(PhysicalBytes(g.phys), g.cr3), DictProfile({"current_task": 0}, offs))
+
+
+def test_path_cache_follows_renames() -> None:
+    g, w = world()
+    lx = g.linux()
+    t = lx.task(w["task"])
+    assert lx.cwd(t)[0] == "/root/work"
+    # rename work -> job in place (same name pointer, new bytes and hash): the cache sees
+    # a different key and walks again
+    name_ptr = lx.u64(w["work"] + 40)
+    g.write(name_ptr, b"job\0")
+    g.u32(w["work"] + 36, 3)
+    assert lx.cwd(t)[0] == "/root/job"
+    # an ancestor renamed: the dentry itself is unchanged, so the cache needs invalidating
+    g.write(lx.u64(w["root_d"] + 40), b"home")
+    assert lx.cwd(t)[0] == "/root/job"  # stale until told
+    lx.invalidate_paths()
+    assert lx.cwd(t)[0] == "/home/job"
