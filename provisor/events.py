@@ -94,14 +94,16 @@ def _s(text: str) -> bytes:
 
 
 def encode(ev: Event) -> bytes:
+    """Encode an event; a field longer than 65535 bytes is cut there and F_TRUNCATED set."""
     flags = ev.flags | (F_HAS_RET if ev.ret is not None else 0)
     args = tuple(a & 0xFFFFFFFFFFFFFFFF for a in ev.args) + (0,) * (6 - len(ev.args))
-    parts = [_FIXED.pack(
-        EVENT_VERSION, ev.phase, ev.vcpu, ev.nr, flags, ev.entry_seq, ev.ts_ns, ev.tgid,
-        ev.pid, ev.ppid, ev.uid, ev.start_time, ev.ret or 0, ev.cwd_mnt, *args[:6])]
+    parts: list[bytes] = [b""]
 
     def put(tag: int, data: bytes) -> None:
-        data = data[:MAX_FIELD]
+        nonlocal flags
+        if len(data) > MAX_FIELD:
+            data = data[:MAX_FIELD]
+            flags |= F_TRUNCATED
         parts.append(_TLV.pack(tag, len(data)))
         parts.append(data)
 
@@ -119,6 +121,9 @@ def encode(ev: Event) -> bytes:
         put(T_FILE, _FILE.pack(f.dev, f.ino) + _s(f.path))
     for fd in ev.out_fds:
         put(T_OUTFD, _I32.pack(fd))
+    parts[0] = _FIXED.pack(
+        EVENT_VERSION, ev.phase, ev.vcpu, ev.nr, flags, ev.entry_seq, ev.ts_ns, ev.tgid,
+        ev.pid, ev.ppid, ev.uid, ev.start_time, ev.ret or 0, ev.cwd_mnt, *args[:6])
     return b"".join(parts)
 
 

@@ -1,0 +1,111 @@
+"""The event codec: round trips, and malformed payloads as clean errors (fuzzed)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from provisor.events import (
+    ENTRY,
+    EXIT,
+    F_TRUNCATED,
+    Event,
+    EventDecodeError,
+    FileId,
+    decode,
+    encode,
+)
+
+u64 = st.integers(0, 2**64 - 1)
+u32 = st.integers(0, 2**32 - 1)
+text = st.text(max_size=60)
+guest_bytes = st.binary(max_size=40).map(lambda b: b.decode("utf-8", "surrogateescape"))
+
+events = st.builds(
+    Event,
+    nr=st.integers(0, 2**16 - 1),
+    phase=st.sampled_from([ENTRY, EXIT]),
+    ts_ns=u64, vcpu=st.integers(0, 2**16 - 1), entry_seq=u64, tgid=u32, pid=u32, ppid=u32,
+    uid=u32, start_time=u64,
+    ret=st.none() | st.integers(-(2**63), 2**63 - 1),
+    cwd_mnt=u64,
+    args=st.tuples(u64, u64, u64, u64, u64, u64),
+    flags=st.integers(0, 0x7F).map(lambda f: f & ~1),
+    comm=text, cwd=st.none() | guest_bytes,
+    paths=st.lists(guest_bytes, max_size=3),
+    argv=st.none() | st.lists(text, min_size=1, max_size=4),
+    envp=st.none() | st.lists(text, min_size=1, max_size=2),
+    files=st.lists(st.builds(FileId, u64, u64, guest_bytes), max_size=2),
+    out_fds=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events)
+def test_round_trip(ev: Event) -> None:
+    data = encode(ev)
+    back = decode(data, seq=7)
+    ev.seq, ev.payload = 7, data
+    assert back == ev
+    assert encode(back) == data
+
+
+def test_negative_args_and_at_fdcwd() -> None:
+    ev = Event(257, args=(-100 & (2**64 - 1), 0, 0, 0, 0, 0), paths=["a.txt"])
+    back = decode(encode(ev))
+    assert back.arg(0) == -100 and back.name == "openat"
+
+
+@settings(max_examples=500, deadline=None)
+@given(events, st.data())
+def test_mutations_never_escape(ev: Event, data) -> None:
+    """Truncations, bit flips and garbage: a decoded Event or EventDecodeError, nothing else."""
+    raw = bytearray(encode(ev))
+    op = data.draw(st.sampled_from(["truncate", "flip", "splice", "extend"]))
+    if op == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    elif op == "flip":
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif op == "splice":
+        i = data.draw(st.integers(0, len(raw)))
+        raw[i:i] = data.draw(st.binary(max_size=16))
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=16))
+    try:
+        out = decode(bytes(raw))
+    except EventDecodeError:
+        return
+    assert isinstance(out, Event)
+
+
+@pytest.mark.parametrize("n", [0, 1, 50, 111, 200, 4000])
+def test_random_bytes_are_clean_errors(n: int) -> None:
+    rng = random.Random(n)
+    for _ in range(300):
+        blob = rng.randbytes(n)
+        try:
+            decode(blob)
+        except EventDecodeError as e:
+            assert "\n" not in str(e)
+
+
+def test_wrong_version_and_phase() -> None:
+    raw = bytearray(encode(Event(0)))
+    raw[0] = 9
+    with pytest.raises(EventDecodeError, match="unknown event version 9"):
+        decode(bytes(raw))
+    raw[0], raw[1] = 1, 5
+    with pytest.raises(EventDecodeError, match="bad phase"):
+        decode(bytes(raw))
+
+
+def test_long_strings_are_bounded() -> None:
+    ev = Event(2, paths=["x" * 100_000])
+    back = decode(encode(ev))
+    assert len(back.paths[0]) == 0xFFFF
+    assert back.flags & F_TRUNCATED
+    assert not decode(encode(Event(2, paths=["short"]))).flags & F_TRUNCATED
