@@ -185,14 +185,25 @@ class Interceptor:
             if reply != b"OK":
                 raise GdbError(f"cannot set breakpoint at {addr:#x}: {reply[:20]!r}")
 
-    def run(self) -> Stats:
-        """Resume the guest and handle stops until it powers off."""
+    def run(self, timeout: float | None = None) -> Stats:
+        """Resume the guest and handle stops until it powers off (GdbError after
+        ``timeout`` seconds: a hung guest must not hang the collector)."""
         t0 = time.monotonic_ns()
+        deadline = None if timeout is None else time.monotonic() + timeout
         handler = self._on_watch if self.trap == "watch" else self._on_break
         self.gdb.resume()
         try:
             while True:
-                stop = self.gdb.wait(None)
+                left = None if deadline is None else max(0.01, deadline - time.monotonic())
+                try:
+                    stop = self.gdb.wait(left)
+                except GuestExited:
+                    raise
+                except GdbError as e:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise GdbError(f"the guest did not power off within {timeout:.0f}s "
+                                       f"({self.stats.events} events recorded)") from None
+                    raise e
                 t = time.monotonic_ns()
                 self.stats.stops += 1
                 handler(stop)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import time
 
 import pytest
 from test_linux_layer import PERCPU, FakeGuest, world
@@ -295,3 +296,21 @@ def test_guest_boot_with_kaslr(shm_dir) -> None:
     init = [e for e in evs if e.tgid == 1]
     assert init[0].name == "openat" and init[0].paths == ["/init"]
     assert any(e.name == "openat" and e.paths == ["/root/first.txt"] for e in evs)
+
+
+def test_hung_guest_times_out(setup) -> None:
+    from hv.gdbstub import GdbError
+
+    g, w, prod, path, _ = setup
+
+    class Hung(FakeGdb):
+        def wait(self, timeout=None):
+            assert timeout is not None and timeout <= 0.05
+            time.sleep(timeout)  # as the real client: the timeout elapses, then it raises
+            raise GdbError("gdbstub timed out")
+
+    lx = g.linux()
+    kv = KernelView(**{**KV.__dict__, "kernel_cr3": g.cr3})
+    ic = Interceptor(Hung([], lambda: 0), lx.mem, lx, prod, kv)
+    with pytest.raises(GdbError, match="did not power off within 0s"):
+        ic.run(timeout=0.05)
