@@ -218,6 +218,8 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
         ic = Interceptor(gdb, mem, lx, producer, kv, trap=trap, entry=sites, mode=mode,
                          record_envp=bool(cfg.get("daemon", {}).get("record_envp", False)),
                          progress=progress)
+        if dproc is not None and dproc.poll() is not None:
+            raise CollectError(f"the daemon exited at start: {_last_line(f'{db}.daemon.log')}")
         ic.install()
         st = ic.run(timeout=max(10.0, timeout - (time.monotonic() - t0)))
         hwm[0] = max(hwm[0], _ring_fill(producer))
@@ -233,12 +235,20 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
         if dproc is not None:
             rc = stop_daemon(dproc)
             if rc != 0:
-                log(f"the daemon exited with status {rc} (log: {db}.daemon.log)")
+                log(f"the daemon exited with status {rc}: {_last_line(f'{db}.daemon.log')}")
     s.ring_hwm = hwm[0]
     if dproc is not None:
         s.db = db_counts(db)
     s.elapsed = time.monotonic() - t0
     return s
+
+
+def _last_line(path: str) -> str:
+    try:
+        lines = [x for x in Path(path).read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
 
 
 def _use_direct_map(mem, syms: dict[str, int], slide: int) -> None:

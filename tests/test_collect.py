@@ -136,3 +136,17 @@ def test_demo_end_to_end(shm_dir, tmp_path) -> None:
                         .nodes.values())
     assert "sort" in labels and "cat" in labels
     con.close()
+
+
+@pytest.mark.guest
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
+def test_daemon_that_cannot_start_is_reported(shm_dir, tmp_path) -> None:
+    wl = tmp_path / "w.sh"
+    wl.write_text("#!/bin/sh\ntrue\n")
+    db = shm_dir / "x.db"
+    db.write_text("this is not a database")
+    r = provisor("collect", "--workload", str(wl), "--ring", str(shm_dir / "x.ring"),
+                 "--db", str(db), "--nokaslr")
+    assert r.returncode == 2 and "daemon exited at start" in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("provisor: error:") and "Traceback" not in r.stderr
