@@ -140,7 +140,10 @@ def db_counts(db: str) -> dict[str, int]:
 def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
             ring_path: str | None = None, db: str | None = None, *, kaslr: bool = True,
             mode: str = "entry-exit", trap: str = "watch", run_daemon: bool = True,
-            serial_log: str | None = None, timeout: float = 600.0, log=_echo) -> Summary:
+            serial_log: str | None = None, timeout: float = 600.0, mem: str = "file",
+            log=_echo) -> Summary:
+    """Boot, trace until poweroff, stop the daemon; ``mem="gdb"`` reads guest memory with
+    'm' packets instead of the RAM file (slow; the fallback, nokaslr only)."""
     from hv import guest
     from hv.interceptor import (
         Interceptor,
@@ -151,12 +154,16 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
         entry_sites,
     )
     from hv.linux import Linux
-    from hv.memory import Virtual
+    from hv.memory import GdbVirtual, Virtual
     from hv.profile import Profile
     from pmem import ring
     from provisor.config import parse_size
 
     t0 = time.monotonic()
+    if mem not in ("file", "gdb"):
+        raise CollectError(f"unknown memory access {mem!r}")
+    if mem == "gdb" and kaslr:
+        raise CollectError("KASLR detection reads the RAM file: use --nokaslr with --mem gdb")
     if not Path(workload).is_file():
         raise CollectError(f"{workload}: no such workload script")
     kit = guest.kit(cfg, log)
@@ -182,7 +189,8 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
             log("no `provisor daemon` in this build: events stay in the ring")
     serial_log = serial_log or f"{ring_path}.serial.log"
     append = "console=ttyS0 quiet panic=-1" + ("" if kaslr else " nokaslr")
-    vm = QemuGuest(str(kit.kernel), str(initrd), append, serial_log=serial_log)
+    vm = QemuGuest(str(kit.kernel), str(initrd), append, serial_log=serial_log,
+                   ram_file=mem == "file")
     s = Summary(serial_log=serial_log)
     hwm = [0.0]
     try:
@@ -194,10 +202,10 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
         else:
             bp = boot_to_kernel_init(gdb, syms, 0)
         s.slide = bp.slide
-        mem = Virtual(vm.phys, bp.kernel_cr3)
-        _check_banner(mem, profile, syms, s.slide)
-        _use_direct_map(mem, syms, s.slide)
-        lx = Linux(mem, profile)
+        vmem = Virtual(vm.phys, bp.kernel_cr3) if vm.phys else GdbVirtual(gdb)
+        _check_banner(vmem, profile, syms, s.slide)
+        _use_direct_map(vmem, syms, s.slide)
+        lx = Linux(vmem, profile)
         kv = KernelView(percpu=bp.percpu, kernel_cr3=bp.kernel_cr3,
                         kstack_offset=syms.get("kstack_offset", 0),
                         top_of_stack=syms.get("cpu_current_top_of_stack", 0),
@@ -206,7 +214,7 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
                         pt_regs_size=profile.size("pt_regs"), slide=s.slide)
         sites = None
         if trap == "break":
-            sites, missing = entry_sites(mem, syms, s.slide)
+            sites, missing = entry_sites(vmem, syms, s.slide)
             if missing:
                 log(f"not traced (no symbol): {', '.join(missing)}")
         log(f"kernel at slide {s.slide:#x}; tracing from {bp.how} ({trap} trap, {mode})")
@@ -215,7 +223,7 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
             hwm[0] = max(hwm[0], _ring_fill(producer))
             log(f"{st.events} events, {st.syscalls} syscalls")
 
-        ic = Interceptor(gdb, mem, lx, producer, kv, trap=trap, entry=sites, mode=mode,
+        ic = Interceptor(gdb, vmem, lx, producer, kv, trap=trap, entry=sites, mode=mode,
                          record_envp=bool(cfg.get("daemon", {}).get("record_envp", False)),
                          progress=progress)
         if dproc is not None and dproc.poll() is not None:
@@ -297,10 +305,12 @@ def _check_banner(mem, profile, syms: dict[str, int], slide: int) -> None:
               show_default=True, help="watch: kstack_offset read watchpoint; break: breakpoints.")
 @click.option("--no-daemon", is_flag=True, help="Only produce into the ring.")
 @click.option("--serial-log", help="Guest console log (default: RING.serial.log).")
+@click.option("--mem", type=click.Choice(["file", "gdb"]), default="file", show_default=True,
+              help="Guest memory from QEMU's RAM file, or through gdbstub 'm' packets (slow).")
 @click.pass_obj
 def collect_cmd(cfg: dict[str, Any], workload: str, include: str | None, ring_path: str | None,
                 db: str | None, nokaslr: bool, exit_only: bool, trap: str, no_daemon: bool,
-                serial_log: str | None) -> None:
+                serial_log: str | None, mem: str) -> None:
     """Run WORKLOAD in a QEMU guest, trace its syscalls from outside into the ring, and store
     them with the daemon; print a summary when the guest powers off.
 
@@ -310,6 +320,6 @@ def collect_cmd(cfg: dict[str, Any], workload: str, include: str | None, ring_pa
     """
     s = collect(cfg, workload, include, ring_path, db, kaslr=not nokaslr,
                 mode="exit-only" if exit_only else "entry-exit", trap=trap,
-                run_daemon=not no_daemon, serial_log=serial_log)
+                run_daemon=not no_daemon, serial_log=serial_log, mem=mem)
     for line in s.lines():
         click.echo(line)

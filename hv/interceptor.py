@@ -247,7 +247,7 @@ class Interceptor:
         except Unreadable:
             self.stats.spurious += 1
             return []
-        args = tuple(regs[r] for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
+        args = normalize_args(sc, tuple(regs[r] for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9")))
         if self.mode == "exit-only" and sc.name not in _NO_RETURN:
             task = self.linux.task(taddr)
             if not task.ok:
@@ -366,11 +366,13 @@ class Interceptor:
                     continue
                 if sc.name in ("dup2", "dup3") and i == 1:
                     continue  # the target fd: identified at exit
-                f = lx.fd_file(task, fd)
-                if f is not None:
-                    ev.files.append(f)
-                elif fd >= 0 and ev.phase == E.ENTRY and sc.name != "close":
+                try:
+                    f = lx.fd_file(task, fd, strict=True)
+                except Unreadable:
                     ev.flags |= E.F_FILE_UNREADABLE
+                    continue
+                if f is not None:  # None: not an open fd (the call fails with EBADF)
+                    ev.files.append(f)
             elif kind in ("argv", "envp"):
                 if kind == "envp" and not self.record_envp:
                     continue
@@ -406,8 +408,11 @@ class Interceptor:
             if ev.cwd is None:
                 ev.flags |= E.F_CWD_UNREADABLE
         for fd in fds:
-            f = lx.fd_file(task, fd)
-            if f is None:
+            try:
+                f = lx.fd_file(task, fd, strict=True)
+            except Unreadable:
+                f = None
+            if f is None:  # it was just returned: it must be open and readable
                 ev.flags |= E.F_FILE_UNREADABLE
             else:
                 ev.files.append(f)
@@ -469,6 +474,7 @@ class Interceptor:
         try:
             taddr = self.linux.current_task(regs["gs_base"])
             args, _ = self.linux.syscall_args(regs["rdi"])
+            args = normalize_args(sc, args)
         except Unreadable:
             self.stats.spurious += 1
             return []
@@ -504,6 +510,17 @@ class Interceptor:
             return []
         self.exit_armed = False
         return [self.gdb.bp_packet(False, self.exit_site)]
+
+
+def normalize_args(sc: Syscall, args: tuple[int, ...]) -> tuple[int, ...]:
+    """fd and dirfd arguments are C ints: the kernel reads only the low 32 bits of the
+    register (libc may pass AT_FDCWD zero-extended, 0xffffff9c). Store them sign-extended,
+    so that ``Event.arg(i)`` gives -100, not 4294967196."""
+    out = list(args)
+    for i, kind in enumerate(sc.args[:len(out)]):
+        if kind in ("fd", "dirfd"):
+            out[i] = (((out[i] & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000) & _M64
+    return tuple(out)
 
 
 def _signed(v: int) -> int:
@@ -627,6 +644,7 @@ class QemuGuest:
     can attach to the stub or read the RAM, and the guest has no channel to either."""
 
     def __init__(self, kernel: str, initrd: str, append: str, *, mem_mb: int = 256,
+                 ram_file: bool = True,
                  accel: str = "tcg", serial_log: str | None = None,
                  qemu: str = "qemu-system-x86_64", extra: list[str] | None = None,
                  base_dir: str | None = None) -> None:
@@ -644,10 +662,12 @@ class QemuGuest:
         self.ram = os.path.join(self.dir, "ram")
         self.serial_log = serial_log or os.path.join(self.dir, "serial.log")
         self.mem_mb = mem_mb
+        self.ram_file = ram_file
         self.argv = [
             qemu, "-accel", accel, "-m", f"{mem_mb}M", "-smp", "1",
-            "-object", f"memory-backend-file,id=ram,size={mem_mb}M,mem-path={self.ram},share=on",
-            "-machine", "memory-backend=ram",
+            *(["-object",
+                f"memory-backend-file,id=ram,size={mem_mb}M,mem-path={self.ram},share=on",
+                "-machine", "memory-backend=ram"] if ram_file else []),
             "-kernel", kernel, "-initrd", initrd, "-append", append,
             "-display", "none", "-monitor", "none", "-no-reboot", "-nodefaults",
             "-serial", f"file:{self.serial_log}",
@@ -675,7 +695,8 @@ class QemuGuest:
         self.gdb = GdbClient.connect_unix(self.sock)
         self.gdb.supported()
         self.gdb.halt_reason()
-        self.phys = PhysicalFile(self.ram, self.mem_mb << 20)
+        if self.ram_file:
+            self.phys = PhysicalFile(self.ram, self.mem_mb << 20)
         return self.gdb
 
     def qemu_error(self) -> str:

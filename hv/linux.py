@@ -311,9 +311,9 @@ class Linux:
         return self.path_of(mnt, dentry, self._root_mount(fs))
 
     # -- files ---------------------------------------------------------------------------
-    def fd_file(self, task: Task, fd: int) -> FileId | None:
+    def fd_file(self, task: Task, fd: int, strict: bool = False) -> FileId | None:
         """The file open as ``fd`` in ``task``: (st_dev, inode number, path); None if
-        the fd is not open or its structures cannot be read."""
+        the fd is not open or (unless ``strict``: Unreadable) its structures cannot be read."""
         o = self.o
         if fd < 0 or fd >= MAX_FDS:
             return None
@@ -334,6 +334,8 @@ class Linux:
             mnt = self.u64(f + o.file_f_path + o.path_mnt)
             dentry = self.u64(f + o.file_f_path + o.path_dentry)
         except Unreadable:
+            if strict:
+                raise
             return None
         path, _ = self.path_of(mnt, dentry, self._root_mount(task.fs))
         return FileId(dev, ino, path if path is not None else "")

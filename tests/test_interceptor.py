@@ -314,3 +314,16 @@ def test_hung_guest_times_out(setup) -> None:
     ic = Interceptor(Hung([], lambda: 0), lx.mem, lx, prod, kv)
     with pytest.raises(GdbError, match="did not power off within 0s"):
         ic.run(timeout=0.05)
+
+
+def test_fd_arguments_are_32_bit_ints(setup) -> None:
+    g, w, prod, path, regs_ptr = setup
+    name = g.ualloc(b"a.txt\0")
+    steps = [(W_ENTRY, regs_for(nr_of("openat"), 0xFFFFFF9C, name, 0, cr3=g.cr3), None),
+             (W_EXIT, None, lambda: g.u64(regs_ptr + 80, 3)),
+             (W_ENTRY, regs_for(nr_of("read"), 0xDEAD_0000_0000_0003, 0x1000, 1, cr3=g.cr3),
+              None)]
+    run(g, prod, path, steps)
+    ent, _, rd = events(path)
+    assert ent.arg(0) == AT_FDCWD and ent.flags == 0  # zero-extended by libc: still AT_FDCWD
+    assert rd.arg(0) == 3 and rd.files and rd.files[0].ino == 77  # upper bits ignored

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from hv.linux import MAX_ARGV, MAX_STR, DictProfile, Linux, encode_dev
-from hv.memory import PhysicalBytes, Virtual
+from hv.memory import PhysicalBytes, Unreadable, Virtual
 
 KBASE = 0xFFFF_8880_0010_0000  # kernel objects (a direct-map-like address)
 UBASE = 0x0000_0000_0040_0000  # user memory
@@ -329,6 +329,9 @@ def test_fd_table_lies() -> None:
     g.u32(fdt, 0xFFFFFFFF)  # max_fds: claims 4 billion
     g.u64(fdt + 8, 0x1000)  # the fd array in user space
     assert lx.fd_file(lx.task(w["task"]), 3) is None
+    with pytest.raises(Unreadable):
+        lx.fd_file(lx.task(w["task"]), 3, strict=True)
+    assert lx.fd_file(lx.task(w["task"]), -5, strict=True) is None  # not open: no error
 
 
 def test_encode_dev() -> None:

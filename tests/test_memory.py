@@ -136,3 +136,32 @@ def test_direct_map_fast_path() -> None:
     v.set_direct_map(None)
     with pytest.raises(Unreadable):
         v.read(base + 0x5008, 8)
+
+
+def test_gdb_fallback_layer() -> None:
+    import socket
+
+    from test_gdbstub import FakeStub
+
+    from hv.gdbstub import GdbClient
+    from hv.memory import GdbVirtual
+
+    a, b = socket.socketpair()
+    stub = FakeStub(b)
+    stub.start()
+    c = GdbClient(a, timeout=5)
+    try:
+        v = GdbVirtual(c)
+        assert v.read(0x10, 4) == bytes([0x10, 0x11, 0x12, 0x13])
+        assert v.u64(8) == struct.unpack("<Q", bytes(range(8, 16)))[0]
+        stub.mem[0x40:0x44] = b"ab\0c"
+        assert v.read_cstr(0x40, 100) == (b"ab", False)
+        with pytest.raises(Unreadable):
+            v.read(len(stub.mem) - 2, 8)  # the stub answers E14
+        with pytest.raises(Unreadable):
+            v.read(0x8000_0000_0000, 8)  # non-canonical: never sent
+        with pytest.raises(Unreadable):
+            v.translate(0x10)
+    finally:
+        c.close()
+        b.close()
