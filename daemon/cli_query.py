@@ -204,7 +204,7 @@ def _progress(label: str, total: int):
 @click.option("--object", "target", default=None,
               help="Only this object's lineage (ancestors and descendants of all its versions):"
               " a path or v:ID, artifact:ID, process:ID, tgid:N.")
-@click.option("--chunk", type=click.IntRange(min=1), default=10000, show_default=True,
+@click.option("--chunk", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Records per ProvDocument slice (bounds memory).")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False,
               allow_dash=True), help="Output file ('-' for stdout).")

@@ -38,6 +38,7 @@ from provisor.errors import ProvisorError
 
 NS = "urn:provisor:"
 PROVISOR = Namespace("provisor", NS)
+TYPES = {k: PROVISOR[k] for k in ("process", "file", "pipe", "socket", "symlink")}
 FORMATS = Q.EXPORT_FORMATS
 RELATION_KINDS = ("used", "wasGeneratedBy", "wasInformedBy", "wasDerivedFrom")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -64,7 +65,7 @@ class Selection:
     def __init__(self, conn: sqlite3.Connection, win: Q.Window, target: str | None) -> None:
         self.conn, self.win = conn, win
         self.nodes: set[int] | None = None
-        self.chunk = 10000
+        self.chunk = 2000
         if target:
             tg = Q.resolve(conn, target, all_versions=True)
             self.nodes = (set(tg.nodes) | Q.walk(conn, tg.nodes, True, None, win)
@@ -130,7 +131,9 @@ def _chunks(it, n: int) -> Iterator[list]:
 
 def _doc() -> ProvDocument:
     d = ProvDocument()
-    d.add_namespace(PROVISOR)
+    # a Namespace caches every QualifiedName made through it: a fresh one per slice keeps
+    # memory bounded by the slice, not by the store
+    d.add_namespace(Namespace("provisor", NS))
     return d
 
 
@@ -140,7 +143,7 @@ def _entities(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
         d = _doc()
         for v in Q.describe_nodes(sel.conn, ids).values():
             d.entity(f"provisor:v{v['id']}", _attrs(**{
-                "prov:label": v["label"], "prov:type": PROVISOR[v["kind"]]},
+                "prov:label": v["label"], "prov:type": TYPES.get(v["kind"]) or PROVISOR[v["kind"]]},
                 kind=v["kind"], artifact=v["object_id"], version=v["version"], path=v.get("path"),
                 dev=v.get("dev"), ino=v.get("ino"), seq=v["seq"], ts_ns=v["ts_ns"],
                 reason=v["reason"], deleted=1 if v.get("deleted") else None))
@@ -152,7 +155,7 @@ def _activities(sel: Selection, uids: set[int]) -> Iterator[tuple[ProvDocument, 
         d = _doc()
         for v in Q.describe_nodes(sel.conn, ids).values():
             d.activity(f"provisor:v{v['id']}", when(v["ts_ns"]), None, _attrs(**{
-                "prov:label": v["label"], "prov:type": PROVISOR["process"]},
+                "prov:label": v["label"], "prov:type": TYPES["process"]},
                 process=v["object_id"], version=v["version"], tgid=v.get("tgid"),
                 exe=v.get("exe"), comm=v.get("comm"), uid=v.get("uid"), seq=v["seq"],
                 ts_ns=v["ts_ns"], reason=v["reason"]))
@@ -312,7 +315,7 @@ def write_dot(out: IO[str], sel: Selection, tick: Callable[[int], None]) -> None
 
 
 def export(conn: sqlite3.Connection, out: IO[str], fmt: str, win: Q.Window | None = None,
-           target: str | None = None, chunk: int = 10000,
+           target: str | None = None, chunk: int = 2000,
            tick: Callable[[int], None] = lambda n: None) -> dict[str, int]:
     """Write the selected graph to ``out`` in ``fmt``; returns the counts written."""
     if fmt not in FORMATS:
