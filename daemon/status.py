@@ -22,8 +22,13 @@ def ring_status(path: str) -> dict:
     from pmem.cli import ring_summary
 
     s = ring_summary(path)
+    end = s["chain_end"]
+    # with nothing unreleased the scan sees no record: the last one written is just before
+    # where the chain ends (else the checkpoint)
+    last = s["last_seq"] if s["last_seq"] is not None else (
+        end["expected_seq"] - 1 if end else s["checkpoint_seq"])
     return {"path": path, "uuid": s["uuid"], "mode": s["mode"], "data_size": s["data_size"],
-            "fill": s["fill"], "checkpoint_seq": s["checkpoint_seq"], "last_seq": s["last_seq"],
+            "fill": s["fill"], "checkpoint_seq": s["checkpoint_seq"], "last_seq": last,
             "records": sum(s["records"].values()), "lost_total": s["lost_total"],
             "lost_reported": s["lost_reported"],
             "chain_end": s["chain_end"]["reason"] if s["chain_end"] else None}
@@ -95,8 +100,7 @@ def status(db: str, ring: str | None, default_db: str, ring_required: bool = Fal
     r, d = out["ring"], out["db"]
     if r and d and not r.get("absent") and not d.get("absent"):
         same = not d["ring_uuid"] or d["ring_uuid"] == r["uuid"]
-        out["lag"] = (max((r["last_seq"] or r["checkpoint_seq"]) - d["applied_seq"], 0)
-                      if same else None)
+        out["lag"] = max(r["last_seq"] - d["applied_seq"], 0) if same else None
         out["same_ring"] = same
     pids = find_daemons(db, default_db)
     out["daemon"] = {"alive": bool(pids), "pids": pids}
