@@ -24,7 +24,7 @@ from provisor.errors import ProvisorError
 # per-cpu and boot symbols the profile leaves out; read from System.map when missing
 _EXTRA_SYMBOLS = ("kstack_offset", "cpu_current_top_of_stack", "cpu_tss_rw", "kernel_init",
                   "x64_sys_call", "linux_banner", "entry_SYSCALL_64", "system_state",
-                  "__per_cpu_offset", "page_offset_base")
+                  "__per_cpu_offset", "page_offset_base", "__x64_sys_sendfile64")
 
 
 class CollectError(ProvisorError):

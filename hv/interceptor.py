@@ -33,7 +33,6 @@ a closed fd already gone) and not write-ahead.
 from __future__ import annotations
 
 import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ _M64 = (1 << 64) - 1
 _RET_FD = frozenset({"open", "openat", "creat", "dup", "dup2", "dup3", "accept", "socket"})
 _NO_RETURN = frozenset({"exit", "exit_group"})
 _RENAMES = frozenset({"rename", "renameat", "renameat2"})
+_SYS_FN = {"sendfile": "sendfile64"}  # x86-64's syscall 40 is sys_sendfile64
 F_DUPFD, F_DUPFD_CLOEXEC = 0, 1030
 
 _NOPS = (  # the multi-byte NOPs compilers and ftrace emit, and endbr64
@@ -527,10 +527,6 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def log(msg: str) -> None:
-    print(f"provisor: {msg}", file=sys.stderr, flush=True)
-
-
 @dataclass(frozen=True)
 class BootPoint:
     """Where tracing starts: the slide, a kernel page-table root, vCPU 0's per-cpu base."""
@@ -610,7 +606,8 @@ def entry_sites(mem: Virtual, symbols: dict[str, int], slide: int,
     missing: list[str] = []
     for name in sorted(traced):
         sc = BY_NAME.get(name)
-        addr = symbols.get(f"__x64_sys_{name}")
+        fn = _SYS_FN.get(name, name)
+        addr = symbols.get(f"__x64_sys_{fn}")
         if sc is None or addr is None:
             missing.append(name)
         else:
