@@ -129,6 +129,7 @@ class Stats:
     exits: int = 0
     spurious: int = 0
     dances: int = 0
+    decode_errors: int = 0  # unexpected failures decoding guest memory (event still logged)
     events: int = 0
     busy_ns: int = 0  # time the guest stood still for us: stop reply to resume sent
     run_ns: int = 0
@@ -298,11 +299,15 @@ class Interceptor:
         lx = self.linux
         ev = E.Event(sc.nr, E.ENTRY, time.time_ns(), self.vcpu, args=args)
         task = self._fill_task(ev, taddr, task)
-        if task.ok:
-            ev.cwd, ev.cwd_mnt = lx.cwd(task)
-            if ev.cwd is None:
-                ev.flags |= E.F_CWD_UNREADABLE
-        self._decode_args(sc, ev, task)
+        try:
+            if task.ok:
+                ev.cwd, ev.cwd_mnt = lx.cwd(task)
+                if ev.cwd is None:
+                    ev.flags |= E.F_CWD_UNREADABLE
+            self._decode_args(sc, ev, task)
+        except Exception:  # noqa: BLE001 - whatever the guest's memory held, the entry is logged
+            self.stats.decode_errors += 1
+            ev.flags |= E.F_PATH_UNREADABLE | E.F_ARGV_UNREADABLE | E.F_FILE_UNREADABLE
         seq = self._append(ev)
         if sc.name in _NO_RETURN or not task.ok:
             return None
@@ -316,15 +321,19 @@ class Interceptor:
         ev = E.Event(p.sc.nr, E.EXIT, time.time_ns(), self.vcpu, entry_seq=p.seq, args=p.args)
         ev.ret = _signed(ax)
         self._fill_task(ev, task.addr, task)
-        if self.mode == "exit-only":
-            st.by_name[p.sc.name] = st.by_name.get(p.sc.name, 0) + 1
-            if task.ok:
-                ev.cwd, ev.cwd_mnt = self.linux.cwd(task)
-            self._decode_args(p.sc, ev, task)
         if p.sc.name in _RENAMES:
             self.linux.invalidate_paths()
-        if task.ok:
-            self._exit_files(p.sc, ev, task)
+        try:
+            if self.mode == "exit-only":
+                st.by_name[p.sc.name] = st.by_name.get(p.sc.name, 0) + 1
+                if task.ok:
+                    ev.cwd, ev.cwd_mnt = self.linux.cwd(task)
+                self._decode_args(p.sc, ev, task)
+            if task.ok:
+                self._exit_files(p.sc, ev, task)
+        except Exception:  # noqa: BLE001 - as in _entry
+            self.stats.decode_errors += 1
+            ev.flags |= E.F_PATH_UNREADABLE | E.F_FILE_UNREADABLE
         self._append(ev)
 
     def _fill_task(self, ev: E.Event, taddr: int, task: Task | None) -> Task:

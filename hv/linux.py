@@ -157,8 +157,8 @@ class Linux:
             def at(off: int, fmt: str) -> int:
                 return struct.unpack_from(fmt, blob, off - lo)[0]
 
-            t.pid = at(o.task_struct_pid, "<i")
-            t.tgid = at(o.task_struct_tgid, "<i")
+            t.pid = at(o.task_struct_pid, "<I")  # pid_t, read unsigned: the event's field
+            t.tgid = at(o.task_struct_tgid, "<I")
             t.start_time = at(o.task_struct_start_time, "<Q")
             comm = blob[o.task_struct_comm - lo:o.task_struct_comm - lo + 16]
             t.comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -166,7 +166,7 @@ class Linux:
             t.files = at(o.task_struct_files, "<Q")
             t.mm = at(o.task_struct_mm, "<Q")
             parent = kernel_ptr(at(o.task_struct_real_parent, "<Q"))
-            t.ppid = struct.unpack("<i", self.mem.read(parent + o.task_struct_tgid, 4))[0]
+            t.ppid = struct.unpack("<I", self.mem.read(parent + o.task_struct_tgid, 4))[0]
             cred = kernel_ptr(at(o.task_struct_cred, "<Q"))
             t.uid = self.u32(cred + o.cred_uid)
             t.ok = True

@@ -327,3 +327,25 @@ def test_fd_arguments_are_32_bit_ints(setup) -> None:
     ent, _, rd = events(path)
     assert ent.arg(0) == AT_FDCWD and ent.flags == 0  # zero-extended by libc: still AT_FDCWD
     assert rd.arg(0) == 3 and rd.files and rd.files[0].ino == 77  # upper bits ignored
+
+
+def test_garbage_task_fields_and_decoder_failures_still_log(setup, monkeypatch) -> None:
+    g, w, prod, path, regs_ptr = setup
+    g.write(w["task"], struct.pack("<ii", -5, -7))  # negative pid/tgid: must still encode
+    name = g.ualloc(b"x\0")
+
+    def boom(*a, **k):
+        raise RuntimeError("decoder bug")
+
+    lx = g.linux()
+    monkeypatch.setattr(lx, "user_string", boom)
+    kv = KernelView(**{**KV.__dict__, "kernel_cr3": g.cr3})
+    steps = [(W_ENTRY, regs_for(nr_of("unlink"), name, cr3=g.cr3), None),
+             (W_EXIT, None, lambda: g.u64(regs_ptr + 80, 0))]
+    gdb = FakeGdb(steps, lambda: len(events(path)))
+    ic = Interceptor(gdb, lx.mem, lx, prod, kv)
+    ic.install()
+    ic.run()
+    ent, ex = events(path)
+    assert ent.pid == (1 << 32) - 5 and ent.flags & E.F_PATH_UNREADABLE
+    assert ic.stats.decode_errors == 1 and ex.ret == 0
