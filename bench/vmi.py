@@ -61,7 +61,9 @@ def traced_run(cfg, workload: str, ring: str, kaslr: bool, mode: str) -> tuple[f
         os.unlink(ring)
     s = collect(cfg, workload, None, ring, ring + ".db", kaslr=kaslr, mode=mode,
                 run_daemon=False, log=lambda m: None)
-    os.unlink(ring)
+    for p in (ring, ring + ".serial.log"):
+        if os.path.exists(p):
+            os.unlink(p)
     return s.vm_s, s
 
 
@@ -88,9 +90,6 @@ def main() -> int:
             t, last = traced_run(cfg, str(wl), ring, a.kaslr, mode)
             traced.append(t)
             log(f"run {i + 1}/{a.runs}: untraced {plain[-1]:.2f}s, traced {t:.2f}s")
-        for p in (ring + ".db",):
-            if os.path.exists(p):
-                os.unlink(p)
     tp, tt = statistics.median(plain), statistics.median(traced)
     n = last.syscalls
     out = {
