@@ -222,7 +222,10 @@ def workloads(draw, max_ops: int = 120) -> list:
         if r < p_consume:
             ops.append(("consume", rng.randint(1, 60), rng.random() < 0.5))
         elif rng.random() < p_many:
-            ops.append(("many", [size() for _ in range(rng.randint(1, max_batch))], flag))
+            batch = [size() for _ in range(rng.randint(1, max_batch))]
+            while sum(L.padded(b) for b in batch) > DATA // 2:  # must fit once drained
+                batch.pop()
+            ops.append(("many", batch, flag))
         else:
             ops.append(("append", size(), flag))
     return ops
@@ -419,3 +422,45 @@ def test_simulator_models_flush_granularity() -> None:
     finally:
         forget(path)
         os.unlink(path)
+
+
+def test_a_crashed_batch_never_resurfaces_after_a_new_record() -> None:
+    """Rule 3's promise: bytes a crashed producer left beyond the tail never become reachable.
+    Crash 1 keeps record B2 of a batch but not B1's sequence field; the reopened producer puts
+    C1, as long as B1, where B1 was; crash 2 keeps C1 but not the zero trailer after it. B2
+    (old, never acknowledged, sequence number C1+1) must not follow C1 in the chain."""
+    w = Workload(sim_path(), "fail")
+    path2 = sim_path()
+    try:
+        w.append(100)
+        off_b1 = w.prod.tail
+        w.image.rebase()
+        w.prod.append_many([(RecType.NOTE, b"B1" * 50), (RecType.NOTE, b"B2" * 50)])
+        state = next(iter(w.image.fence_points()))  # just before the batch's fence
+        seq_chunk = (L.DATA_OFFSET + off_b1) // 8
+        img = bytearray(state.persisted)
+        for c, values in state.dirty.items():
+            if c != seq_chunk:
+                img[c * 8:c * 8 + 8] = values[-1]
+        got, _ = scan_all(img, L.read_header(img)[0])
+        assert [r.payload for r in got] == [w.placed[1][1]]  # B1 unreadable, B2 beyond it
+        sim2 = register(path2, img)
+        captured = []
+        sim2.on_fence.append(lambda im: captured.append(im.state()))
+        with ring.Producer.open(path2, "fail", region_cls=SimRegion) as prod:
+            assert (prod.next_seq, prod.tail) == (2, off_b1)
+            prod.append(RecType.NOTE, b"C1" * 50)
+        crash2 = captured[-1]  # just before C1's fence
+        trailer = {(L.DATA_OFFSET + off_b1 + L.padded(100)) // 8 + i for i in range(4)}
+        img2 = bytearray(crash2.persisted)
+        for c, values in crash2.dirty.items():
+            if c not in trailer:
+                img2[c * 8:c * 8 + 8] = values[-1]
+        got, end = scan_all(img2, L.read_header(img2)[0])
+        assert [r.payload[:2] for r in got][:2] == [w.placed[1][1][:2], b"C1"]  # C1 landed
+        assert [r.payload[:2] for r in got] == [w.placed[1][1][:2], b"C1"], (
+            f"old unacknowledged record resurfaced after the new one: {end}")
+    finally:
+        for p in (w.path, path2):
+            forget(p)
+            os.unlink(p)
