@@ -107,7 +107,7 @@ class Producer(_RingBase):
         super().__init__(region)
         self.policy = Policy(policy)
         self.block_timeout = block_timeout
-        last = None
+        reported = 0  # lost total of the last LOSS record in the chain
         it = L.scan(self.buf, self.header)
         while True:
             try:
@@ -115,10 +115,15 @@ class Producer(_RingBase):
             except StopIteration as stop:
                 end: L.ChainEnd = stop.value
                 break
-        del last
+            if last.type == RecType.LOSS:
+                reported = int.from_bytes(last.payload[8:16], "little")
         self.tail = end.offset
         self.next_seq = end.seq
-        self.state: ProducerState = L.read_producer_state(self.buf)
+        st = L.read_producer_state(self.buf)
+        if st.lost_reported < reported <= st.lost_total:
+            # power failed between the LOSS record and the state update: it is reported
+            st = ProducerState(st.generation, st.lost_total, reported)
+        self.state: ProducerState = st
         self._head_seq = self.header.checkpoint_seq
         self._head_off = self.header.checkpoint_off
         if end.reason != L.End.CLEAN and self._free() >= L.REC_HDR:
