@@ -464,3 +464,38 @@ def test_a_crashed_batch_never_resurfaces_after_a_new_record() -> None:
         for p in (w.path, path2):
             forget(p)
             os.unlink(p)
+
+
+def test_loss_is_reported_once_across_a_crash() -> None:
+    """Power fails after the LOSS record is durable but before the producer state says it
+    was reported: the reopened producer must not report the same loss again."""
+    w = Workload(sim_path(), "drop")
+    path2 = sim_path()
+    try:
+        while w.prod._free() >= L.padded(1000):
+            w.append(1000, room=False)
+        for _ in range(5):
+            w.append(1000, room=False)
+        assert w.drops == 5 and w.prod.state.lost_total == 5
+        w.consume(4096)
+        w.image.rebase()
+        w.mark()
+        w.append(10)  # fences: LOSS record, producer state, the record
+        def loss_durable_state_not(img: bytearray) -> bool:
+            recs, _ = scan_all(img, L.read_header(img)[0])
+            return (any(r.type == RecType.LOSS for r in recs)
+                    and L.read_producer_state(img).lost_reported < 5)
+
+        imgs = [s.image(random.Random(0), p=0.0) for s in w.image.fence_points()]
+        img = next(i for i in imgs if loss_durable_state_not(i))
+        register(path2, img)
+        with ring.Producer.open(path2, "drop", region_cls=SimRegion) as prod:
+            prod.append(RecType.NOTE, b"after")
+            recs, _ = scan_all(image_at(path2).mem, L.read_header(image_at(path2).mem)[0])
+        totals = [int.from_bytes(r.payload[8:], "little") for r in recs
+                  if r.type == RecType.LOSS]
+        assert totals.count(5) == 1, f"the loss was reported twice: {totals}"
+    finally:
+        for p in (w.path, path2):
+            forget(p)
+            os.unlink(p)
