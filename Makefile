@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-APT_PKGS := libpmem1 qemu-system-x86 busybox-static cpio gcc
+APT_PKGS := libpmem1 qemu-system-x86 busybox-static cpio gcc libc6-dev
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup deps demo test lint bench clean
@@ -34,6 +34,8 @@ bench: setup
 	$(BIN)/python bench/ring.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/query.py
+	$(BIN)/python bench/vmi.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
