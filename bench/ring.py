@@ -186,7 +186,8 @@ def main() -> None:
           f"on average), {secs:g} s per row\n")
     print(f"- region: `{path}`, mode **{mode.value}**: {mode.describe()}")
     print(f"- machine: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}"
-          f", {platform.system()} {platform.release()}\n")
+          f", {platform.system()} {platform.release()}; load average "
+          f"{os.getloadavg()[0]:.1f} (figures are noisy when other work runs)\n")
     print("| workload | persist calls | records/s | MB/s | vs ceiling |")
     print("|---|---|---:|---:|---|")
     for (name, persist, rate), r, what in zip(rows, vs, ref, strict=True):
