@@ -256,6 +256,7 @@ def test_random_workloads_crash_images(ops, policy, seed: int) -> None:
         check_final_accounting(w)
     finally:
         forget(w.path)
+        os.unlink(w.path)
 
 
 @settings(max_examples=60, **SETTINGS)
@@ -276,6 +277,7 @@ def test_short_workloads_every_fence(ops, policy, seed: int) -> None:
         check_fences(w, rng, every=1.0, k=6)
     finally:
         forget(w.path)
+        os.unlink(w.path)
 
 
 def check_final_accounting(w: Workload) -> None:
