@@ -247,8 +247,8 @@ class Producer(_RingBase):
             return
         payload = L._U64.pack(pending) + L._U64.pack(self.state.lost_total)
         nbytes = L.padded(len(payload))
-        if not self._fits(nbytes):
-            return
+        if not self._wait_for(nbytes):  # drop: report later. A ring reopened under block or
+            return  # fail after drops waits or raises here, never drops the next record
         need = self._need(nbytes)
         _seq, start = self._place(RecType.LOSS, payload)
         self._commit(start, need)
