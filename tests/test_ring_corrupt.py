@@ -404,3 +404,24 @@ def test_read_one_at_a_time_gets_past_a_pad(shm_dir: Path) -> None:
         recs = cons.read(1)
         assert [(r.seq, r.offset) for r in recs] == [(last + 1, 0)]
         assert cons.read(1) == []
+
+
+@pytest.mark.parametrize("policy", ["block", "fail"])
+def test_loss_left_by_drop_is_reported_under_another_policy(shm_dir: Path, policy: str) -> None:
+    """Drops counted under ``drop``, ring reopened under ``block``/``fail`` while still full:
+    the next record must wait (block) or raise (fail), not be dropped in turn."""
+    path = shm_dir / "r"
+    ring.create(str(path), SIZE)
+    with ring.Producer.open(str(path), "drop") as prod:
+        while prod._free() > 32:
+            prod.append(RecType.NOTE, b"" if prod._free() <= 1056 else b"f" * 1000)
+        last = prod.next_seq - 1
+        assert prod.append(RecType.NOTE, b"lost" * 10) is None
+    with ring.Producer.open(str(path), policy, block_timeout=0.05) as prod:
+        with pytest.raises(ring.RingFull):  # 32 bytes free: the record fits, the LOSS not
+            prod.append(RecType.NOTE, b"")
+        assert prod.state.lost_total == 1  # nothing more was dropped
+    release_all(path)
+    with ring.Producer.open(str(path), policy) as prod:
+        assert prod.append(RecType.NOTE, b"") == last + 2
+    assert loss_records(path) == [(last + 1, 1, 1)]
