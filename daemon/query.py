@@ -56,6 +56,7 @@ def connect(path: str) -> sqlite3.Connection:
         conn = sqlite3.connect(path if writable else f"file:{path}?mode=ro", uri=not writable,
                                isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a deep walk revisits index pages
         if conn.execute("PRAGMA application_id").fetchone()[0] != APP_ID:
             raise QueryError(f"{path}: not a provisor database")
         ver = int(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
@@ -394,6 +395,39 @@ def closure_edges(conn: sqlite3.Connection, starts: list[int], up: bool, win: Wi
     return conn.execute(sql, (_ints(starts), win.lo, win.hi, win.lo, win.hi)).fetchall()
 
 
+def _bfs(starts: list[int], pairs: list[tuple], up: bool, ordered: bool
+         ) -> tuple[dict[int, int], dict[int, str], list[int]]:
+    """Depth, the kind of the edge that first reached each node, and the breadth-first order.
+
+    SQLite runs a recursive CTE as a FIFO queue, so ``closure_edges`` returns edges grouped by
+    their near end in breadth-first order and one pass suffices; should an edge's near end not
+    be known yet when it is read (another plan), a real BFS is done instead."""
+    dist = dict.fromkeys(starts, 0)
+    via: dict[int, str] = {}
+    order = list(dist)
+    ok = ordered
+    if ordered:
+        get = dist.get
+        for a, b, k, _t in pairs:
+            near, far = (a, b) if up else (b, a)
+            da = get(near)
+            if da is None:
+                ok = False
+                break
+            if far not in dist:
+                dist[far] = da + 1
+                via[far] = k
+                order.append(far)
+    if ok:
+        return dist, via, order
+    dist = dict.fromkeys(starts, 0)
+    via = {}
+    dist = _depths(starts, pairs, up)
+    for a, b, k, _t in pairs:
+        via.setdefault(b if up else a, k)
+    return dist, via, sorted(dist, key=lambda n: (dist[n], n))
+
+
 def _depths(starts: list[int], pairs: list[tuple], up: bool) -> dict[int, int]:
     adj: dict[int, list[int]] = defaultdict(list)
     if up:
@@ -429,26 +463,24 @@ def lineage(conn: sqlite3.Connection, target: str, up: bool, depth: int | None =
     tg = resolve(conn, target, all_versions)
     if depth is None and not detail:
         pairs = closure_edges(conn, tg.nodes, up, win)
-        nodes = set(tg.nodes)
-        nodes.update(p[1] if up else p[0] for p in pairs)
+        nodes = None  # the breadth-first pass below finds them
     else:
         nodes = walk(conn, tg.nodes, up, depth, win)
         edges = fetch_edges(conn, nodes, up, win, detail=detail)
         pairs = [(e["src"], e["dst"], e["kind"], e["ts_ns"]) for e in edges]
-    dist = _depths(tg.nodes, pairs, up)
+    dist, via, order = _bfs(tg.nodes, pairs, up, ordered=depth is None and not detail)
+    if nodes is None:
+        nodes = dist.keys()
     total_nodes, total_edges = len(nodes), len(pairs)
     shown = nodes
     if limit and len(nodes) > limit:
-        shown = set(sorted(nodes, key=lambda n: (dist.get(n, 0), n))[:limit])
+        shown = set(order[:limit])  # discovery order is breadth-first: the nearest first
     if depth is None and not detail:
         edges = [{"kind": k, "src": a, "dst": b, "ts_ns": t} for a, b, k, t in pairs
                  if shown is nodes or (a in shown and b in shown)]
     elif shown is not nodes:
         edges = [e for e in edges if e["src"] in shown and e["dst"] in shown]
     info = describe_nodes(conn, shown)
-    via: dict[int, str] = {}
-    for a, b, k, _t in pairs:
-        via.setdefault(b if up else a, k)
     res = Result("ancestors" if up else "descendants", target,
                  ["depth", "node", "kind", "object", "time", "seq", "reason", "via"])
     res.notes.append(f"{res.query} of {tg.desc}: {total_nodes - len(tg.nodes)} nodes, "

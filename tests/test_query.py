@@ -258,3 +258,25 @@ def test_limit_keeps_the_nearest_nodes_and_counts_all(conn):
     # the fast path (table) and the detailed one (JSON) agree on the graph
     assert {(e["src"], e["dst"], e["kind"]) for e in full.edges} == {
         (e["src"], e["dst"], e["kind"]) for e in Q.lineage(conn, "/w/final.txt", up=True).edges}
+
+
+def test_fast_breadth_first_depths_match_a_real_bfs(tmp_path):
+    """The table path reads depths off the CTE's FIFO order; the JSON path does a real BFS."""
+    from hv.synth import Guest
+    from pmem.layout import Record, RecType
+    from provisor.events import encode
+
+    path = str(tmp_path / "s.db")
+    s = Store(path, "r")
+    evs = Guest(11).events(6000)
+    s.apply([Record(e.seq, RecType.EVENT, 0, encode(e)) for e in evs])
+    s.close()
+    c = Q.connect(path)
+    files = [r[0] for r in c.execute("SELECT id FROM versions WHERE kind='file' ORDER BY id")]
+    for v in files[:: max(1, len(files) // 15)]:
+        for up in (True, False):
+            fast = Q.lineage(c, f"v:{v}", up, detail=False)
+            slow = Q.lineage(c, f"v:{v}", up, detail=True)
+            assert {n: d["depth"] for n, d in fast.nodes.items()} == {
+                n: d["depth"] for n, d in slow.nodes.items()}
+    c.close()
