@@ -61,8 +61,8 @@ def _run(cfg: dict, name: str, target: str, db_path: str | None, depth: int | No
         limit = TABLE_LIMIT if fmt == "table" else 0
     conn = Q.connect(_db(cfg, db_path))
     try:
-        res = Q.QUERIES[name](conn, target, depth, win, all_versions, fmt != "table",
-                              limit or None)
+        res = Q.run_query(conn, name, target, depth, win, all_versions, fmt != "table",
+                          limit or None)
     finally:
         conn.close()
     render = {"table": Q.render_table, "json": Q.render_json, "dot": Q.render_dot}[fmt]

@@ -711,13 +711,21 @@ def process(conn: sqlite3.Connection, target: str, depth: int | None = None,
     return res
 
 
-QUERIES = {
-    "ancestors": lambda c, t, d, w, av, det=True, lim=None: lineage(c, t, True, d, w, av, det, lim),
-    "descendants": lambda c, t, d, w, av, det=True, lim=None: lineage(c, t, False, d, w, av, det,
-                                                                      lim),
-    "history": lambda c, t, d, w, av, det=True, lim=None: history(c, t, d, w),
-    "writers": lambda c, t, d, w, av, det=True, lim=None: writers(c, t, d, w),
-    "process": lambda c, t, d, w, av, det=True, lim=None: process(c, t, d, w)}
+QUERY_NAMES = ("ancestors", "descendants", "history", "process", "writers")
+
+
+def run_query(conn: sqlite3.Connection, name: str, target: str, depth: int | None = None,
+              win: Window | None = None, all_versions: bool = False, detail: bool = True,
+              limit: int | None = None) -> Result:
+    """One entry point for the CLI: ``all_versions``, ``detail`` and ``limit`` concern the
+    lineage walks only."""
+    if name in ("ancestors", "descendants"):
+        return lineage(conn, target, name == "ancestors", depth, win, all_versions, detail,
+                       limit)
+    fn = {"history": history, "process": process, "writers": writers}.get(name)
+    if fn is None:
+        raise QueryError(f"unknown query {name!r} (one of {', '.join(QUERY_NAMES)})")
+    return fn(conn, target, depth, win)
 
 
 # -- rendering -----------------------------------------------------------------------------
