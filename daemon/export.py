@@ -322,13 +322,21 @@ def export(conn: sqlite3.Connection, out: IO[str], fmt: str, win: Q.Window | Non
         raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if chunk < 1:
         raise ExportError("--chunk must be at least 1")
-    sel = Selection(conn, win or Q.Window(), target)
-    sel.chunk = chunk
-    counts = sel.count()
-    if fmt == "dot":
-        write_dot(out, sel, tick)
-    else:
-        writer = {"prov-n": write_provn, "prov-json": write_provjson, "prov-xml": write_provxml,
-                  "rdf": write_rdf}[fmt]
-        writer(out, documents(sel), tick)
+    # one read transaction: the export is a snapshot even while the daemon commits (WAL)
+    began = not conn.in_transaction
+    if began:
+        conn.execute("BEGIN")
+    try:
+        sel = Selection(conn, win or Q.Window(), target)
+        sel.chunk = chunk
+        counts = sel.count()
+        if fmt == "dot":
+            write_dot(out, sel, tick)
+        else:
+            writer = {"prov-n": write_provn, "prov-json": write_provjson,
+                      "prov-xml": write_provxml, "rdf": write_rdf}[fmt]
+            writer(out, documents(sel), tick)
+    finally:
+        if began and conn.in_transaction:
+            conn.execute("COMMIT")
     return counts

@@ -443,9 +443,12 @@ def run(db: str, ring: str | None = None, tick: Callable[[int], None] = lambda n
             raise VerifyError("--head must be 64 hex digits (as printed by verify)")
     conn = connect(db)
     try:
+        # one read transaction: a daemon committing meanwhile is not seen half-way (WAL)
+        conn.execute("BEGIN")
         rep = verify(conn, os.path.abspath(db), tick, expected_head)
         if ring:
             verify_ring(conn, ring, rep)
+        conn.execute("COMMIT")
     finally:
         conn.close()
     save_state(rep)

@@ -312,3 +312,31 @@ def test_ring_of_another_store_is_refused(ringdb, shm_dir):
     ring.create(other, L.DATA_OFFSET + 64 * 1024)
     r = _cli("verify", "--db", ringdb[1], "--ring", other)
     assert r.returncode == 2 and "belongs to ring" in r.stderr
+
+
+def test_a_batch_committed_during_verify_is_not_seen_half_way(db, monkeypatch):
+    """verify reads one snapshot: the daemon committing meanwhile is no 'inserted' row."""
+    from hv.synth import Guest
+
+    path, c, _ = db
+    before = c.execute("SELECT count(*) FROM chain").fetchone()[0]
+    last = c.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchone()[0]
+    real = V._rows
+    done = []
+
+    def rows_then_commit(conn, b):
+        out = real(conn, b)
+        if not done:
+            done.append(1)
+            s = Store(path, "test-ring")
+            evs = Guest(9).events(200, start_seq=int(last) + 1)
+            s.apply([Record(e.seq, RecType.EVENT, 0, encode(e)) for e in evs])
+            s.close()
+        return out
+
+    monkeypatch.setattr(V, "_rows", rows_then_commit)
+    rep = V.run(path)
+    assert done and rep.ok, [str(f) for f in rep.findings]
+    assert rep.batches == before
+    monkeypatch.setattr(V, "_rows", real)
+    assert V.run(path).batches == before + 1
