@@ -61,6 +61,7 @@ def _run(cfg: dict, name: str, target: str, db_path: str | None, depth: int | No
         limit = TABLE_LIMIT if fmt == "table" else 0
     conn = Q.connect(_db(cfg, db_path))
     try:
+        conn.execute("BEGIN")  # one snapshot for the several statements of a query
         res = Q.run_query(conn, name, target, depth, win, all_versions, fmt != "table",
                           limit or None)
     finally:
