@@ -303,7 +303,7 @@ class Analyzer:
             base = self.arts[p.fds[dirfd][0]].path or ""
         else:
             base = p.cwd or "/"
-        return _normpath(base + "/" + path if base else path)
+        return normpath(base + "/" + path if base else path)
 
     def _fd_art(self, p: Proc, fd: int, fid: FileId | None, ev: Event) -> Art | None:
         """The artifact behind fd: the event's own file identity wins over the fd table."""
@@ -504,7 +504,8 @@ class Analyzer:
         return b
 
 
-def _normpath(path: str) -> str:
+def normpath(path: str) -> str:
+    """Lexical normalisation of an absolute guest path (the guest's symlinks are unknown)."""
     parts: list[str] = []
     for seg in path.split("/"):
         if seg in ("", "."):

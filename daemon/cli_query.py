@@ -88,12 +88,19 @@ def query_cmd() -> None:
     """
 
 
+def _closure_options(f):
+    """--all-versions and --limit, shared by ancestors and descendants."""
+    f = click.option("--limit", type=click.IntRange(min=0), default=None,
+                     help=f"Show the nearest N nodes (default {TABLE_LIMIT} for the table, all "
+                     "for --json/--dot; 0: all). The whole closure is still walked and "
+                     "counted.")(f)
+    return click.option("--all-versions", is_flag=True,
+                        help="Start from every version of the object.")(f)
+
+
 @query_cmd.command("ancestors")
 @click.argument("target")
-@click.option("--all-versions", is_flag=True, help="Start from every version of the object.")
-@click.option("--limit", type=click.IntRange(min=0), default=None,
-              help=f"Show the nearest N nodes (default {TABLE_LIMIT} for the table, all for "
-              "--json/--dot; 0: all). The whole closure is still walked and counted.")
+@_closure_options
 @_query_options
 @click.pass_obj
 def q_ancestors(cfg: dict, target: str, all_versions: bool, limit: int | None, **kw) -> None:
@@ -109,10 +116,7 @@ def q_ancestors(cfg: dict, target: str, all_versions: bool, limit: int | None, *
 
 @query_cmd.command("descendants")
 @click.argument("target")
-@click.option("--all-versions", is_flag=True, help="Start from every version of the object.")
-@click.option("--limit", type=click.IntRange(min=0), default=None,
-              help=f"Show the nearest N nodes (default {TABLE_LIMIT} for the table, all for "
-              "--json/--dot; 0: all). The whole closure is still walked and counted.")
+@_closure_options
 @_query_options
 @click.pass_obj
 def q_descendants(cfg: dict, target: str, all_versions: bool, limit: int | None, **kw

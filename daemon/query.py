@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from daemon.analyzer import normpath
 from daemon.store import APP_ID, QUERY_INDEXES, SCHEMA_VERSION, ensure_indexes
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
@@ -104,19 +105,6 @@ def _iso_second(sec: int) -> str:
     return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _normpath(path: str) -> str:
-    parts: list[str] = []
-    for seg in path.split("/"):
-        if seg in ("", "."):
-            continue
-        if seg == "..":
-            if parts:
-                parts.pop()
-        else:
-            parts.append(seg)
-    return "/" + "/".join(parts)
-
-
 # -- results -------------------------------------------------------------------------------
 @dataclass
 class Result:
@@ -169,7 +157,7 @@ def resolve(conn: sqlite3.Connection, text: str, all_versions: bool = False) -> 
     t = (text or "").strip()
     prefix, _, num = t.partition(":")
     if t.startswith("/"):
-        path = _normpath(t)
+        path = normpath(t)
         row = q("SELECT artifact_id FROM names WHERE path=? "
                 "ORDER BY unbind_seq IS NULL DESC, bind_seq DESC, id DESC LIMIT 1",
                 (path,)).fetchone()
@@ -259,7 +247,7 @@ def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, di
                 p = paths.split("\n", 1)[0]
                 vs, es = exes[obj]
                 vs.append(ver)
-                es.append(_normpath(p if p.startswith("/") else f"{cwd or '/'}/{p}"))
+                es.append(normpath(p if p.startswith("/") else f"{cwd or '/'}/{p}"))
         for obj, ds in procs.items():
             vs, es = exes[obj] if obj in exes else ((), ())
             for d in ds:
@@ -339,7 +327,7 @@ def outcome_unknown(conn: sqlite3.Connection, procs: set[int] | None = None,
     devino = {v: k for k, v in (arts or {}).items() if v[1]}
     out = []
     for seq, ts, tgid, pid, name, cwd, epaths, payload, proc in rows:
-        abspaths = [_normpath(p if p.startswith("/") else f"{cwd or '/'}/{p}")
+        abspaths = [normpath(p if p.startswith("/") else f"{cwd or '/'}/{p}")
                     for p in (epaths or "").split("\n") if p]
         hit_arts: list[int] = []
         try:
@@ -532,7 +520,7 @@ def _unknown_rows(res: Result) -> None:
 def _path_artifacts(conn: sqlite3.Connection, target: str) -> tuple[list[int], str]:
     t = (target or "").strip()
     if t.startswith("/"):
-        path = _normpath(t)
+        path = normpath(t)
         ids = [r[0] for r in conn.execute(
             "SELECT artifact_id FROM names WHERE path=? GROUP BY artifact_id "
             "ORDER BY min(bind_seq)", (path,))]
