@@ -276,21 +276,16 @@ class Store:
         head = chain.digest(self.chain_head, b.events, b.relations)
         c.execute("BEGIN IMMEDIATE")
         try:
-            if b.events:
-                c.executemany("INSERT INTO events VALUES "
-                              "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", b.events)
-            if b.versions:
-                c.executemany("INSERT INTO versions VALUES (?,?,?,?,?,?,?)", b.versions)
-            if b.relations:
-                c.executemany("INSERT INTO relations VALUES (?,?,?,?,?,?,?)", b.relations)
-            if b.names_new:
-                c.executemany("INSERT INTO names VALUES (?,?,?,?,?)", b.names_new)
-            if b.names_unbound:
-                c.executemany("UPDATE names SET unbind_seq=? WHERE id=?", b.names_unbound)
-            if b.losses:
-                c.executemany("INSERT INTO losses VALUES (?,?,?)", b.losses)
-            if b.notes:
-                c.executemany("INSERT INTO notes VALUES (?,?)", b.notes)
+            for sql, rows in (
+                    ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", b.events),
+                    ("INSERT INTO versions VALUES (?,?,?,?,?,?,?)", b.versions),
+                    ("INSERT INTO relations VALUES (?,?,?,?,?,?,?)", b.relations),
+                    ("INSERT INTO names VALUES (?,?,?,?,?)", b.names_new),
+                    ("UPDATE names SET unbind_seq=? WHERE id=?", b.names_unbound),
+                    ("INSERT INTO losses VALUES (?,?,?)", b.losses),
+                    ("INSERT INTO notes VALUES (?,?)", b.notes)):
+                if rows:
+                    c.executemany(sql, rows)
             if b.procs:
                 ids = [(i,) for i in b.procs]
                 c.executemany("INSERT OR REPLACE INTO processes VALUES "
