@@ -88,6 +88,15 @@ def _live_mode(path: str) -> str:
         r.close()
 
 
+def _describe(mode: str) -> str:
+    from pmem.region import Mode
+
+    try:
+        return Mode(mode).describe()
+    except ValueError:
+        return mode
+
+
 def _type_name(t: int) -> str:
     try:
         return L.RecType(t).name
@@ -110,8 +119,8 @@ def ring_info(path: str, as_json: bool) -> None:
     end = info["chain_end"]
     recs = ", ".join(f"{k}={v}" for k, v in sorted(info["records"].items())) or "none"
     click.echo(
-        f"ring {info['uuid']} (format {info['format_version']}, id {info['ring_id']}, "
-        f"mode {info['mode']})\n"
+        f"ring {info['uuid']} (format {info['format_version']}, id {info['ring_id']})\n"
+        f"mode        {_describe(info['mode'])}\n"
         f"data area   {info['data_size']} bytes, {info['fill']:.1%} unreleased\n"
         f"checkpoint  seq {info['checkpoint_seq']} at offset {info['checkpoint_offset']}\n"
         f"records     {recs}; seq {info['first_seq']}..{info['last_seq']}\n"

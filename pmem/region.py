@@ -117,9 +117,6 @@ class Region:
             start = off - off % PAGE
             lib.msync(self._addr + start, off + length - start)
 
-    def fence(self) -> None:
-        """Order earlier persists before later stores (a no-op: every persist above is fenced)."""
-
     def close(self) -> None:
         buf, self.buf = self.buf, memoryview(b"")
         try:

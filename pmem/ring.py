@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 
 from pmem import layout as L
@@ -360,10 +360,6 @@ class Consumer(_RingBase):
             self.next_off = (last.offset + L.padded(len(last.payload))) % self.size
         return out
 
-    def seek(self, seq: int, off: int) -> None:
-        """Continue reading at a known position (after records replayed elsewhere)."""
-        self.next_seq, self.next_off = seq, off
-
     def release(self, seq: int, off: int) -> None:
         """Move the checkpoint to ``seq``; ``off`` is where record ``seq+1`` starts."""
         if seq <= self.header.checkpoint_seq:
@@ -385,9 +381,3 @@ class Consumer(_RingBase):
         self.reload_header()
         used = (self.next_off - self.header.checkpoint_off) % self.size
         return used / self.size
-
-
-def iter_records(path: str) -> Iterable[Record]:
-    with Consumer.open(path, readonly=True) as c:
-        while batch := c.read(4096):
-            yield from batch
