@@ -55,8 +55,12 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("provisor: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "provisor"
+        click.echo(f"provisor: error: {e.format_message()} (see: {where} --help)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"provisor: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except ProvisorError as e:
         click.echo(f"provisor: error: {e}", err=True)

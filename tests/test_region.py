@@ -113,3 +113,12 @@ def test_readonly_mapping_cannot_write(shm_dir):
     finally:
         r.close()
     assert regmod.DEFAULT_DIR == "/dev/shm"
+
+
+@pytest.mark.parametrize("args", [["daemon", "--bogus"], ["ring", "create"], ["nosuch"],
+                                  ["synth", "--ring", "/x", "--events", "-5"]])
+def test_bad_flags_are_one_line_errors(args):
+    r = subprocess.run([sys.executable, "-m", "provisor.cli", *args], capture_output=True,
+                       text=True)
+    assert r.returncode == 2
+    assert r.stderr.startswith("provisor: error: ") and r.stderr.count("\n") == 1, r.stderr
