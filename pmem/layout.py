@@ -248,3 +248,15 @@ def scan(buf, hdr: Header, start_seq: int | None = None, start_off: int | None =
             expect += 1
             n += 1
         yield rec
+
+
+def collect(buf, hdr: Header, start_seq: int | None = None, start_off: int | None = None,
+            limit: int | None = None) -> tuple[list[Record], ChainEnd]:
+    """``scan`` gathered: the chain's records (PAD included) and why it ended."""
+    recs: list[Record] = []
+    it = scan(buf, hdr, start_seq, start_off, limit)
+    while True:
+        try:
+            recs.append(next(it))
+        except StopIteration as stop:
+            return recs, stop.value

@@ -343,17 +343,9 @@ class Consumer(_RingBase):
 
     def read(self, limit: int = 4096) -> list[Record]:
         """Up to ``limit`` records after the ones already read (PADs skipped)."""
-        out: list[Record] = []
-        it = L.scan(self.buf, self.header, self.next_seq, self.next_off, limit)
-        while True:
-            try:
-                rec = next(it)
-            except StopIteration as stop:
-                self.last_end = stop.value
-                break
-            if rec.type == RecType.PAD:
-                continue
-            out.append(rec)
+        recs, self.last_end = L.collect(self.buf, self.header, self.next_seq, self.next_off,
+                                        limit)
+        out = [r for r in recs if r.type != RecType.PAD]
         if out:
             last = out[-1]
             self.next_seq = last.seq + 1

@@ -31,14 +31,8 @@ def make_ring(path: Path, n: int, size_of=lambda i: 40 + 37 * (i % 11)) -> list[
 
 
 def chain(buf) -> tuple[list[L.Record], L.ChainEnd]:
-    hdr, _ = L.read_header(buf)
-    recs: list[L.Record] = []
-    it = L.scan(buf, hdr)
-    while True:
-        try:
-            recs.append(next(it))
-        except StopIteration as stop:
-            return [r for r in recs if r.type != RecType.PAD], stop.value
+    recs, end = L.collect(buf, L.read_header(buf)[0])
+    return [r for r in recs if r.type != RecType.PAD], end
 
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

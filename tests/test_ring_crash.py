@@ -147,14 +147,6 @@ class Workload:
         return recs
 
 
-def scan_all(buf, hdr: L.Header) -> tuple[list[L.Record], L.ChainEnd]:
-    recs: list[L.Record] = []
-    it = L.scan(buf, hdr)
-    while True:
-        try:
-            recs.append(next(it))
-        except StopIteration as stop:
-            return recs, stop.value
 
 
 def check_image(img: bytearray, snap: Snap, w: Workload) -> tuple[list[L.Record], L.ChainEnd]:
@@ -164,7 +156,7 @@ def check_image(img: bytearray, snap: Snap, w: Workload) -> tuple[list[L.Record]
     hdr, _slot = L.read_header(img)  # raises if a torn header write left no valid copy
     assert hdr.uuid == w.prod.uuid
     assert (hdr.checkpoint_seq, hdr.checkpoint_off) in snap.checkpoints
-    recs, end = scan_all(img, hdr)
+    recs, end = L.collect(img, hdr)
     real = [r for r in recs if r.type != RecType.PAD]
     seqs = [r.seq for r in real]
     assert seqs == list(range(hdr.checkpoint_seq + 1, hdr.checkpoint_seq + 1 + len(seqs)))
@@ -338,7 +330,7 @@ def test_reopen_on_crash_image(ops, new, seed: int) -> None:
                 final = image_at(path).state().images(4, rng)
             for img2 in final:
                 hdr2, _ = L.read_header(img2)
-                recs, end = scan_all(img2, hdr2)
+                recs, end = L.collect(img2, hdr2)
                 got = [(r.seq, r.type, r.payload) for r in recs if r.type != RecType.PAD]
                 assert got == seen, "reopened ring lost or resurrected records"
                 assert end.reason == L.End.CLEAN
@@ -444,7 +436,7 @@ def test_a_crashed_batch_never_resurfaces_after_a_new_record() -> None:
         for c, values in state.dirty.items():
             if c != seq_chunk:
                 img[c * 8:c * 8 + 8] = values[-1]
-        got, _ = scan_all(img, L.read_header(img)[0])
+        got, _ = L.collect(img, L.read_header(img)[0])
         assert [r.payload for r in got] == [w.placed[1][1]]  # B1 unreadable, B2 beyond it
         sim2 = register(path2, img)
         captured = []
@@ -458,7 +450,7 @@ def test_a_crashed_batch_never_resurfaces_after_a_new_record() -> None:
         for c, values in crash2.dirty.items():
             if c not in trailer:
                 img2[c * 8:c * 8 + 8] = values[-1]
-        got, end = scan_all(img2, L.read_header(img2)[0])
+        got, end = L.collect(img2, L.read_header(img2)[0])
         assert [r.payload[:2] for r in got][:2] == [w.placed[1][1][:2], b"C1"]  # C1 landed
         assert [r.payload[:2] for r in got] == [w.placed[1][1][:2], b"C1"], (
             f"old unacknowledged record resurfaced after the new one: {end}")
@@ -484,7 +476,7 @@ def test_loss_is_reported_once_across_a_crash() -> None:
         w.mark()
         w.append(10)  # fences: LOSS record, producer state, the record
         def loss_durable_state_not(img: bytearray) -> bool:
-            recs, _ = scan_all(img, L.read_header(img)[0])
+            recs, _ = L.collect(img, L.read_header(img)[0])
             return (any(r.type == RecType.LOSS for r in recs)
                     and L.read_producer_state(img).lost_reported < 5)
 
@@ -493,7 +485,7 @@ def test_loss_is_reported_once_across_a_crash() -> None:
         register(path2, img)
         with ring.Producer.open(path2, "drop", region_cls=SimRegion) as prod:
             prod.append(RecType.NOTE, b"after")
-            recs, _ = scan_all(image_at(path2).mem, L.read_header(image_at(path2).mem)[0])
+            recs, _ = L.collect(image_at(path2).mem, L.read_header(image_at(path2).mem)[0])
         totals = [int.from_bytes(r.payload[8:], "little") for r in recs
                   if r.type == RecType.LOSS]
         assert totals.count(5) == 1, f"the loss was reported twice: {totals}"
