@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 
 from pmem import layout as L
@@ -373,3 +373,10 @@ class Consumer(_RingBase):
         self.reload_header()
         used = (self.next_off - self.header.checkpoint_off) % self.size
         return used / self.size
+
+
+def iter_records(path: str) -> Iterator[Record]:
+    """Every valid record of a ring image after its checkpoint (PADs skipped), read-only."""
+    with Consumer.open(path, readonly=True) as c:
+        while batch := c.read(4096):
+            yield from batch
