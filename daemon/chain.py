@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterable, Sequence
 
 GENESIS = bytes(32)
+ENCODING = "1"  # meta chain_encoding: bump whenever digest() changes
 _LEN = struct.Struct("<I")
 
 # the columns that are chained, in order (a prefix of each table's schema)

@@ -161,7 +161,8 @@ class Store:
             _schema(sqlite_utils.Database(c))
             c.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)), ("ring_uuid", ring_uuid or ""),
-                ("applied_seq", "0"), ("chain_head", chain.GENESIS.hex()), ("batches", "0")])
+                ("applied_seq", "0"), ("chain_head", chain.GENESIS.hex()), ("batches", "0"),
+                ("chain_encoding", chain.ENCODING)])
             c.execute(f"PRAGMA application_id={APP_ID}")
             c.execute("COMMIT")
         except BaseException:

@@ -245,6 +245,9 @@ def verify(conn: sqlite3.Connection, path: str = "",
     rep = Report(path, checked_at=time.time())
     q = conn.execute
     meta = dict(q("SELECT key, value FROM meta").fetchall())
+    if meta.get("chain_encoding", chain.ENCODING) != chain.ENCODING:
+        raise VerifyError(f"the store's hash chain uses encoding {meta['chain_encoding']}; this "
+                          f"provisor verifies encoding {chain.ENCODING}")
     batches = _batches(conn, rep)
     rep.batches = len(batches)
     if str(len(batches)) != meta.get("batches", "0"):

@@ -340,3 +340,14 @@ def test_a_batch_committed_during_verify_is_not_seen_half_way(db, monkeypatch):
     assert rep.batches == before
     monkeypatch.setattr(V, "_rows", real)
     assert V.run(path).batches == before + 1
+
+
+def test_unknown_chain_encoding_is_refused(tmp_path):
+    from daemon.store import Store
+    from daemon.verify import VerifyError, verify
+
+    s = Store(str(tmp_path / "e.db"), "r")
+    s.conn.execute("UPDATE meta SET value='99' WHERE key='chain_encoding'")
+    with pytest.raises(VerifyError, match="encoding 99"):
+        verify(s.conn, str(tmp_path / "e.db"))
+    s.close()
