@@ -480,11 +480,13 @@ class Analyzer:
         self.b.used_clear.add(p.id)
         self.b.used_add.pop(p.id, None)
         p.fds = {fd: ref for fd, ref in p.fds.items() if not ref[1]}
-        if paths:
+        files = ev.files or en.files
+        if files and files[0].path.startswith("/"):
+            p.exe = files[0].path  # the kernel's resolution (/proc/self/exe -> the binary)
+        elif paths:
             p.exe = self._abspath(p, paths[0])
         if en.argv:
             p.comm = ev.comm or p.comm
-        files = ev.files or en.files
         targets: list[Art] = []
         if files:
             for i, f in enumerate(files):

@@ -416,6 +416,10 @@ class Interceptor:
             ev.cwd, ev.cwd_mnt = lx.cwd(task)
             if ev.cwd is None:
                 ev.flags |= E.F_CWD_UNREADABLE
+        elif sc.name in ("execve", "execveat"):
+            exe = lx.exe_file(task)  # the new image's binary, as the kernel resolved it
+            if exe is not None:
+                ev.files.append(exe)
         for fd in fds:
             try:
                 f = lx.fd_file(task, fd, strict=True)

@@ -115,6 +115,10 @@ class Linux:
     def __init__(self, mem: Virtual, profile: ProfileLike, slide: int = 0) -> None:
         self.mem = mem
         self.o = _Off(profile)
+        try:  # optional: older profiles lack it (the executable is then the execve path)
+            self.mm_exe_file: int | None = int(profile.offset("mm_struct.exe_file"))
+        except (KeyError, LookupError, TypeError, ValueError):
+            self.mm_exe_file = None
         self.current_task_off = profile.symbol("current_task")  # a per-cpu offset: no slide
         self.slide = slide
         o = self.o
@@ -326,17 +330,33 @@ class Linux:
             f = self.u64(arr + 8 * fd)
             if f == 0:
                 return None
-            f = kernel_ptr(f)
-            inode = self.kptr(f + o.file_f_inode)
-            ino = self.u64(inode + o.inode_i_ino)
-            sb = self.kptr(inode + o.inode_i_sb)
-            dev = encode_dev(self.u32(sb + o.super_block_s_dev))
-            mnt = self.u64(f + o.file_f_path + o.path_mnt)
-            dentry = self.u64(f + o.file_f_path + o.path_dentry)
+            return self.file_id(kernel_ptr(f), task)
         except Unreadable:
             if strict:
                 raise
             return None
+
+    def exe_file(self, task: Task) -> FileId | None:
+        """The executable of ``task`` (mm->exe_file), as the kernel resolved it: after an
+        execve of /proc/self/exe or a symlink, the real binary. None if unknown."""
+        if self.mm_exe_file is None:
+            return None
+        try:  # task.mm is re-read: a Task read before an execve holds the old image's mm
+            mm = self.kptr(kernel_ptr(task.addr) + self.o.task_struct_mm)
+            f = self.u64(mm + self.mm_exe_file)
+            return self.file_id(kernel_ptr(f), task) if f else None
+        except Unreadable:
+            return None
+
+    def file_id(self, f: int, task: Task) -> FileId:
+        """(st_dev, inode number, path) of a ``struct file``; Unreadable if it cannot be read."""
+        o = self.o
+        inode = self.kptr(f + o.file_f_inode)
+        ino = self.u64(inode + o.inode_i_ino)
+        sb = self.kptr(inode + o.inode_i_sb)
+        dev = encode_dev(self.u32(sb + o.super_block_s_dev))
+        mnt = self.u64(f + o.file_f_path + o.path_mnt)
+        dentry = self.u64(f + o.file_f_path + o.path_dentry)
         path, _ = self.path_of(mnt, dentry, self._root_mount(task.fs))
         return FileId(dev, ino, path if path is not None else "")
 

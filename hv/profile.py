@@ -62,7 +62,7 @@ KERNEL_SPEC = Spec(
         "file": ("f_path", "f_inode", "f_flags", "f_pos"),
         "mount": ("mnt_parent", "mnt_mountpoint", "mnt", "mnt_id"),
         "vfsmount": ("mnt_root", "mnt_sb"),
-        "mm_struct": ("pgd",),
+        "mm_struct": ("pgd", "exe_file"),
         "pt_regs": ("di", "si", "dx", "r10", "r8", "r9", "ax", "orig_ax", "ip", "sp", "cs",
                     "flags", "bx", "cx", "bp", "r11", "r12", "r13", "r14", "r15", "ss"),
         "list_head": ("next", "prev"),
@@ -81,7 +81,7 @@ KERNEL_SPEC = Spec(
 
 _ISF_FORMAT = "6.2.0"
 # Bumped whenever the builder's output changes, so cached profiles get rebuilt (hv.guest.kit)
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 # A synthetic symbol: where every __x64_sys_* returns in do_syscall_64 (see _return_site)
 SYSCALL_RETURN = "__provisor_syscall_return"
 _DEPTH = 3  # how deep embedded struct types of needed members are pulled in (cred.uid -> kuid_t)

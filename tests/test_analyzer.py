@@ -296,3 +296,11 @@ def test_state_survives_a_restart(tmp_path):
         assert sorted(a, key=repr) == sorted(b, key=repr), t
     assert ("wasDerivedFrom", "file:/w/b.v1", "file:/w/a.v1") in labels(two) or \
         any(r[0] == "wasDerivedFrom" and r[2] == "file:/w/a.v1" for r in labels(two))
+
+
+def test_exec_through_proc_self_exe_names_the_binary(store):
+    sc = Script()
+    sc.call(1, "execve", (0, 0, 0), ["/proc/self/exe"], 0, files=[FileId(8, 600, "/bin/busybox")])
+    store.apply(sc.records)
+    assert store.conn.execute("SELECT exe FROM processes").fetchone()[0] == "/bin/busybox"
+    assert ("used", "p1.v2", "file:/bin/busybox.v1") in labels(store)

@@ -121,6 +121,10 @@ def test_demo_end_to_end(shm_dir, tmp_path) -> None:
     # the static binary from --include
     up = [e for e in evs if e.name == "execve" and e.paths == ["/bin/upcase"]]
     assert up and exit_of(up[0]).ret == 0
+    assert exit_of(up[0]).files[0].path == "/bin/upcase"  # mm->exe_file of the new image
+    # busybox re-executes itself through /proc/self/exe: the kernel's answer is the binary
+    exes = {r[0] for r in con.execute("SELECT exe FROM processes")}
+    assert "/bin/busybox" in exes and "/proc/self/exe" not in exes
     (we,) = opens("e.txt")
     assert we.comm == "upcase" and exit_of(we).ret >= 0
     assert all(e.entry_seq in by_seq for e in evs if e.phase == E.EXIT and e.entry_seq)
