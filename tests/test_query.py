@@ -61,6 +61,24 @@ def workload() -> tuple[Script, dict[str, int]]:
     return sc, marks
 
 
+def drained_ring(directory, name: str, **daemon_kw) -> tuple[str, str]:
+    """A ring holding ``workload()``'s records, drained once by the daemon into a store."""
+    from daemon.service import Daemon
+    from pmem import layout as L
+    from pmem import ring
+
+    rpath, dpath = f"{directory}/{name}.ring", f"{directory}/{name}.db"
+    ring.create(rpath, L.DATA_OFFSET + 256 * 1024)
+    sc, _ = workload()
+    with ring.Producer.open(rpath, "fail") as prod:
+        for r in sc.records:
+            prod.append(r.type, r.payload)
+    d = Daemon(rpath, dpath, **daemon_kw)
+    d.run(once=True)
+    d.close()
+    return rpath, dpath
+
+
 @pytest.fixture
 def db(tmp_path):
     path = str(tmp_path / "p.db")

@@ -9,29 +9,19 @@ import sys
 import time
 
 import pytest
-from test_query import workload
+from test_query import drained_ring
 
 from daemon import status as S
 from daemon import verify as V
-from pmem import layout as L
 
 CLI = [sys.executable, "-c", "from provisor.cli import main; main()"]
 
 
 @pytest.fixture
 def setup(shm_dir):
-    from daemon.service import Daemon
     from pmem import ring
 
-    rpath, dpath = str(shm_dir / "s.ring"), str(shm_dir / "s.db")
-    ring.create(rpath, L.DATA_OFFSET + 256 * 1024)
-    sc, _ = workload()
-    with ring.Producer.open(rpath, "fail") as prod:
-        for r in sc.records:
-            prod.append(r.type, r.payload)
-    d = Daemon(rpath, dpath)
-    d.run(once=True)
-    d.close()
+    rpath, dpath = drained_ring(shm_dir, "s")
     with ring.Producer.open(rpath, "fail") as prod:
         prod.note("one")
         prod.note("two")

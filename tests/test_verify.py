@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_query import workload
+from test_query import drained_ring, workload
 
 from daemon import chain
 from daemon import verify as V
@@ -263,18 +263,9 @@ def test_cli_exit_codes(db, tmp_path):
 # -- against the ring ------------------------------------------------------------------------
 @pytest.fixture
 def ringdb(shm_dir):
-    from daemon.service import Daemon
     from pmem import ring
 
-    rpath, dpath = str(shm_dir / "r.ring"), str(shm_dir / "r.db")
-    ring.create(rpath, L.DATA_OFFSET + 256 * 1024)
-    sc, _ = workload()
-    with ring.Producer.open(rpath, "fail") as prod:
-        for r in sc.records:
-            prod.append(r.type, r.payload)
-    d = Daemon(rpath, dpath, batch_min=16, batch_max=16)
-    d.run(once=True)
-    d.close()
+    rpath, dpath = drained_ring(shm_dir, "r", batch_min=16, batch_max=16)
     with ring.Producer.open(rpath, "fail") as prod:  # one more, not yet applied
         prod.note("late")
     return rpath, dpath
