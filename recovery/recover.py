@@ -8,14 +8,12 @@ second apply path: what recovery stores is exactly what the live daemon would ha
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from daemon.service import Daemon
 from pmem import layout as L
-from pmem.ring import RingError
 
 
 @dataclass
@@ -98,16 +96,13 @@ class Recovery:
 
     def __init__(self, image: str, db: str, *, read_only: bool, force: bool = False,
                  batch: int = 8192) -> None:
-        if os.path.isdir(image):
-            raise RingError(f"{image}: is a directory, not a ring image")
-        if not os.path.exists(image):
-            raise RingError(f"{image}: no such ring image")
         self.t0 = time.monotonic()
+        # opening validates the image (then the DB) before anything is written or hashed
+        self.daemon = Daemon(image, db, force=force, batch_min=batch, batch_max=batch,
+                             readonly=read_only)
         self.rep = Report(image=image, db=db, read_only=read_only)
         self.rep.sha256_before = sha256_file(image)
         self.rep.header_copies = header_copies(image)
-        self.daemon = Daemon(image, db, force=force, batch_min=batch, batch_max=batch,
-                             readonly=read_only)
         self.data_size = self.daemon.consumer.size
 
     def run(self, progress: Callable[[int], None] | None = None) -> Report:
