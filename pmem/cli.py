@@ -28,7 +28,8 @@ def ring() -> None:
 @ring.command("create")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--size", default=None, help="Total image size, e.g. 64M (default: config).")
-@click.option("--ring-id", default=0, show_default=True, help="Ring id (one ring per vCPU).")
+@click.option("--ring-id", default=0, show_default=True, type=click.IntRange(0, (1 << 32) - 1),
+              help="Ring id (one ring per vCPU).")
 @click.pass_obj
 def ring_create(cfg: dict, path: str, size: str | None, ring_id: int) -> None:
     """Create (or re-create, discarding it) a ring image at PATH.

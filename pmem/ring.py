@@ -38,17 +38,21 @@ class RingFull(RingError):
 
 
 def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region) -> Header:
-    """Create a ring image of ``size`` bytes in all (rounded down to whole pages)."""
+    """Create a ring image of ``size`` bytes in all (rounded down to whole pages). Every
+    argument is checked before any file is touched; an existing ring of ours is replaced only
+    once the new image is complete (``Region.create(replace=True)``)."""
+    if isinstance(ring_id, bool) or not isinstance(ring_id, int) or not 0 <= ring_id < 1 << 32:
+        raise RingError(f"ring id must be an integer from 0 to {(1 << 32) - 1}, not {ring_id!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise RingError(f"ring size must be a positive number of bytes, not {size!r}")
     data_size = (size - L.DATA_OFFSET) // 4096 * 4096
     if data_size < L.MIN_DATA:
         raise RingError(f"ring size too small: need at least {L.DATA_OFFSET + L.MIN_DATA} bytes")
-    try:
-        region = region_cls.create(path, L.DATA_OFFSET + data_size)
-    except RegionError as e:
-        raise RingError(str(e)) from None
-    try:
-        hdr = Header(uuid=uuidlib.uuid4().bytes, data_size=data_size, ring_id=ring_id,
-                     created_ns=time.time_ns())
+    hdr = Header(uuid=uuidlib.uuid4().bytes, data_size=data_size, ring_id=ring_id,
+                 created_ns=time.time_ns())
+    packed = hdr.pack()  # a value the header cannot hold fails here, before the file
+
+    def init(region) -> None:
         buf = region.buf
         # the first record slot must read as a clean end, whatever the file held before
         buf[L.DATA_OFFSET:L.DATA_OFFSET + L.REC_HDR] = L.ZERO_HDR
@@ -57,15 +61,22 @@ def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region) -> Head
         region.persist(L.PRODUCER_OFF, 2 * L.PRODUCER_SLOT)
         buf[L.HEADER_SLOT:L.HEADER_SLOT + L.HEADER_LEN] = bytes(L.HEADER_LEN)
         region.persist(L.HEADER_SLOT, L.HEADER_LEN)
-        buf[0:L.HEADER_LEN] = hdr.pack()
+        buf[0:L.HEADER_LEN] = packed
         region.persist(0, L.HEADER_LEN)
-    finally:
-        region.close()
+
+    try:
+        # replace=True: re-creating an existing ring of ours (the --overwrite gate decides)
+        region = region_cls.create(path, L.DATA_OFFSET + data_size, replace=True, init=init)
+    except RegionError as e:
+        raise RingError(str(e)) from None
+    region.close()
     return hdr
 
 
 def open_region(path: str, *, readonly: bool = False, region_cls=Region) -> Region:
-    if not os.path.exists(path):
+    """Map an existing image: never through a symlink; writable only when it is our own
+    regular file (or a devdax device); read-only (forensics) also when another user owns it."""
+    if not os.path.lexists(path):
         raise RingError(f"{path}: no such ring image")
     try:
         return region_cls(path, readonly=readonly)
