@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 from daemon.analyzer import normpath
-from daemon.store import APP_ID, QUERY_INDEXES, SCHEMA_VERSION, ensure_indexes
+from daemon.store import APP_ID, QUERY_INDEXES, SCHEMA_VERSION, check_files, ensure_indexes
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 
@@ -49,10 +49,14 @@ def connect(path: str) -> sqlite3.Connection:
         raise QueryError("no database given (--db, or [daemon] db in the config)")
     if os.path.isdir(path):
         raise QueryError(f"{path}: is a directory")
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
+    if not os.path.lexists(path):
         raise QueryError(f"{path}: no such database")
     writable = os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)),
                                                       os.W_OK)
+    # never a symlink or another user's DB (or -wal/-shm/-journal beside it), before SQLite
+    # opens them by name
+    if not check_files(path, readonly=not writable, error=QueryError):
+        raise QueryError(f"{path}: no such database")
     try:
         conn = sqlite3.connect(path if writable else f"file:{path}?mode=ro", uri=not writable,
                                isolation_level=None, check_same_thread=False)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from daemon import chain
 from daemon.analyzer import Analyzer, Art, Batch, Proc
 from pmem.layout import Record, RecType
-from provisor import faults
+from provisor import faults, files
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 
@@ -31,6 +32,45 @@ APP_ID = 0x50524F56  # "PROV": marks a provisor database (PRAGMA application_id)
 
 class StoreError(ProvisorError):
     pass
+
+
+SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite opens these by name, beside the DB
+
+
+def check_files(path: str, *, readonly: bool, error: type[ProvisorError] = StoreError) -> bool:
+    """Make the DB's files safe for SQLite to open by name; True when the DB holds data.
+
+    A missing DB is created empty here, exclusively (0600, or 0640 with [files] group), and
+    the writer's -wal and -shm likewise (SQLite would create them following a symlink planted
+    in a shared directory such as /dev/shm, or reuse another user's: a planted WAL or journal
+    is replayed into the DB). An existing DB or side file must be our own regular file, not a
+    symlink; a reader also accepts root's (a root daemon's store read through the group)."""
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise error(f"{path}: {e.strerror}") from None
+    try:
+        if st is None:
+            if readonly:
+                raise error(f"{path}: no such database")
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.access(parent, os.W_OK):
+                raise error(f"{path}: cannot create the database (directory not writable)")
+            os.close(files.create_new(path))
+        elif stat.S_ISDIR(st.st_mode):
+            raise error(f"{path}: is a directory")
+        else:
+            files.check_ours(path, st, root_ok=readonly)
+        for side in (path + s for s in SIDE_FILES):
+            if os.path.lexists(side):
+                files.check_ours(side, root_ok=readonly)
+            elif not readonly and not side.endswith("-journal"):
+                os.close(files.ensure_ours(side, os.O_RDWR))
+    except files.FileError as e:
+        raise error(str(e)) from None
+    return st is not None and st.st_size > 0
 
 
 # Covering indexes for the lineage queries of daemon/query.py: a recursive step up (src -> dst)
@@ -103,15 +143,9 @@ class Store:
     def __init__(self, path: str, ring_uuid: str | None = None, *, force: bool = False,
                  readonly: bool = False) -> None:
         self.path = path
-        if os.path.isdir(path):
-            raise StoreError(f"{path}: is a directory")
-        exists = os.path.exists(path) and os.path.getsize(path) > 0
+        exists = check_files(path, readonly=readonly)
         if readonly and not exists:
             raise StoreError(f"{path}: no such database")
-        if not exists:
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.access(parent, os.W_OK):
-                raise StoreError(f"{path}: cannot create the database (directory not writable)")
         try:
             uri = f"file:{path}?mode=ro" if readonly else path
             self.conn = sqlite3.connect(uri, uri=readonly, isolation_level=None,

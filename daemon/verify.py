@@ -421,16 +421,26 @@ def state_path(db: str) -> str:
 def save_state(rep: Report) -> None:
     """Remember the last result next to the DB for ``provisor status`` (best effort: the
     result itself is no evidence; re-run verify to trust it)."""
-    try:
-        with open(state_path(rep.db), "w") as f:
+    from provisor import files
+
+    try:  # private and exclusive like every file of ours; another user's marker is left alone
+        with files.output(state_path(rep.db)) as f:
             json.dump(rep.to_json(), f)
-    except OSError:
+    except (OSError, files.FileError):
         pass
 
 
 def load_state(db: str) -> dict | None:
+    """The last result, unless the marker is a symlink or another user's (a planted "intact"
+    would be believed by ``provisor status``); root's is read (a root daemon's store)."""
+    from provisor import files
+
     try:
-        with open(state_path(db)) as f:
+        fd, _ = files.open_ours(state_path(db), os.O_RDONLY, root_ok=True)
+    except files.FileError:
+        return None
+    try:
+        with open(fd, closefd=True) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
