@@ -228,34 +228,24 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
       provisor export --format prov-json --object /w/out.txt -o out.json
       provisor export --format dot --since 2026-11-23T08:00:00Z -o g.dot && dot -Tsvg g.dot
     """
-    import os
-
     from daemon.export import export
+    from provisor import files
 
     win = Q.Window(Q.parse_time(since), Q.parse_time(until))
+    files.check_output(output)  # a bad OUT fails before the store is read
     conn = Q.connect(_db(cfg, db_path))
-    tmp = None
     try:
-        if output == "-":
-            out = click.get_text_stream("stdout")
-        else:
-            tmp = output + ".part"
-            try:
-                out = open(tmp, "w", encoding="utf-8")
-            except OSError as e:
-                raise Q.QueryError(f"{output}: {e.strerror}") from None
         total = conn.execute("SELECT (SELECT count(*) FROM relations) + "
                              "(SELECT count(*) FROM versions)").fetchone()[0]
-        with _progress(f"export {fmt}", total) as bar:
+        # all or nothing through a private temporary file; a device or FIFO written directly
+        with files.output(output) as out, _progress(f"export {fmt}", total) as bar:
             counts = export(conn, out, fmt, win, target, chunk, bar.update)
-        if tmp:
-            out.close()
-            os.replace(tmp, output)
-            tmp = None
+    except OSError as e:  # writing OUT failed (ENOSPC on /dev/full, EIO)
+        if output == "-" and isinstance(e, BrokenPipeError):
+            raise
+        raise Q.QueryError(f"{output}: {e.strerror or e}") from None
     finally:
         conn.close()
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
     click.echo(f"exported {', '.join(f'{k} {v}' for k, v in counts.items())}"
                + (f" to {output}" if output != "-" else ""), err=True)
 
