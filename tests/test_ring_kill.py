@@ -3,7 +3,8 @@ ring that a concurrent consumer drains (so it wraps many times). Every sequence 
 producer printed (acknowledged) must be in ``ring dump --json`` or already consumed, with its
 payload; the next producer continues the numbering where the valid chain ends.
 
-Each producer is the real ``provisor`` entry point (``provisor.cli.main`` with the same argv).
+Each producer is the real ``provisor`` entry point (``provisor.cli.main`` with the same argv),
+run by this interpreter (``sys.executable``), never a ``provisor`` looked up on PATH.
 To keep 60 runs near 10-20 s, the next process is started while the current one runs and
 waits, its imports done, for its command line on stdin (importing the whole CLI takes most of a
 second; a run itself lasts 20-250 ms).
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
+from crashutil import PROVISOR
 
 from pmem import layout as L
 from pmem import ring
@@ -190,7 +192,7 @@ def test_sigkilled_producer_never_loses_an_acknowledged_record(shm_dir: Path) ->
             start = chain_end(path)
             expected.starts.append(start)
         final_line = line(RUNS, 0)
-        res = subprocess.run(["provisor", "ring", "append", path], input=final_line + b"\n",
+        res = subprocess.run([*PROVISOR, "ring", "append", path], input=final_line + b"\n",
                              capture_output=True, timeout=60, env=ENV)
         assert res.returncode == 0, res.stderr
         assert res.stdout.split() == [str(start).encode()]
