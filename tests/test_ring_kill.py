@@ -66,6 +66,8 @@ class Drainer(threading.Thread):
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.consumed: dict[int, bytes] = {}
+        self.wraps = 0  # measured: times a record started at a lower offset than the last
+        self.last_off = -1
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -78,6 +80,9 @@ class Drainer(threading.Thread):
                             assert r.seq == cons.checkpoint + 1 or r.seq - 1 in self.consumed
                             assert r.payload == self.expected(r.seq), f"record {r.seq}"
                             self.consumed[r.seq] = r.payload
+                            if r.offset < self.last_off:
+                                self.wraps += 1
+                            self.last_off = r.offset
                         # release often, and always before idling (a blocked producer
                         # waits for exactly that)
                         if (recs and self.rng.random() < 0.7) or (
@@ -165,7 +170,7 @@ def test_sigkilled_producer_never_loses_an_acknowledged_record(shm_dir: Path) ->
     drainer = Drainer(path, expected, rng.randrange(2**32))
     drainer.start()
     nxt = spawn()
-    total_acked = wraps = 0
+    total_acked = 0
     try:
         for run in range(RUNS):
             proc, nxt = nxt, spawn()
@@ -184,8 +189,6 @@ def test_sigkilled_producer_never_loses_an_acknowledged_record(shm_dir: Path) ->
                 for seq in acked:
                     got = in_ring.get(seq, drainer.consumed.get(seq))
                     assert got == expected(seq), f"run {run}: acknowledged {seq} lost"
-                with ring.Consumer.open(path, readonly=True) as c:
-                    wraps = max(wraps, (c.header.checkpoint_seq * 350) // L.MIN_DATA)
             total_acked += len(acked)
         # the ring is still an ordinary ring: a clean producer appends after the last run
         with drainer.lock:
@@ -205,4 +208,4 @@ def test_sigkilled_producer_never_loses_an_acknowledged_record(shm_dir: Path) ->
     final = dump(path)
     assert final_line in (final.get(start), drainer.consumed.get(start))
     assert total_acked > 20 * RUNS  # the kills hit producers that were busy appending
-    assert wraps >= 5  # and the small ring wrapped many times
+    assert drainer.wraps >= 2 * RUNS, drainer.wraps  # and the small ring wrapped many times
