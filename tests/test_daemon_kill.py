@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
+import sqlite3
 import subprocess
 import time
 
 import pytest
 from crashutil import PROVISOR, diff, filled_ring, fingerprint, payloads, reference, run
+
+from daemon.store import Store
+from pmem import ring as R
 
 N = 12000
 
@@ -78,19 +83,74 @@ def fingerprint_applied(db: str) -> int:
         conn.close()
 
 
+def wait_stopped(pid: int, timeout: float = 30.0) -> None:
+    """Until ``pid`` is in state T (it SIGSTOPped itself at a PROVISOR_FAULT=...:stop point)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rpartition(")")[2].split()[0] == "T":
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} never reached its stop point")
+
+
+SUMMARY = re.compile(r"^applied (\d+) records in (\d+) batches \(applied seq (\d+)\); "
+                     r"store: (.*)$", re.M)
+
+
 def test_sigterm_finishes_batch_and_exits_zero(shm_dir, small_batches):
-    pls = payloads(3000, seed=3)
+    """SIGTERM while a batch is in flight (its rows written, not yet committed: the daemon is
+    stopped there by a fault point, signalled, then continued): that batch is committed and
+    released, no further batch is started, the exit is 0 with the stop message and a summary
+    that matches the store, and the rest is still in the ring for the next run."""
+    n, k = 3000, 10  # the 10th batch is in flight: about 560 records in (16, 32, then 64s)
+    pls = payloads(n, seed=3)
     ring, db = f"{shm_dir}/t.ring", f"{shm_dir}/t.db"
     filled_ring(ring, pls)
     p = subprocess.Popen(PROVISOR + ["daemon", "--ring", ring, "--db", db],
-                         env=dict(os.environ, PROVISOR_CONFIG=small_batches),
+                         env=dict(os.environ, PROVISOR_CONFIG=small_batches,
+                                  PROVISOR_FAULT=f"before_commit:{k}:stop"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    p.send_signal(signal.SIGTERM)
-    _out, err = p.communicate(timeout=30)
+    try:
+        wait_stopped(p.pid)
+        p.send_signal(signal.SIGTERM)  # pending until it runs again
+        p.send_signal(signal.SIGCONT)
+        _out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     assert p.returncode == 0, err
-    assert "applied" in err
-    # whatever it applied is released, and the rest is applied by the next run
+    assert "signal 15: finishing the batch" in err, err
+    m = SUMMARY.search(err)
+    assert m, err
+    records, batches, applied = int(m[1]), int(m[2]), int(m[3])
+    summary_counts = {kv.rpartition(" ")[0]: int(kv.rpartition(" ")[2])
+                      for kv in m[4].split(", ")}
+    # the in-flight batch (the k-th) was committed, and nothing after it was started
+    conn = sqlite3.connect(db)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        chain = conn.execute("SELECT batch, last_seq FROM chain ORDER BY batch").fetchall()
+        max_seq = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+    finally:
+        conn.close()
+    assert [b for b, _ in chain] == list(range(1, k + 1)) and int(meta["batches"]) == k
+    assert int(meta["applied_seq"]) == chain[-1][1] == max_seq == applied
+    assert chain[-2][1] < applied < n  # the k-th batch added records; some are left
+    assert (records, batches) == (applied, k)
+    st = Store(db, readonly=True)
+    try:
+        assert summary_counts == st.counts()
+    finally:
+        st.close()
+    assert diff(fingerprint(db), reference(f"{shm_dir}/ref1.db", pls[:applied])) == ""
+    # released exactly that far; the rest is still in the ring, unchanged
+    with R.Consumer.open(ring, readonly=True) as c:
+        assert c.checkpoint == applied
+    left = [(r.seq, r.payload) for r in R.iter_records(ring)]
+    assert left == [(s, pls[s - 1]) for s in range(applied + 1, n + 1)]
+    # and the next run applies the rest
     r = run(["daemon", "--ring", ring, "--db", db, "--once", "--quiet"])
-    assert r.returncode == 0
+    assert r.returncode == 0, r.stderr
     assert diff(fingerprint(db), reference(f"{shm_dir}/ref.db", pls)) == ""
