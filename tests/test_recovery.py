@@ -12,11 +12,13 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
-from crashutil import PROVISOR, diff, filled_ring, fingerprint, payloads, reference, run
+from crashutil import diff, filled_ring, fingerprint, payloads, reference, run
 
 from daemon.store import Store
 from pmem import layout as L
@@ -75,21 +77,55 @@ def test_recover_forensic_then_live_is_idempotent(shm_dir):
     assert diff(fingerprint(db), ref) == ""
 
 
+# ``provisor synth`` through the real CLI, with one addition: every sequence number the ring
+# acknowledges (append / append_many returned it) is written to stdout right away, one
+# write(2) per call, so what a SIGKILL leaves in the file is what was acknowledged (or less).
+ACKING_SYNTH = """
+import os, sys
+import pmem.ring as R
+
+class AckingProducer(R.Producer):
+    def append(self, rtype, payload):
+        seq = super().append(rtype, payload)
+        if seq is not None:
+            os.write(1, b"%d\\n" % seq)
+        return seq
+
+    def append_many(self, items):
+        seqs = super().append_many(items)
+        os.write(1, b"".join(b"%d\\n" % s for s in seqs if s is not None))
+        return seqs
+
+R.Producer = AckingProducer
+from provisor.cli import main
+sys.argv[0] = "provisor"
+main()
+"""
+
+
+def read_acks(path: str) -> list[int]:
+    """The acknowledged sequence numbers: complete lines only (a kill may cut the last)."""
+    data = open(path, "rb").read()
+    return [int(x) for x in data[:data.rfind(b"\n") + 1].split()]
+
+
 @pytest.mark.slow
 def test_producer_killed_mid_append_50_times(shm_dir):
-    """``provisor synth`` SIGKILLed at random moments; recovery stores exactly the prefix
-    that reached the ring."""
+    """``provisor synth`` SIGKILLed at random moments; every sequence number it acknowledged
+    is in the recovered store exactly once, with its payload, and the store is exactly the
+    prefix that reached the ring."""
     n, seed = 20000, 21
     pls = payloads(n, seed)
     rng = random.Random(99)
     results = []
     for i in range(50):
-        ring = f"{shm_dir}/p{i}.ring"
+        ring, acks = f"{shm_dir}/p{i}.ring", f"{shm_dir}/p{i}.acks"
         assert run(["ring", "create", ring, "--size", "8M"]).returncode == 0
-        p = subprocess.Popen(PROVISOR + ["synth", "--ring", ring, "--events", str(n),
-                                         "--seed", str(seed), "--rate", "25000", "--batch",
-                                         str(rng.choice([1, 8, 64]))],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(acks, "wb") as out:
+            p = subprocess.Popen([sys.executable, "-c", ACKING_SYNTH, "synth", "--ring", ring,
+                                  "--events", str(n), "--seed", str(seed), "--rate", "25000",
+                                  "--batch", str(rng.choice([1, 8, 64]))],
+                                 stdout=out, stderr=subprocess.DEVNULL)
         # wait until it is producing (its start-up time varies with load), then kill it at a
         # random moment of its ~0.8 s of appends
         deadline = time.monotonic() + 30
@@ -98,14 +134,34 @@ def test_producer_killed_mid_append_50_times(shm_dir):
         time.sleep(rng.uniform(0.0, 0.7))
         p.send_signal(signal.SIGKILL)
         p.wait()
+        acked = read_acks(acks)
+        assert acked == list(range(1, len(acked) + 1)), i  # in order, none skipped
         db = f"{shm_dir}/p{i}.db"
         rep = recover(ring, db, read_only=True)
         assert rep.sha256_before == rep.sha256_after
-        results.append((rep.db_applied_after, db))
+        conn = sqlite3.connect(db)
+        try:
+            stored = conn.execute("SELECT seq, payload FROM events ORDER BY seq").fetchall()
+            others = {s for (s,) in conn.execute("SELECT seq FROM notes UNION ALL "
+                                                 "SELECT seq FROM losses")}
+        finally:
+            conn.close()
+        got = dict(stored)
+        assert len(got) == len(stored)
+        for s in acked:  # each acknowledged record, with its payload, once, as an event
+            assert s in got, (i, s, "acknowledged, not recovered")
+            assert got[s] == pls[s - 1], (i, s, "recovered with another payload")
+            assert s not in others, (i, s)
+        # and nothing else but the records that followed in the stream (appended, not yet
+        # acknowledged when the kill came)
+        assert [s for s, _ in stored] == list(range(1, len(stored) + 1))
+        assert all(pl == pls[s - 1] for s, pl in stored)
+        assert rep.db_applied_after == len(stored) >= len(acked)
+        results.append((rep.db_applied_after, len(acked), db))
         os.remove(ring)
-    assert sum(1 for k, _ in results if 0 < k < n) >= 40, [k for k, _ in results]
+    assert sum(1 for _, a, _ in results if 0 < a < n) >= 40, [a for _, a, _ in results]
     refs = PrefixReference(f"{shm_dir}/ref.db", pls)
-    for k, db in sorted(results):
+    for k, _, db in sorted(results):
         assert diff(fingerprint(db), refs.at(k)) == "", k
 
 
