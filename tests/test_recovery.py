@@ -165,7 +165,16 @@ def test_producer_killed_mid_append_50_times(shm_dir):
         assert diff(fingerprint(db), refs.at(k)) == "", k
 
 
-@pytest.mark.parametrize("fault", ["before_commit:3", "after_commit:3", "mid_release:3"])
+# what each crash point leaves, for the 3rd batch of 500: (applied_seq, batches) in the DB, the
+# ring's checkpoint, and how many records recovery then replays (it must skip the applied ones)
+CRASH_POINTS = {
+    "before_commit:3": (1000, 2, 1000, 5000),  # the batch rolled back, still in the ring
+    "after_commit:3": (1500, 3, 1000, 4500),  # committed, not released: replayed once only
+    "mid_release:3": (1500, 3, 1000, 4500),  # the release's header copy torn: the same
+}
+
+
+@pytest.mark.parametrize("fault", sorted(CRASH_POINTS))
 def test_daemon_crash_points_then_recover(shm_dir, fault):
     pls = payloads(6000, seed=8)
     ring, db = f"{shm_dir}/d.ring", f"{shm_dir}/d.db"
@@ -175,10 +184,24 @@ def test_daemon_crash_points_then_recover(shm_dir, fault):
     r = run(["daemon", "--ring", ring, "--db", db, "--quiet"],
             {"PROVISOR_FAULT": fault, "PROVISOR_CONFIG": cfg})
     assert r.returncode == -signal.SIGKILL
+    applied, batches, checkpoint, replayed = CRASH_POINTS[fault]
+    conn = sqlite3.connect(db)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        seqs = [s for (s,) in conn.execute("SELECT seq FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+    assert (int(meta["applied_seq"]), int(meta["batches"])) == (applied, batches)
+    assert seqs == list(range(1, applied + 1))
+    with R.Consumer.open(ring, readonly=True) as c:
+        assert c.checkpoint == checkpoint
+    # everything after the checkpoint is still in the ring, the applied part included
+    assert [x.seq for x in R.iter_records(ring)] == list(range(checkpoint + 1, 6001))
     r = run(["recover", "--ring", ring, "--db", db, "--live", "--report", f"{shm_dir}/r.json"])
     assert r.returncode == 0, r.stderr
     rep = json.load(open(f"{shm_dir}/r.json"))
-    assert rep["db_applied_before"] in (1000, 1500)  # 3rd commit happened or not
+    assert (rep["ring_checkpoint"], rep["db_applied_before"]) == (checkpoint, applied)
+    assert (rep["records_scanned"], rep["records_replayed"]) == (6000 - checkpoint, replayed)
     assert rep["db_applied_after"] == 6000
     assert diff(fingerprint(db), reference(f"{shm_dir}/ref.db", pls)) == ""
 
