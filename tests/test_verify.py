@@ -196,13 +196,52 @@ def test_altered_chain_digest_is_one_finding(db):
     assert [(f.what, f.table, f.key) for f in rep.findings] == [("altered", "chain", "batch=3")]
 
 
-def test_deleted_chain_row_and_head(db):
+def _set_meta(c: sqlite3.Connection, **kv: object) -> None:
+    c.executemany("UPDATE meta SET value=? WHERE key=?", [(str(v), k) for k, v in kv.items()])
+
+
+def test_deleted_chain_row_and_head(db, pristine, tmp_path):
+    """Chain rows deleted with the head (and meta) made to agree. A row from the middle is
+    found by the batch numbering; the last row by meta.batches; a consistent truncation
+    (the last batch's rows and chain row gone, head, batches and applied_seq rewritten to
+    match) is a self-consistent store that verify alone passes (docs/TAMPER.md: whoever can
+    write the file can do this; neither --ring nor the .verified sidecar is compared against
+    it), and a head anchored before it exposes it."""
     path, c, _ = db
-    c.execute("DELETE FROM chain WHERE batch=2")
-    keys = {(f.what, f.table) for f in check(path).findings}
-    assert ("deleted", "chain") in keys
-    c2 = sqlite3.connect(db[0])
-    c2.close()
+    head0 = check(path).head
+    n = c.execute("SELECT count(*) FROM chain").fetchone()[0]
+    digest = {b: d.hex() for b, d in c.execute("SELECT batch, digest FROM chain")}
+    # 1. a middle row, with meta.batches lowered to match (the head is still the last digest)
+    mid = str(tmp_path / "mid.db")
+    shutil.copy(pristine[0], mid)
+    c1 = sqlite3.connect(mid, isolation_level=None)
+    c1.execute("DELETE FROM chain WHERE batch=2")
+    _set_meta(c1, batches=n - 1)
+    c1.close()
+    f = first(check(mid))
+    assert (f.what, f.table, f.key) == ("deleted", "chain", "batch=2")
+    # 2. the last row, the head moved back to the new last digest (meta.batches untouched)
+    c.execute("DELETE FROM chain WHERE batch=?", (n,))
+    _set_meta(c, chain_head=digest[n - 1])
+    keys = [(f.what, f.table, f.key) for f in check(path).findings]
+    assert ("deleted", "chain", f"batch={n - 1}") in keys, keys
+    assert ("altered", "meta", "chain_head") not in keys  # the head does agree
+    # 3. ... and everything else made consistent: the batch's events and relations deleted,
+    # applied_seq and batches rewritten
+    last_seq, last_rel = c.execute("SELECT last_seq, last_rel FROM chain WHERE batch=?",
+                                   (n - 1,)).fetchone()
+    assert c.execute("DELETE FROM events WHERE seq > ?", (last_seq,)).rowcount > 0
+    assert c.execute("DELETE FROM relations WHERE id > ?", (last_rel,)).rowcount > 0
+    _set_meta(c, applied_seq=last_seq, batches=n - 1)
+    rep = check(path)
+    assert rep.ok and rep.head == digest[n - 1] != head0, [str(f) for f in rep.findings]
+    conn = connect(path)
+    try:
+        rep = V.verify(conn, path, expected_head=head0)
+    finally:
+        conn.close()
+    assert [(f.what, f.table, f.key) for f in rep.findings] == [
+        ("altered", "chain", "anchored head")]
 
 
 def test_altered_head(db):
