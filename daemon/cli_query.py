@@ -78,6 +78,10 @@ def query_cmd() -> None:
     it named last) or an id as printed by queries: v:VERSION (one version node),
     artifact:ID or a:ID, process:ID or p:ID, tgid:N (the last process with that TGID).
 
+    Guest strings are printed as guest text: a byte that is not printable UTF-8 as \\xHH, a
+    backslash as \\\\. A path is matched the same way, so type it as printed, e.g.
+    '/root/n\\xff\\x01m' (docs/FORMAT.md, "Guest strings").
+
     \b
     Example:
       provisor query ancestors /w/report.pdf --depth 5
@@ -98,7 +102,7 @@ def _closure_options(f):
                         help="Start from every version of the object.")(f)
 
 
-@query_cmd.command("ancestors")
+@query_cmd.command("ancestors", epilog=Q.PATH_HELP)
 @click.argument("target")
 @_closure_options
 @_query_options
@@ -114,7 +118,7 @@ def q_ancestors(cfg: dict, target: str, all_versions: bool, limit: int | None, *
     _run(cfg, "ancestors", target, all_versions=all_versions, limit=limit, **kw)
 
 
-@query_cmd.command("descendants")
+@query_cmd.command("descendants", epilog=Q.PATH_HELP)
 @click.argument("target")
 @_closure_options
 @_query_options
@@ -131,7 +135,7 @@ def q_descendants(cfg: dict, target: str, all_versions: bool, limit: int | None,
     _run(cfg, "descendants", target, all_versions=all_versions, limit=limit, **kw)
 
 
-@query_cmd.command("history")
+@query_cmd.command("history", epilog=Q.PATH_HELP)
 @click.argument("path")
 @_query_options
 @click.pass_obj
@@ -164,7 +168,7 @@ def q_process(cfg: dict, tgid: str, **kw) -> None:
     _run(cfg, "process", tgid, **kw)
 
 
-@query_cmd.command("writers")
+@query_cmd.command("writers", epilog=Q.PATH_HELP)
 @click.argument("path")
 @_query_options
 @click.pass_obj
@@ -208,7 +212,8 @@ def _progress(label: str, total: int):
 @click.option("--until", default=None, help="Only relations at or before this time.")
 @click.option("--object", "target", default=None,
               help="Only this object's lineage (ancestors and descendants of all its versions):"
-              " a path or v:ID, artifact:ID, process:ID, tgid:N.")
+              " a path (guest text, as queries print it) or v:ID, artifact:ID, process:ID,"
+              " tgid:N.")
 @click.option("--chunk", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Records per ProvDocument slice (bounds memory).")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False,

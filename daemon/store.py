@@ -22,6 +22,7 @@ from pmem.layout import Record, RecType
 from provisor import faults, files
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
+from provisor.guesttext import escape
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -291,7 +292,7 @@ class Store:
                 total = int.from_bytes(r.payload[8:16], "little")
                 an.b.losses.append((r.seq, lost, total))
             elif r.type == RecType.NOTE:
-                an.b.notes.append((r.seq, r.payload.decode("utf-8", "replace")))
+                an.b.notes.append((r.seq, escape(r.payload)))  # guest text: lossless
             last = r.seq
         if last == self.applied_seq:
             return last

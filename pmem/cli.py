@@ -140,6 +140,7 @@ def ring_dump(path: str, as_json: bool, from_seq: int | None) -> None:
     Example: provisor ring dump /dev/shm/p.ring --from 100 --json
     """
     from provisor.events import EventDecodeError, decode
+    from provisor.guesttext import escape
 
     with Consumer.open(path, readonly=True) as c:
         while batch := c.read(4096):
@@ -148,7 +149,7 @@ def ring_dump(path: str, as_json: bool, from_seq: int | None) -> None:
                     continue
                 kind = _type_name(r.type)
                 if r.type == L.RecType.NOTE:
-                    body: object = r.payload.decode("utf-8", "replace")
+                    body: object = escape(r.payload)  # no raw control bytes on the terminal
                 elif r.type == L.RecType.LOSS:
                     body = {"lost": int.from_bytes(r.payload[:8], "little"),
                             "lost_total": int.from_bytes(r.payload[8:16], "little")}
