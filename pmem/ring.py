@@ -7,7 +7,10 @@ write-ahead rule). ``Consumer.read`` returns the valid chain after the checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import stat
 import time
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
@@ -16,7 +19,7 @@ from enum import StrEnum
 from pmem import layout as L
 from pmem.layout import FormatError, Header, ProducerState, Record, RecType
 from pmem.region import Region, RegionError
-from provisor import faults
+from provisor import faults, files, locks
 from provisor.errors import ProvisorError
 
 
@@ -37,15 +40,81 @@ class RingFull(RingError):
     acked: list[int] = []
 
 
-def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region) -> Header:
-    """Create a ring image of ``size`` bytes in all (rounded down to whole pages)."""
+def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region,
+           overwrite: bool = False) -> Header:
+    """Create a ring image of ``size`` bytes in all (rounded down to whole pages).
+
+    An existing ``path`` is refused unless ``overwrite``, and always while a producer or a
+    consumer has the ring open: both roles are held on the old file for the whole re-create,
+    so none can start in between. A regular file is replaced by rename from a new image made
+    beside it (whoever still maps the old one keeps reading the old bytes: no SIGBUS); a
+    device is re-initialised in place."""
     data_size = (size - L.DATA_OFFSET) // 4096 * 4096
     if data_size < L.MIN_DATA:
         raise RingError(f"ring size too small: need at least {L.DATA_OFFSET + L.MIN_DATA} bytes")
+    total = L.DATA_OFFSET + data_size
+    if not (issubclass(region_cls, Region) and os.path.lexists(path)):
+        return _initialise(_new_region(region_cls, path, total), data_size, ring_id)
+    if not overwrite:
+        raise RingError(f"{path}: already exists (re-creating a ring discards its records: "
+                        "use --overwrite to do so)")
+    st = os.lstat(path)
+    if stat.S_ISREG(st.st_mode):
+        files.check_ours(path, st)
+    elif not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise RingError(f"{path}: neither a regular file nor a device (refusing to re-create "
+                        "it)")
+    held = _hold_both_roles(path)
     try:
-        region = region_cls.create(path, L.DATA_OFFSET + data_size)
+        if not stat.S_ISREG(st.st_mode):
+            try:
+                region = region_cls(path)
+            except RegionError as e:
+                raise RingError(str(e)) from None
+            return _initialise(region, data_size, ring_id)
+        parent, base = os.path.split(os.path.abspath(path))
+        tmp = os.path.join(parent, f".{base}.{secrets.token_hex(6)}.new")
+        try:
+            hdr = _initialise(_new_region(region_cls, tmp, total), data_size, ring_id)
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return hdr
+    finally:
+        for lk in held:
+            lk.release()
+
+
+def _hold_both_roles(path: str) -> list[locks.Lock]:
+    held: list[locks.Lock] = []
+    try:
+        for offset, role in ((locks.RING_PRODUCER, "ring producer"),
+                             (locks.RING_CONSUMER, "ring consumer")):
+            try:
+                held.append(locks.acquire(path, offset, role))
+            except locks.LockError as e:
+                who = f"pid {e.holder}" if e.holder else "another process"
+                raise RingError(f"{path}: in use by a {role} ({who}): refusing to re-create a "
+                                "ring that is in use; stop it first") from None
+    except BaseException:
+        for lk in held:
+            lk.release()
+        raise
+    return held
+
+
+def _new_region(region_cls, path: str, total: int) -> Region:
+    try:
+        return region_cls.create(path, total)
     except RegionError as e:
         raise RingError(str(e)) from None
+
+
+def _initialise(region: Region, data_size: int, ring_id: int) -> Header:
+    """Write a fresh header (new UUID: no record of what the file held validates) and the
+    first record slot, then close the region."""
     try:
         hdr = Header(uuid=uuidlib.uuid4().bytes, data_size=data_size, ring_id=ring_id,
                      created_ns=time.time_ns())
@@ -73,14 +142,32 @@ def open_region(path: str, *, readonly: bool = False, region_cls=Region) -> Regi
         raise RingError(str(e)) from None
 
 
+def _take_role(region: Region, offset: int, role: str) -> locks.Lock | None:
+    """Hold ``role`` on the ring file for as long as the ring is open (docs/FORMAT.md, "One
+    producer, one consumer"). Only a writable mapping of a real file takes a role: a read-only
+    reader (``ring info``, forensic recovery, verify) changes nothing and may always look, and
+    the power-failure simulator's images are no files."""
+    if region.readonly or not isinstance(region, Region):
+        return None
+    try:
+        return locks.acquire(region.path, offset, role)
+    except BaseException:
+        region.close()
+        raise
+
+
 class _RingBase:
+    ROLE: tuple[int, str] | None = None
+
     def __init__(self, region: Region) -> None:
+        # the role first: nothing is read (let alone written) under another holder's feet
+        self._lock = _take_role(region, *self.ROLE) if self.ROLE else None
         self.region = region
         self.buf = region.buf
         try:
             self.header, self._slot = L.read_header(self.buf)
         except FormatError as e:
-            region.close()
+            self.close()
             raise RingError(f"{region.path}: {e}") from None
         self.uuid = self.header.uuid
         self.size = self.header.data_size
@@ -91,6 +178,9 @@ class _RingBase:
 
     def close(self) -> None:
         self.region.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -100,13 +190,24 @@ class _RingBase:
 
 
 class Producer(_RingBase):
-    """The only writer of records. On open it finds the tail: the end of the valid chain."""
+    """The only writer of records. On open it finds the tail: the end of the valid chain.
+    It holds the ring's producer role (``locks.RING_PRODUCER``) until ``close``: a second
+    producer is refused with the holder's pid."""
+
+    ROLE = (locks.RING_PRODUCER, "ring producer")
 
     def __init__(self, region: Region, policy: Policy | str = Policy.BLOCK,
                  block_timeout: float | None = None) -> None:
-        super().__init__(region)
         self.policy = Policy(policy)
         self.block_timeout = block_timeout
+        super().__init__(region)
+        try:
+            self._find_tail()
+        except BaseException:
+            self.close()  # gives the role back
+            raise
+
+    def _find_tail(self) -> None:
         reported = 0  # lost total of the last LOSS record in the chain
         it = L.scan(self.buf, self.header)
         while True:
@@ -325,7 +426,11 @@ class Producer(_RingBase):
 
 
 class Consumer(_RingBase):
-    """Reads the valid chain after the checkpoint and releases what is durable elsewhere."""
+    """Reads the valid chain after the checkpoint and releases what is durable elsewhere.
+    A writable consumer holds the ring's consumer role (``locks.RING_CONSUMER``) until
+    ``close``; a read-only one takes none (it can never release)."""
+
+    ROLE = (locks.RING_CONSUMER, "ring consumer")
 
     def __init__(self, region: Region) -> None:
         super().__init__(region)
