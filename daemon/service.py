@@ -94,10 +94,12 @@ class Daemon:
                gaps_ok: bool = False) -> int:
         """Apply ``recs`` (sequence order, this ring's) in one transaction through
         ``Store.apply``, then release the ring up to the last of them the store now holds, and
-        never further: a record is released only once it is stored. Returns the applied seq."""
+        never further: a record is released only once it is stored. A record with a negative
+        offset is not in the ring (recovery's NOTE about a gap) and never a release point.
+        Returns the applied seq."""
         applied = self.store.apply(recs, ring=self.consumer.header.uuid_str, gaps_ok=gaps_ok)
         if release and not self.readonly:
-            held = [r for r in recs if r.seq <= applied]
+            held = [r for r in recs if r.seq <= applied and r.offset >= 0]
             if held:
                 last = held[-1]
                 self.consumer.release(last.seq, position_after(last, self.consumer.size))

@@ -8,7 +8,7 @@ import os
 import click
 
 from provisor.errors import ProvisorError
-from recovery.recover import Recovery
+from recovery.recover import EXIT_GAPS, Recovery
 
 
 @click.command("recover")
@@ -21,11 +21,27 @@ from recovery.recover import Recovery
               "IMAGE is not the configured ring path.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write a JSON report here.")
-@click.option("--force", is_flag=True, help="Accept a DB made for another ring UUID.")
+@click.option("--force", is_flag=True,
+              help="Rebind a DB that holds nothing yet (no record applied) from another ring "
+              "UUID to this ring. It never lets a DB holding another ring's records take this "
+              "ring's, and never releases a record that is not stored.")
 @click.pass_obj
 def recover_cmd(cfg: dict, image: str, db: str | None, read_only: bool | None, live: bool,
                 report_path: str | None, force: bool) -> None:
     """Replay every valid record of IMAGE that is not yet in the DB, exactly once.
+
+    Every record whose own CRC is intact is found, in the chain after the checkpoint or not
+    (past a damaged stretch, or below the checkpoint while still in the image), and stored in
+    sequence order from the DB's applied seq on. Each range of sequence numbers the DB is left
+    without (a gap) is reported, with its byte range in the image, on stderr and in the
+    report, and recorded in the DB as a NOTE. --read-only never writes the image (its sha256
+    is checked). Live (the configured ring, or --live), the ring is released only up to what
+    is stored, and past the chain's end only while no producer has the ring open (else those
+    records are left in the ring and the refusal is reported). Live recovery is a ring
+    consumer: refused while a daemon runs.
+
+    Exit status: 0 nothing missing; 3 a gap (records skipped) or a refused salvage; 2 a
+    refused or bad input (one line).
 
     \b
     Examples:
@@ -48,6 +64,12 @@ def recover_cmd(cfg: dict, image: str, db: str | None, read_only: bool | None, l
         with open(tmp, "w") as f:
             json.dump(rep.as_dict(), f, indent=2)
         os.replace(tmp, report_path)
+    for line in rep.gap_lines():
+        click.echo(line, err=True)
+    if rep.salvage_refused:
+        click.echo(f"provisor: salvage refused: {rep.salvage_refused}", err=True)
+    if rep.exit_status:
+        raise SystemExit(EXIT_GAPS)
 
 
 COMMANDS: list[click.Command] = [recover_cmd]
