@@ -7,6 +7,7 @@ import os
 
 import click
 
+from provisor import files
 from provisor.errors import ProvisorError
 from recovery.recover import EXIT_GAPS, Recovery
 
@@ -41,7 +42,7 @@ def recover_cmd(cfg: dict, image: str, db: str | None, read_only: bool | None, l
     consumer: refused while a daemon runs.
 
     Exit status: 0 nothing missing; 3 a gap (records skipped) or a refused salvage; 2 a
-    refused or bad input (one line).
+    refused or bad input (one line: nothing written).
 
     \b
     Examples:
@@ -52,18 +53,16 @@ def recover_cmd(cfg: dict, image: str, db: str | None, read_only: bool | None, l
         raise ProvisorError("--read-only and --live contradict each other")
     is_live = os.path.realpath(image) == os.path.realpath(os.path.expanduser(cfg["ring"]["path"]))
     ro = bool(read_only) if read_only is not None else not (is_live or live)
-    if report_path and os.path.isdir(report_path):
-        raise ProvisorError(f"{report_path}: is a directory")
+    if report_path:  # before the image is read or the DB touched
+        files.check_output(report_path)
     rec = Recovery(image, db or cfg["daemon"]["db"], read_only=ro, force=force)
     with click.progressbar(length=rec.data_size, label="replaying",
                            file=click.get_text_stream("stderr"), show_pos=False) as bar:
         rep = rec.run(progress=bar.update)
     click.echo(rep.summary())
     if report_path:
-        tmp = report_path + ".tmp"
-        with open(tmp, "w") as f:
+        with files.output(report_path) as f:
             json.dump(rep.as_dict(), f, indent=2)
-        os.replace(tmp, report_path)
     for line in rep.gap_lines():
         click.echo(line, err=True)
     if rep.salvage_refused:

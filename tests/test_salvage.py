@@ -1,6 +1,7 @@
 """Forensic damage: recovery salvages every intact record past a damaged stretch or hidden by a
 forged checkpoint, reports each gap (sequence and byte range) and exits 3; --read-only leaves
-the image untouched; live, it releases past the break only while no producer has the ring."""
+the image untouched; live, it releases past the break only while no producer has the ring.
+And every output path of ``recover`` is checked before anything is written."""
 
 from __future__ import annotations
 
@@ -210,6 +211,34 @@ def test_live_recover_records_a_hole_of_released_records_and_the_daemon_goes_on(
     r = run(["daemon", "--ring", ring, "--db", behind, "--once", "--quiet"])
     assert r.returncode == 0, r.stderr
     assert int(meta(behind, "applied_seq")) == 9001
+
+
+def test_report_path_is_checked_before_anything_is_written(shm_dir):
+    """Before: the replay was committed and the ring released, then exit 70, no report."""
+    pls = payloads(2000, seed=44)
+    ring, db = f"{shm_dir}/p.ring", f"{shm_dir}/p.db"
+    filled_ring(ring, pls)
+    before = sha(ring)
+    r = run(["recover", "--ring", ring, "--db", db, "--live", "--report",
+             f"{shm_dir}/missing/dir/rep.json"])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("provisor: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "does not exist" in r.stderr
+    assert not os.path.exists(db) and checkpoint(ring) == 0 and sha(ring) == before
+    # an existing DB keeps its applied seq
+    assert run(["recover", "--ring", ring, "--db", db, "--read-only"]).returncode == 0
+    h = sha(db)
+    for bad in (f"{shm_dir}/missing/dir/rep.json", str(shm_dir)):
+        r = run(["recover", "--ring", ring, "--db", db, "--live", "--report", bad])
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert sha(db) == h and checkpoint(ring) == 0
+    # a good path: written whole, private
+    rep = f"{shm_dir}/rep.json"
+    assert run(["recover", "--ring", ring, "--db", db, "--live", "--report", rep]
+               ).returncode == 0
+    assert json.load(open(rep))["db_applied_after"] == 2000
+    assert os.stat(rep).st_mode & 0o777 == 0o600
+    assert checkpoint(ring) == 2000
 
 
 def test_salvage_walk_keeps_the_chain_copy_of_a_duplicated_seq(shm_dir):
