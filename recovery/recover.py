@@ -91,7 +91,8 @@ class Report:
         if self.gaps:
             lines.append(f"GAPS: {len(self.gaps)} ranges, "
                          f"{sum(g['seq_last'] - g['seq_first'] + 1 for g in self.gaps)} records "
-                         f"not in this DB ({self.damaged_bytes} damaged bytes); see the report")
+                         f"not in this DB ({self.damaged_bytes} damaged bytes), one line "
+                         "each on stderr")
         if self.salvage_refused:
             lines.append(f"REFUSED: {self.salvage_refused}")
         if self.read_only:
