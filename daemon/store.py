@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from daemon import chain
 from daemon.analyzer import Analyzer, Art, Batch, Proc
 from pmem.layout import Record, RecType
-from provisor import faults, files
+from provisor import faults, files, locks
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 from provisor.guesttext import escape
@@ -147,10 +147,27 @@ class Store:
         exists = check_files(path, readonly=readonly)
         if readonly and not exists:
             raise StoreError(f"{path}: no such database")
+        self._lock: locks.Lock | None = None
         try:
             uri = f"file:{path}?mode=ro" if readonly else path
             self.conn = sqlite3.connect(uri, uri=readonly, isolation_level=None,
                                         check_same_thread=False)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: {e}") from None
+        try:
+            self._open(path, ring_uuid, exists, force, readonly)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: str, ring_uuid: str | None, exists: bool, force: bool,
+              readonly: bool) -> None:
+        try:
+            if not readonly:
+                # one writer per store, for this object's life (the file exists now: connect
+                # made it); a second daemon or recovery on this DB is refused before it writes
+                self._lock = locks.acquire(path, locks.STORE_WRITER, "store writer")
+                exists = os.path.getsize(path) > 0  # another creator may have finished first
             self.conn.execute("PRAGMA busy_timeout=10000")
             if exists:
                 self._check_existing()
@@ -165,12 +182,9 @@ class Store:
             raise StoreError(f"{path}: {e}") from None
         self.readonly = readonly
         self.ring_uuid = self.meta("ring_uuid")
-        if ring_uuid and self.ring_uuid and ring_uuid != self.ring_uuid:
-            if not force:
-                raise StoreError(
-                    f"{path} belongs to ring {self.ring_uuid}, not {ring_uuid} "
-                    "(use --force to apply another ring's records to it)")
         self.applied_seq = int(self.meta("applied_seq") or 0)
+        if ring_uuid and self.ring_uuid and ring_uuid != self.ring_uuid:
+            self._rebind(ring_uuid, force)
         self.an = Analyzer()
         self._load()
 
@@ -207,6 +221,27 @@ class Store:
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
+
+    def _rebind(self, ring_uuid: str, force: bool) -> None:
+        """A store holds the records of one ring: sequence numbers are per ring, so another
+        ring's records at or below ``applied_seq`` would be taken for applied ones (and then
+        released by the daemon without being stored). ``force`` rebinds only a store that holds
+        nothing yet; no flag lets one store take a second ring's records."""
+        mine = f"{self.path} belongs to ring {self.ring_uuid}, not {ring_uuid}"
+        if not force:
+            raise StoreError(f"{mine}: a store holds one ring's records (use another --db for "
+                             "this ring; --force rebinds only a store that holds nothing yet)")
+        held = self.applied_seq or any(self.conn.execute(
+            f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in ("chain", "events", "notes",
+                                                              "losses"))
+        if held:
+            raise StoreError(f"{mine} and holds its records up to seq {self.applied_seq}: "
+                             "--force rebinds only a store that holds nothing yet; use another "
+                             "--db for this ring")
+        if self.readonly:
+            raise StoreError(f"{mine} (opened read-only: cannot rebind it)")
+        self.conn.execute("UPDATE meta SET value=? WHERE key='ring_uuid'", (ring_uuid,))
+        self.ring_uuid = ring_uuid
 
     def bind_ring(self, ring_uuid: str) -> None:
         """Record the ring UUID in a DB made without one."""
@@ -270,11 +305,30 @@ class Store:
         self.batches = int(self.meta("batches") or 0)
 
     # -- applying --------------------------------------------------------------------------
-    def apply(self, records: Sequence[Record]) -> int:
+    def apply(self, records: Sequence[Record], *, ring: str | None = None,
+              gaps_ok: bool = False) -> int:
         """Apply records (in sequence order) in one durable transaction; returns the applied
-        sequence number afterwards. Already-applied records are skipped."""
+        sequence number afterwards. Already-applied records are skipped: that is only sound
+        for records of this store's ring, so ``ring`` (the records' ring UUID, when the caller
+        knows it) must be the bound one. The records must continue ``applied_seq`` without a
+        hole (a new store starts anywhere), unless ``gaps_ok``: recovery salvaging past
+        damage, which reports every hole it leaves."""
         if self.readonly:
             raise StoreError("database opened read-only")
+        if ring is not None and self.ring_uuid and ring != self.ring_uuid:
+            raise StoreError(f"{self.path} belongs to ring {self.ring_uuid}: refusing records "
+                             f"of ring {ring}")
+        if not gaps_ok:
+            prev = self.applied_seq
+            for r in records:
+                if r.seq <= prev:
+                    continue
+                if prev and r.seq != prev + 1:
+                    raise StoreError(
+                        f"{self.path}: records {prev + 1}..{r.seq - 1} are missing before "
+                        f"record {r.seq} (the store is at applied seq {self.applied_seq}); "
+                        "nothing applied")
+                prev = r.seq
         an = self.an
         last = self.applied_seq
         for r in records:
@@ -376,3 +430,6 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

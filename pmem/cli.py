@@ -30,13 +30,17 @@ def ring() -> None:
 @click.option("--size", default=None, help="Total image size, e.g. 64M (default: config).")
 @click.option("--ring-id", default=0, show_default=True, type=click.IntRange(0, (1 << 32) - 1),
               help="Ring id (one ring per vCPU).")
+@click.option("--overwrite", is_flag=True,
+              help="Re-create an existing ring, discarding its records (never while a "
+              "producer or consumer has it open).")
 @click.pass_obj
-def ring_create(cfg: dict, path: str, size: str | None, ring_id: int) -> None:
-    """Create (or re-create, discarding it) a ring image at PATH.
+def ring_create(cfg: dict, path: str, size: str | None, ring_id: int, overwrite: bool) -> None:
+    """Create a ring image at PATH (an existing one only with --overwrite).
 
     Example: provisor ring create /dev/shm/p.ring --size 64M
     """
-    hdr = create(path, parse_size(size or cfg["ring"]["size"]), ring_id=ring_id)
+    hdr = create(path, parse_size(size or cfg["ring"]["size"]), ring_id=ring_id,
+                 overwrite=overwrite)
     click.echo(f"created {path}: ring {hdr.uuid_str}, {hdr.data_size} data bytes")
 
 

@@ -53,7 +53,7 @@ class Region:
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
-        devdax = _is_devdax(path)
+        devdax = is_devdax(path)
         try:
             fd, st = files.open_ours(path, os.O_RDONLY if readonly else os.O_RDWR,
                                      foreign_ok=readonly, devices=devdax)
@@ -123,7 +123,7 @@ class Region:
         if st is not None:
             if stat.S_ISDIR(st.st_mode):
                 raise RegionError(f"{path}: is a directory")
-            if stat.S_ISCHR(st.st_mode) and _is_devdax(path):
+            if stat.S_ISCHR(st.st_mode) and is_devdax(path):
                 return cls._create_devdax(path, size, init)
             try:
                 files.check_ours(path, st)
@@ -220,7 +220,7 @@ class Region:
         self.close()
 
 
-def _is_devdax(path: str) -> bool:
+def is_devdax(path: str) -> bool:
     return os.path.basename(path).startswith("dax") and path.startswith("/dev/")
 
 

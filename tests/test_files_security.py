@@ -387,7 +387,7 @@ def test_bad_arguments_never_touch_an_existing_ring(d):
     with pytest.raises(ring.RingError, match="size"):
         ring.create(str(p), -4096)
     with pytest.raises(ring.RingError, match="cannot reserve"):
-        ring.create(str(p), 1 << 60)
+        ring.create(str(p), 1 << 60, overwrite=True)
     assert digest(p) == h
     assert [r.payload for r in ring.iter_records(str(p))] == [b"keep me"]
     assert os.listdir(d) == ["p.ring"]
@@ -406,7 +406,7 @@ def test_re_create_replaces_only_once_the_new_ring_is_complete(d, monkeypatch):
 
     monkeypatch.setattr(L.Header, "pack", broken)
     with pytest.raises(RuntimeError):
-        ring.create(str(p), 1 << 20)
+        ring.create(str(p), 1 << 20, overwrite=True)
     monkeypatch.undo()
     assert digest(p) == h and os.listdir(d) == ["p.ring"]
 
@@ -419,7 +419,7 @@ def test_re_create_replaces_only_once_the_new_ring_is_complete(d, monkeypatch):
     assert digest(p) == h and os.listdir(d) == ["p.ring"]
     with pytest.raises(RegionError, match="already exists"):
         Region.create(str(p), 1 << 20)
-    hdr = ring.create(str(p), 2 << 20, ring_id=3)
+    hdr = ring.create(str(p), 2 << 20, ring_id=3, overwrite=True)
     assert hdr.uuid != old_uuid and os.path.getsize(p) == 2 << 20
     assert os.listdir(d) == ["p.ring"] and mode(p) == 0o600
 

@@ -303,7 +303,7 @@ def test_run_writes_the_same_payloads(shm_dir) -> None:
     recs = _read_ring(path)
     assert [r.payload for r in recs] == synth.payloads(4000, seed=9)
     # one by one: the same bytes
-    create(path, 16 << 20)
+    create(path, 16 << 20, overwrite=True)
     with Producer.open(path) as prod:
         Guest(9).run(prod, 4000, batch=1)
     assert [r.payload for r in _read_ring(path)] == synth.payloads(4000, seed=9)
