@@ -337,8 +337,8 @@ class Store:
             if r.type == RecType.EVENT:
                 try:
                     ev = decode(r.payload, r.seq)
-                except EventDecodeError as e:
-                    an.b.notes.append((r.seq, f"undecodable event: {e}"))
+                except EventDecodeError as e:  # kept whole: evidence, never dropped
+                    an.b.notes.append((r.seq, f"undecodable event ({e}): {escape(r.payload)}"))
                 else:
                     an.event(ev)
             elif r.type == RecType.LOSS:
@@ -347,6 +347,9 @@ class Store:
                 an.b.losses.append((r.seq, lost, total))
             elif r.type == RecType.NOTE:
                 an.b.notes.append((r.seq, escape(r.payload)))  # guest text: lossless
+            else:  # a type this provisor does not know (a newer producer): kept, not skipped
+                an.b.notes.append((r.seq, f"record of unknown type {r.type}: "
+                                          f"{escape(r.payload)}"))
             last = r.seq
         if last == self.applied_seq:
             return last
