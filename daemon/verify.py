@@ -353,32 +353,18 @@ def _locate(conn: sqlite3.Connection, batches: list[Batch], i: int, prev: bytes,
 # -- the ring --------------------------------------------------------------------------------
 def ring_records(path: str) -> tuple[str, dict[int, tuple[int, bytes]], int]:
     """Every record still readable in a ring image: the live chain after the checkpoint, and
-    released records not yet overwritten (found by their own header checksums)."""
+    released records not yet overwritten (``pmem.layout.salvage``: found by their own
+    checksums)."""
     from pmem import layout as L
     from pmem.ring import Consumer
 
-    out: dict[int, tuple[int, bytes]] = {}
     with Consumer.open(path, readonly=True) as c:
-        uuid_str, buf, size, uuid = c.header.uuid_str, c.buf, c.size, c.header.uuid
-        checkpoint = c.header.checkpoint_seq
-        while batch := c.read(65536):
-            for r in batch:
-                out[r.seq] = (r.type, r.payload)
-        off = 0
-        while off + L.REC_HDR <= size:
-            seq, length = L._REC.unpack_from(buf, L.DATA_OFFSET + off)[:2]
-            if seq and seq not in out and length <= size - off - L.REC_HDR:
-                rec = L.read_record(buf, uuid, size, off, seq)
-                if not isinstance(rec, str):
-                    if rec.type != L.RecType.PAD:
-                        out[seq] = (rec.type, rec.payload)
-                    off += L.padded(len(rec.payload)) if rec.type != L.RecType.PAD else size
-                    continue
-            elif seq and seq in out:
-                off += L.padded(len(out[seq][1]))
-                continue
-            off += L.ALIGN
-    return uuid_str, out, checkpoint
+        hdr, buf = c.header, c.buf
+        sv = L.salvage(buf, hdr)
+        out = {f.seq: (f.type, bytes(buf[L.DATA_OFFSET + f.offset + L.REC_HDR:
+                                         L.DATA_OFFSET + f.offset + L.REC_HDR + f.length]))
+               for f in sv.records}
+        return hdr.uuid_str, out, hdr.checkpoint_seq
 
 
 def verify_ring(conn: sqlite3.Connection, ring_path: str, rep: Report) -> None:
@@ -393,6 +379,12 @@ def verify_ring(conn: sqlite3.Connection, ring_path: str, rep: Report) -> None:
     applied = int(meta.get("applied_seq") or 0)
     same = differ = 0
     pending = sum(1 for s in recs if s > applied)
+    if checkpoint > applied:  # the ring let go of records the store does not have
+        rep.add("deleted", "events", f"seq={applied + 1}..{checkpoint}", None,
+                f"the ring released records up to {checkpoint} but the store is at applied seq "
+                f"{applied}: released records are missing from the store (a truncated or "
+                "replaced store, or a store of an earlier run)")
+        differ += 1
     for seq in sorted(s for s in recs if s <= applied):
         rtype, payload = recs[seq]
         if rtype != L.RecType.EVENT:

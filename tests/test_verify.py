@@ -335,6 +335,30 @@ def test_ring_pinpoints_a_consistent_payload_forgery(ringdb):
     assert V.load_state(dpath)["ok"] is False
 
 
+def test_ring_exposes_a_consistent_truncation_of_the_store(ringdb):
+    """The last batch's rows and chain row deleted and meta rewritten to match: verify alone
+    passes (test_deleted_chain_row_and_head); the ring released those records, so --ring
+    names them."""
+    rpath, dpath = ringdb
+    c = sqlite3.connect(dpath, isolation_level=None)
+    n = c.execute("SELECT max(batch) FROM chain").fetchone()[0]
+    lo, digest = c.execute("SELECT last_seq, digest FROM chain WHERE batch=?",
+                           (n - 1,)).fetchone()
+    last_rel = c.execute("SELECT coalesce(last_rel, 0) FROM chain WHERE batch=?",
+                         (n - 1,)).fetchone()[0]
+    c.execute("DELETE FROM chain WHERE batch=?", (n,))
+    for t in ("events", "notes", "losses"):
+        c.execute(f"DELETE FROM {t} WHERE seq > ?", (lo,))
+    c.execute("DELETE FROM relations WHERE id > ?", (last_rel,))
+    _set_meta(c, applied_seq=lo, batches=n - 1, chain_head=bytes(digest).hex())
+    c.close()
+    assert check(dpath).ok  # self-consistent without the ring
+    rep = V.run(dpath, rpath)
+    keys = [(f.what, f.table) for f in rep.findings]
+    assert not rep.ok and ("deleted", "events") in keys, [str(f) for f in rep.findings]
+    assert any(f"seq={lo + 1}.." in str(f) for f in rep.findings), [str(f) for f in rep.findings]
+
+
 def test_ring_of_another_store_is_refused(ringdb, shm_dir):
     from pmem import ring
 
