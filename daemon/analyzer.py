@@ -19,15 +19,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hv.syscalls import AT_FDCWD
+from provisor.abi import (
+    AT_FDCWD,
+    CLONE_THREAD,
+    F_DUPFD,
+    F_DUPFD_CLOEXEC,
+    F_SETFD,
+    FD_CLOEXEC,
+    MAP_SHARED,
+    O_CLOEXEC,
+    O_CREAT,
+    O_RDWR,
+    O_TRUNC,
+    O_WRONLY,
+    PROT_READ,
+    PROT_WRITE,
+    to_signed,
+)
 from provisor.events import ENTRY, Event, FileId
 
-O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o1, 0o2, 0o100, 0o1000
-O_CLOEXEC = 0o2000000
-F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC = 0, 2, 1030
-FD_CLOEXEC = 1
-CLONE_THREAD = 0x10000
-PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
 USED_CAP = 4096  # bound on the per-process set of versions read since exec
 
 USED, GENERATED, INFORMED, DERIVED = "used", "wasGeneratedBy", "wasInformedBy", "wasDerivedFrom"
@@ -351,8 +361,7 @@ class Analyzer:
         args = en.args
 
         def arg(i: int) -> int:
-            v = args[i]
-            return v - (1 << 64) if v >= 1 << 63 else v
+            return to_signed(args[i])
 
         if name in READS:
             a = self._fd_art(p, arg(0), fid, ev)

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 
 import click
 
-from hv.syscalls import nr_of
 from pmem.layout import RecType
 from provisor.errors import ProvisorError
 from provisor.events import (
@@ -63,6 +62,7 @@ from provisor.events import (
     encode,
 )
 from provisor.guesttext import unescape
+from provisor.syscalls import nr_of
 
 U64 = 1 << 64
 _Z6 = (0, 0, 0, 0, 0, 0)
