@@ -5,7 +5,9 @@ Each row gives what each argument register holds (an ``Arg`` kind), the ``Family
 analyzer handler interprets the call, and ``Trait`` facts the producers act on. Producers read
 guest memory by argument kind (``PATH``: a NUL-terminated string; ``ARGV``/``ENVP``: a
 NULL-terminated array of strings; ``FD``/``DIRFD``: the open file's identity; ``FDPAIR``: an
-int[2] the kernel writes, read at exit); data buffers (``BUF``, ``IOVEC``) are never read.
+int[2] the kernel writes, read at exit); data buffers (``BUF``, ``IOVEC``) are never read. The
+analyzer reads argument positions from the row (``path_pairs``, ``flags_arg``, ``fd_arg``,
+``at(kind)``), never from the name.
 
 Adding a syscall is one row in ``_TABLE`` (and at most one handler, for a new family)::
 
@@ -54,7 +56,7 @@ class Arg(IntEnum):
 
 
 class Family(IntEnum):
-    """Which analyzer handler interprets a successful call."""
+    """Which analyzer handler interprets a successful call (daemon/analyzer.py ``_HANDLERS``)."""
 
     NONE = 0  # recorded as an event, no provenance effect
     DATA_READ = 1  # the process used the fd's file

@@ -7,7 +7,10 @@ import ast
 from pathlib import Path
 
 import pytest
+from eventscript import Script
+from test_analyzer import labels
 
+from daemon.store import Store
 from hv import eventbuild
 from provisor import events as E
 from provisor import syscalls as S
@@ -79,6 +82,11 @@ def test_every_row_has_what_its_family_reads() -> None:
         assert (s.xfer is not None) == (s.family is Family.TRANSFER), s.name
 
 
+def test_every_family_with_an_effect_has_a_handler() -> None:
+    from daemon.analyzer import _HANDLERS
+    assert set(_HANDLERS) == set(Family) - {Family.NONE, Family.EXIT, Family.EXIT_GROUP}
+
+
 def test_to_signed() -> None:
     assert to_signed(2**64 - 100) == AT_FDCWD and to_signed(5) == 5
     assert to_signed(0xFFFFFF9C, 32) == -100 and to_signed(2**63) == -2**63
@@ -139,6 +147,25 @@ def new_rows(monkeypatch):
     for row in (READ_AGAIN, OPEN_ODD):
         monkeypatch.setitem(BY_NR, row.nr, row)
         monkeypatch.setitem(BY_NAME, row.name, row)
+
+
+def test_the_analyzer_handles_a_new_row_with_no_code(new_rows, tmp_path) -> None:
+    sc = Script()
+    sc.call(1, "openat", (AT_FDCWD, 0, 0, 0), ["/data"], 5, [E.FileId(8, 40, "/data")])
+    sc.call(1, "open_odd", (O_CLOEXEC, 5, 0), ["in"], 3, [E.FileId(8, 41, "/data/in")])
+    sc.call(1, "read_again", (3, 0, 10), (), 10)
+    sc.open(1, "out", O_WRONLY | O_CREAT | O_TRUNC, fd=4, ino=42)
+    sc.call(1, "write", (4, 0, 10), (), 10)
+    s = Store(str(tmp_path / "p.db"), "test-ring")
+    try:
+        s.apply(sc.records)
+        rel = labels(s)
+        names = {n for (n,) in s.conn.execute("SELECT name FROM events")}
+    finally:
+        s.close()
+    assert {"open_odd", "read_again"} <= names
+    assert ("used", "p1.v1", "file:/data/in.v1") in rel  # the path resolved against fd 5
+    assert ("wasDerivedFrom", "file:/w/out.v1", "file:/data/in.v1") in rel
 
 
 class _Mem:
