@@ -7,19 +7,22 @@ guest memory by argument kind (``PATH``: a NUL-terminated string; ``ARGV``/``ENV
 NULL-terminated array of strings; ``FD``/``DIRFD``: the open file's identity; ``FDPAIR``: an
 int[2] the kernel writes, read at exit); data buffers (``BUF``, ``IOVEC``) are never read. The
 analyzer reads argument positions from the row (``path_pairs``, ``flags_arg``, ``fd_arg``,
-``at(kind)``), never from the name.
+``at(kind)``), never from the name. The C plugin gets the same table as a generated header,
+hv/plugin/syscalls.h (``python -m provisor.syscalls --c-header OUT``).
 
 Adding a syscall is one row in ``_TABLE`` (and at most one handler, for a new family)::
 
     _row(295, "preadv", "fd iovec int offset", Family.DATA_READ, Trait.READS_DATA),
 
-Derived per row: ``path_pairs`` (each ``PATH`` with the ``DIRFD`` just before it, in argument
-order, which is the order of the event's paths), ``flags_arg`` (the ``FLAGS`` argument),
-``fd_arg`` (the first ``FD``) and ``entry_reads`` (the arguments a producer follows at entry).
+then ``make hv/plugin/syscalls.h``. Derived per row: ``path_pairs`` (each ``PATH`` with the
+``DIRFD`` just before it, in argument order, which is the order of the event's paths),
+``flags_arg`` (the ``FLAGS`` argument), ``fd_arg`` (the first ``FD``) and ``entry_reads`` (the
+arguments a producer follows at entry).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 
@@ -209,3 +212,84 @@ def name_of(nr: int) -> str:
 
 def nr_of(name: str) -> int:
     return BY_NAME[name].nr
+
+
+# -- the C header ----------------------------------------------------------------------------
+MAX_ARGS, MAX_PATHS = 6, 2
+
+
+def c_header(table: tuple[Syscall, ...] | list[Syscall] = _TABLE) -> str:
+    """The table as C data, for the native plugin: a header generated here, never hand-kept."""
+
+    def enum(name: str, prefix: str, members: list[tuple[str, str]]) -> list[str]:
+        return [f"enum {name} {{", *(f"    {prefix}{n} = {v}," for n, v in members), "};", ""]
+
+    def c_int(v: int | None) -> str:
+        return "-1" if v is None else str(v)
+
+    out = [
+        "/* Generated from provisor/syscalls.py by `python -m provisor.syscalls --c-header`",
+        " * (make hv/plugin/syscalls.h). Do not edit: change the table and regenerate. */",
+        "#ifndef PROVISOR_SYSCALLS_H",
+        "#define PROVISOR_SYSCALLS_H",
+        "",
+        "#include <stdint.h>",
+        "",
+        f"#define PV_MAX_ARGS {MAX_ARGS}",
+        f"#define PV_MAX_PATHS {MAX_PATHS}",
+        f"#define PV_SYSCALL_COUNT {len(table)}",
+        "",
+        *enum("pv_arg", "PV_ARG_", [("NONE", "0"), *((a.name, str(a.value)) for a in Arg)]),
+        *enum("pv_family", "PV_FAMILY_", [(f.name, str(f.value)) for f in Family]),
+        *enum("pv_trait", "PV_TRAIT_", [(t.name, f"0x{t.value:x}u") for t in Trait]),
+        "struct pv_path {",
+        "    int8_t dirfd; /* argument index of the directory fd, -1: relative to the cwd */",
+        "    int8_t path;  /* argument index of the path string */",
+        "};",
+        "",
+        "struct pv_syscall {",
+        "    uint16_t nr;",
+        "    const char *name;",
+        "    uint8_t nargs;",
+        "    uint8_t args[PV_MAX_ARGS];           /* enum pv_arg */",
+        "    uint8_t family;                      /* enum pv_family */",
+        "    uint32_t traits;                     /* enum pv_trait bits */",
+        "    uint8_t npaths;",
+        "    struct pv_path paths[PV_MAX_PATHS];",
+        "    int8_t flags_arg;                    /* the O_* flags argument, -1: none */",
+        "    int64_t implied_flags;               /* O_* flags without one (creat), -1: none */",
+        "    int8_t xfer_in, xfer_out;            /* TRANSFER fd arguments, -1: none */",
+        "};",
+        "",
+        "static const struct pv_syscall pv_syscalls[PV_SYSCALL_COUNT] = {",
+    ]
+    for s in table:
+        if len(s.args) > MAX_ARGS or len(s.path_pairs) > MAX_PATHS:
+            raise ValueError(f"{s.name}: too many arguments or paths for the C table")
+        args = ", ".join(f"PV_ARG_{a.name}" for a in s.args) or "0"
+        traits = " | ".join(f"PV_TRAIT_{t.name}" for t in Trait if t in s.traits) or "0"
+        paths = ", ".join(f"{{{c_int(d)}, {p}}}" for d, p in s.path_pairs) or "{-1, -1}"
+        xin, xout = s.xfer or (None, None)
+        out.append(
+            f"    {{{s.nr}, \"{s.name}\", {len(s.args)}, {{{args}}}, PV_FAMILY_{s.family.name}, "
+            f"{traits}, {len(s.path_pairs)}, {{{paths}}}, {c_int(s.flags_arg)}, "
+            f"{c_int(s.implied_flags)}, {c_int(xin)}, {c_int(xout)}}},")
+    out += ["};", "", "#endif /* PROVISOR_SYSCALLS_H */", ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] != "--c-header" or len(argv) > 2:
+        print("usage: python -m provisor.syscalls --c-header [OUT.h]", file=sys.stderr)
+        return 2
+    text = c_header()
+    if len(argv) == 1:
+        sys.stdout.write(text)
+    else:
+        with open(argv[1], "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,9 +1,12 @@
-"""The one syscall table: its rows fit their families, shared code never imports the hypervisor
-package, and a new row needs no code."""
+"""The one syscall table: its rows fit their families, the C plugin's header is generated from
+it (and says the same when compiled), shared code never imports the hypervisor package, and a
+new row needs no code."""
 
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from provisor.abi import AT_FDCWD, O_CLOEXEC, O_CREAT, O_TRUNC, O_WRONLY, to_sig
 from provisor.syscalls import BY_NAME, BY_NR, Arg, Family, Syscall, Trait
 
 ROOT = Path(__file__).resolve().parent.parent
+HEADER = ROOT / "hv" / "plugin" / "syscalls.h"
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -100,6 +104,57 @@ def test_normalize_args_sign_extends_every_fd_kind() -> None:
     assert to_signed(at[0]) == AT_FDCWD and at[1] == 0x1000
     dup2 = eventbuild.normalize_args(BY_NAME["dup2"], (1 << 32 | 3, 1 << 32 | 1, 0, 0, 0, 0))
     assert dup2[:2] == (3, 1)  # NEWFD too: a C int
+
+
+# -- the C header --------------------------------------------------------------------------
+def test_committed_header_is_generated_from_the_table() -> None:
+    assert HEADER.read_text() == S.c_header(), \
+        "hv/plugin/syscalls.h differs from provisor/syscalls.py: run make hv/plugin/syscalls.h"
+
+
+def test_header_generator_cli(tmp_path, capsys) -> None:
+    out = tmp_path / "s.h"
+    assert S.main(["--c-header", str(out)]) == 0
+    assert out.read_text() == S.c_header()
+    assert S.main([]) == 2
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_compiled_header_agrees_with_the_table(tmp_path) -> None:
+    """The table as C reads it, printed and compared row by row with the Python table."""
+    prog = tmp_path / "dump.c"
+    prog.write_text(r"""
+#include <stdio.h>
+#include "syscalls.h"
+int main(void) {
+    for (int i = 0; i < PV_SYSCALL_COUNT; i++) {
+        const struct pv_syscall *s = &pv_syscalls[i];
+        printf("%u %s %u %u %u", s->nr, s->name, s->family, s->traits, s->nargs);
+        for (int j = 0; j < s->nargs; j++) printf(" a%u", s->args[j]);
+        for (int j = 0; j < s->npaths; j++) printf(" p%d:%d", s->paths[j].dirfd, s->paths[j].path);
+        printf(" f%d i%lld x%d:%d\n", s->flags_arg, (long long)s->implied_flags, s->xfer_in,
+               s->xfer_out);
+    }
+    return 0;
+}
+""")
+    exe = tmp_path / "dump"
+    subprocess.run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{HEADER.parent}",
+                    str(prog), "-o", str(exe)], check=True)
+    got = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+
+    def c(v: int | None) -> int:
+        return -1 if v is None else v
+
+    want = []
+    for s in S._TABLE:
+        xin, xout = s.xfer or (None, None)
+        want.append(" ".join([
+            f"{s.nr} {s.name} {s.family.value} {s.traits.value} {len(s.args)}",
+            *(f"a{a.value}" for a in s.args),
+            *(f"p{c(d)}:{p}" for d, p in s.path_pairs),
+            f"f{c(s.flags_arg)} i{c(s.implied_flags)} x{c(xin)}:{c(xout)}"]) + "\n")
+    assert got == "".join(want)
 
 
 # -- data flows one way ----------------------------------------------------------------------
