@@ -37,5 +37,9 @@ bench: setup
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/vmi.py
 
+# the C plugin's copy of the syscall table, generated (stdlib only: no venv needed)
+hv/plugin/syscalls.h: provisor/syscalls.py provisor/abi.py
+	$(PY) -m provisor.syscalls --c-header $@
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -17,24 +17,31 @@ transaction that advances the applied sequence number.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hv.syscalls import AT_FDCWD
+from provisor.abi import (
+    AT_FDCWD,
+    CLONE_THREAD,
+    F_DUPFD,
+    F_DUPFD_CLOEXEC,
+    F_SETFD,
+    FD_CLOEXEC,
+    MAP_SHARED,
+    O_CLOEXEC,
+    O_RDWR,
+    O_TRUNC,
+    O_WRONLY,
+    PROT_READ,
+    PROT_WRITE,
+    to_signed,
+)
 from provisor.events import ENTRY, Event, FileId
+from provisor.syscalls import BY_NR, Arg, Family, Syscall, Trait, name_of
 
-O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o1, 0o2, 0o100, 0o1000
-O_CLOEXEC = 0o2000000
-F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC = 0, 2, 1030
-FD_CLOEXEC = 1
-CLONE_THREAD = 0x10000
-PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
 USED_CAP = 4096  # bound on the per-process set of versions read since exec
 
 USED, GENERATED, INFORMED, DERIVED = "used", "wasGeneratedBy", "wasInformedBy", "wasDerivedFrom"
-
-READS = {"read", "readv", "pread64"}
-WRITES = {"write", "writev", "pwrite64"}
-NORETURN = {"exit", "exit_group"}
 
 
 @dataclass
@@ -326,15 +333,16 @@ class Analyzer:
         """Analyze one event (called in sequence order)."""
         p = self._proc_for(ev)
         paths = "\n".join(ev.paths) if ev.paths else None
-        name = ev.name
+        sc = BY_NR.get(ev.nr)
+        name = sc.name if sc is not None else name_of(ev.nr)
         self.b.events.append((ev.seq, ev.ts_ns, ev.vcpu, "exit" if ev.phase else "entry",
                               ev.entry_seq or None, ev.nr, name, ev.tgid, ev.pid, ev.ppid,
                               ev.uid, ev.start_time, ev.comm, ev.cwd, paths, ev.ret, ev.flags,
                               ev.payload))
         if ev.phase == ENTRY:
-            if name not in NORETURN:
+            if sc is None or not sc.has(Trait.NO_RETURN):
                 self.pending[ev.seq] = ev
-            elif name == "exit_group" or ev.pid == ev.tgid:
+            elif sc.family is Family.EXIT_GROUP or ev.pid == ev.tgid:
                 p.exit_seq = ev.seq
             return
         entry = self.pending.pop(ev.entry_seq, None)
@@ -342,131 +350,146 @@ class Analyzer:
             self.b.pending_done.append(entry.seq)
         if ev.ret is None or ev.ret < 0:
             return  # a failed call is an event, never a relation
-        self._exit(p, ev, entry or ev, name)
+        self._exit(p, ev, entry or ev, sc)
 
-    def _exit(self, p: Proc, ev: Event, en: Event, name: str) -> None:
-        ret, eseq = ev.ret or 0, (en.seq if en is not ev else None)
-        fid = ev.files[0] if ev.files else (en.files[0] if en.files else None)
-        paths = en.paths or ev.paths
-        args = en.args
-
-        def arg(i: int) -> int:
-            v = args[i]
-            return v - (1 << 64) if v >= 1 << 63 else v
-
-        if name in READS:
-            a = self._fd_art(p, arg(0), fid, ev)
-            if a is not None:
-                self._use(p, a, ev, eseq)
-        elif name in WRITES:
-            a = self._fd_art(p, arg(0), fid, ev)
-            if a is not None:
-                self._generate(p, a, ev, eseq)
-        elif name in ("open", "openat", "creat"):
-            if not paths:
-                return
-            dirfd = arg(0) if name == "openat" else AT_FDCWD
-            flags = arg(2) if name == "openat" else (arg(1) if name == "open" else
-                                                      O_CREAT | O_WRONLY | O_TRUNC)
-            path = self._abspath(p, paths[0], dirfd)
-            a = self._file(ev, path, fid)
-            p.fds[ret] = (a.id, 1 if flags & O_CLOEXEC else 0)
-            if flags & O_TRUNC and flags & (O_WRONLY | O_RDWR):
-                self._generate(p, a, ev, eseq, truncate=True)
-        elif name in ("close",):
-            p.fds.pop(arg(0), None)
-        elif name == "dup":
-            if arg(0) in p.fds:
-                p.fds[ret] = (p.fds[arg(0)][0], 0)
-        elif name in ("dup2", "dup3"):
-            if arg(0) in p.fds and arg(0) != arg(1):
-                cloexec = 1 if name == "dup3" and arg(2) & O_CLOEXEC else 0
-                p.fds[ret] = (p.fds[arg(0)][0], cloexec)
-        elif name == "fcntl":
-            if arg(1) in (F_DUPFD, F_DUPFD_CLOEXEC) and arg(0) in p.fds:
-                p.fds[ret] = (p.fds[arg(0)][0], 1 if arg(1) == F_DUPFD_CLOEXEC else 0)
-            elif arg(1) == F_SETFD and arg(0) in p.fds:
-                p.fds[arg(0)] = (p.fds[arg(0)][0], arg(2) & FD_CLOEXEC)
-        elif name in ("pipe", "pipe2"):
-            fds = ev.out_fds
-            if len(fds) == 2:
-                a = self._new_art(ev, "pipe", fid, None)
-                cloexec = 1 if name == "pipe2" and arg(1) & O_CLOEXEC else 0
-                p.fds[fds[0]] = (a.id, cloexec)
-                p.fds[fds[1]] = (a.id, cloexec)
-        elif name in ("fork", "vfork", "clone", "clone3"):
-            if name == "clone" and arg(0) & CLONE_THREAD:
-                return
-            if ret > 0 and name != "clone3":
-                child = self.procs.get(ret)
-                if child is None or child.exit_seq is not None or child.parent_id != p.id:
-                    self._new_proc(ev, ret, 0, p, name)
-        elif name in ("execve", "execveat"):
-            self._exec(p, ev, en, paths)
-        elif name in ("mmap",):
-            prot, flags, fd = arg(2), arg(3), arg(4)
-            a = self._fd_art(p, fd, fid, ev) if fd >= 0 else None
-            if a is not None and a.kind == "file":
-                if prot & PROT_READ:
-                    self._use(p, a, ev, eseq)
-                if prot & PROT_WRITE and flags & MAP_SHARED:
-                    self._generate(p, a, ev, eseq)
-        elif name == "truncate":
-            if paths:
-                a = self._file(ev, self._abspath(p, paths[0]), fid)
-                self._generate(p, a, ev, eseq, truncate=arg(1) == 0)
-        elif name == "ftruncate":
-            a = self._fd_art(p, arg(0), fid, ev)
-            if a is not None:
-                self._generate(p, a, ev, eseq, truncate=arg(1) == 0)
-        elif name in ("sendfile", "splice", "tee"):
-            if name == "sendfile":
-                out_fd, in_fd = arg(0), arg(1)
-            elif name == "splice":
-                in_fd, out_fd = arg(0), arg(2)
-            else:
-                in_fd, out_fd = arg(0), arg(1)
-            src, dst = p.fds.get(in_fd), p.fds.get(out_fd)
-            if src:
-                self._use(p, self.arts[src[0]], ev, eseq)
-            if dst:
-                self._generate(p, self.arts[dst[0]], ev, eseq)
-        elif name in ("rename", "renameat", "renameat2"):
-            if len(paths) >= 2:
-                i_old, i_new = (0, 1)
-                d_old = arg(0) if name != "rename" else AT_FDCWD
-                d_new = arg(2) if name != "rename" else AT_FDCWD
-                old = self._abspath(p, paths[i_old], d_old)
-                new = self._abspath(p, paths[i_new], d_new)
-                aid = self._unbind(old, ev)
-                if aid is None:
-                    aid = self._file(ev, old, fid).id
-                    self._unbind(old, ev)
-                self._bind(new, aid, ev)
-        elif name in ("link", "linkat"):
-            if len(paths) >= 2:
-                d_old = arg(0) if name == "linkat" else AT_FDCWD
-                d_new = arg(2) if name == "linkat" else AT_FDCWD
-                a = self._file(ev, self._abspath(p, paths[0], d_old), fid)
-                self._bind(self._abspath(p, paths[1], d_new), a.id, ev)
-        elif name in ("symlink", "symlinkat"):
-            if len(paths) >= 2:
-                d_new = arg(1) if name == "symlinkat" else AT_FDCWD
-                self._bound_new(ev, "symlink", None, self._abspath(p, paths[1], d_new))
-        elif name in ("unlink", "unlinkat", "rmdir"):
-            if paths:
-                d = arg(0) if name == "unlinkat" else AT_FDCWD
-                self._unbind(self._abspath(p, paths[0], d), ev)
-        elif name == "chdir":
-            if paths and ev.cwd is None:
-                p.cwd = self._abspath(p, paths[0])
-        elif name == "fchdir":
-            ref = p.fds.get(arg(0))
-            if ref and ev.cwd is None and self.arts[ref[0]].path:
-                p.cwd = self.arts[ref[0]].path or p.cwd
-        elif name in ("socket", "accept"):
-            p.fds[ret] = (self._new_art(ev, "socket", fid, None).id, 0)
+    def _exit(self, p: Proc, ev: Event, en: Event, sc: Syscall | None) -> None:
+        """A successful call's effect: the handler of its row's family (``_HANDLERS``)."""
+        handler = _HANDLERS.get(sc.family) if sc is not None else None
+        if handler is not None:
+            fid = ev.files[0] if ev.files else (en.files[0] if en.files else None)
+            handler(self, _Call(p, ev, en, sc, en.seq if en is not ev else None, fid,
+                                en.paths or ev.paths))
         self._dirty_p(p)
+
+    # -- the handlers of successful calls, one per family (provisor/syscalls.py) ----------
+    def _pair_path(self, c: _Call, k: int) -> str:
+        """The absolute form of the event's ``k``-th path, against its row's dirfd."""
+        d = c.sc.path_pairs[k][0]
+        return self._abspath(c.p, c.paths[k], AT_FDCWD if d is None else c.arg(d))
+
+    def _data_read(self, c: _Call) -> None:
+        a = self._fd_art(c.p, c.arg(c.sc.fd_arg), c.fid, c.ev)
+        if a is not None:
+            self._use(c.p, a, c.ev, c.eseq)
+
+    def _data_write(self, c: _Call) -> None:
+        a = self._fd_art(c.p, c.arg(c.sc.fd_arg), c.fid, c.ev)
+        if a is not None:
+            self._generate(c.p, a, c.ev, c.eseq)
+
+    def _open(self, c: _Call) -> None:
+        if not c.paths:
+            return
+        flags = c.flags()
+        a = self._file(c.ev, self._pair_path(c, 0), c.fid)
+        c.p.fds[c.ev.ret] = (a.id, 1 if flags & O_CLOEXEC else 0)
+        if flags & O_TRUNC and flags & (O_WRONLY | O_RDWR):
+            self._generate(c.p, a, c.ev, c.eseq, truncate=True)
+
+    def _close(self, c: _Call) -> None:
+        c.p.fds.pop(c.arg(c.sc.fd_arg), None)
+
+    def _dup(self, c: _Call) -> None:
+        fds, old, new = c.p.fds, c.arg(c.sc.fd_arg), c.sc.at(Arg.NEWFD)
+        if old in fds and (new is None or c.arg(new) != old):
+            fds[c.ev.ret] = (fds[old][0], 1 if c.flags() & O_CLOEXEC else 0)
+
+    def _fcntl(self, c: _Call) -> None:
+        fds, fd, cmd = c.p.fds, c.arg(c.sc.fd_arg), c.arg(c.sc.at(Arg.FCNTL_CMD))
+        if fd not in fds:
+            return
+        if cmd in (F_DUPFD, F_DUPFD_CLOEXEC):
+            fds[c.ev.ret] = (fds[fd][0], 1 if cmd == F_DUPFD_CLOEXEC else 0)
+        elif cmd == F_SETFD:
+            fds[fd] = (fds[fd][0], c.arg(c.sc.at(Arg.INT)) & FD_CLOEXEC)
+
+    def _pipe(self, c: _Call) -> None:
+        fds = c.ev.out_fds
+        if len(fds) == 2:
+            ref = (self._new_art(c.ev, "pipe", c.fid, None).id, 1 if c.flags() & O_CLOEXEC else 0)
+            c.p.fds[fds[0]] = c.p.fds[fds[1]] = ref
+
+    def _fork(self, c: _Call) -> None:
+        sc, ret = c.sc, c.ev.ret
+        if Arg.CLONE_ARGS in sc.args:
+            return  # clone3: the flags are in guest memory, unread: a thread or a process?
+        i = sc.at(Arg.CLONE_FLAGS)
+        if (i is not None and c.arg(i) & CLONE_THREAD) or ret <= 0:
+            return
+        child = self.procs.get(ret)
+        if child is None or child.exit_seq is not None or child.parent_id != c.p.id:
+            self._new_proc(c.ev, ret, 0, c.p, sc.name)
+
+    def _execve(self, c: _Call) -> None:
+        self._exec(c.p, c.ev, c.en, c.paths)
+
+    def _mmap(self, c: _Call) -> None:
+        sc = c.sc
+        prot, flags, fd = c.arg(sc.at(Arg.PROT)), c.arg(sc.at(Arg.MAP_FLAGS)), c.arg(sc.fd_arg)
+        a = self._fd_art(c.p, fd, c.fid, c.ev) if fd >= 0 else None
+        if a is not None and a.kind == "file":
+            if prot & PROT_READ:
+                self._use(c.p, a, c.ev, c.eseq)
+            if prot & PROT_WRITE and flags & MAP_SHARED:
+                self._generate(c.p, a, c.ev, c.eseq)
+
+    def _truncate(self, c: _Call) -> None:
+        """truncate (a path) or ftruncate (an fd); to length 0 starts a version from nothing."""
+        if c.sc.path_pairs:
+            if not c.paths:
+                return
+            a = self._file(c.ev, self._pair_path(c, 0), c.fid)
+        else:
+            a = self._fd_art(c.p, c.arg(c.sc.fd_arg), c.fid, c.ev)
+            if a is None:
+                return
+        self._generate(c.p, a, c.ev, c.eseq, truncate=c.arg(c.sc.at(Arg.SIZE)) == 0)
+
+    def _transfer(self, c: _Call) -> None:
+        i, o = c.sc.xfer or (0, 0)
+        src, dst = c.p.fds.get(c.arg(i)), c.p.fds.get(c.arg(o))
+        if src:
+            self._use(c.p, self.arts[src[0]], c.ev, c.eseq)
+        if dst:
+            self._generate(c.p, self.arts[dst[0]], c.ev, c.eseq)
+
+    def _rename(self, c: _Call) -> None:
+        if len(c.paths) < 2:
+            return
+        old, new = self._pair_path(c, 0), self._pair_path(c, 1)
+        aid = self._unbind(old, c.ev)
+        if aid is None:
+            aid = self._file(c.ev, old, c.fid).id
+            self._unbind(old, c.ev)
+        self._bind(new, aid, c.ev)
+
+    def _link(self, c: _Call) -> None:
+        if len(c.paths) >= 2:
+            a = self._file(c.ev, self._pair_path(c, 0), c.fid)
+            self._bind(self._pair_path(c, 1), a.id, c.ev)
+
+    def _symlink(self, c: _Call) -> None:
+        if len(c.paths) >= 2:  # the first path is the link's text, the second its name
+            self._bound_new(c.ev, "symlink", None, self._pair_path(c, 1))
+
+    def _unlink(self, c: _Call) -> None:
+        if c.paths:
+            self._unbind(self._pair_path(c, 0), c.ev)
+
+    def _chdir(self, c: _Call) -> None:
+        """chdir (a path) or fchdir (an fd), when the producer could not read the new cwd."""
+        if c.ev.cwd is not None:
+            return
+        if c.sc.path_pairs:
+            if c.paths:
+                c.p.cwd = self._pair_path(c, 0)
+            return
+        ref = c.p.fds.get(c.arg(c.sc.fd_arg))
+        if ref and self.arts[ref[0]].path:
+            c.p.cwd = self.arts[ref[0]].path or c.p.cwd
+
+    def _socket(self, c: _Call) -> None:
+        c.p.fds[c.ev.ret] = (self._new_art(c.ev, "socket", c.fid, None).id, 0)
 
     def _exec(self, p: Proc, ev: Event, en: Event, paths: list[str]) -> None:
         """execve replaces the process image: a new process version that used the binary (and
@@ -504,6 +527,50 @@ class Analyzer:
     def take(self) -> Batch:
         b, self.b = self.b, Batch()
         return b
+
+
+@dataclass(slots=True)
+class _Call:
+    """A successful call being analyzed: its exit, its entry (or the exit again), its row."""
+
+    p: Proc
+    ev: Event
+    en: Event
+    sc: Syscall
+    eseq: int | None  # the entry's sequence number, when the entry was seen
+    fid: FileId | None  # the first file identity the producer read (exit first)
+    paths: list[str]
+
+    def arg(self, i: int | None) -> int:
+        """Argument ``i`` of the entry, signed (fds, AT_FDCWD, flags)."""
+        return to_signed(self.en.args[i])
+
+    def flags(self) -> int:
+        """The call's O_* flags: its FLAGS argument, else what the row implies (creat)."""
+        i = self.sc.flags_arg
+        return self.arg(i) if i is not None else (self.sc.implied_flags or 0)
+
+
+_HANDLERS: dict[Family, Callable[[Analyzer, _Call], None]] = {
+    Family.DATA_READ: Analyzer._data_read,
+    Family.DATA_WRITE: Analyzer._data_write,
+    Family.OPEN: Analyzer._open,
+    Family.CLOSE: Analyzer._close,
+    Family.DUP: Analyzer._dup,
+    Family.FCNTL: Analyzer._fcntl,
+    Family.PIPE: Analyzer._pipe,
+    Family.FORK: Analyzer._fork,
+    Family.EXEC: Analyzer._execve,
+    Family.MMAP: Analyzer._mmap,
+    Family.TRUNCATE: Analyzer._truncate,
+    Family.TRANSFER: Analyzer._transfer,
+    Family.RENAME: Analyzer._rename,
+    Family.LINK: Analyzer._link,
+    Family.SYMLINK: Analyzer._symlink,
+    Family.UNLINK: Analyzer._unlink,
+    Family.CHDIR: Analyzer._chdir,
+    Family.SOCKET: Analyzer._socket,
+}  # NONE, EXIT and EXIT_GROUP have no exit effect (the exits are handled at their entry)
 
 
 def normpath(path: str) -> str:

@@ -37,23 +37,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hv.eventbuild import normalize_args, read_entry, read_exit
 from hv.gdbstub import GdbClient, GdbError, GuestExited, Regs
 from hv.linux import Linux, Task
 from hv.memory import Unreadable, Virtual
-from hv.syscalls import AT_FDCWD, BY_NAME, PROVENANCE_SET, Syscall
 from pmem.layout import RecType
 from provisor import events as E
+from provisor.abi import to_signed
+from provisor.syscalls import BY_NAME, PROVENANCE_SET, Syscall, Trait
 
 ENOSYS = 38
 TSS_SP2 = 20  # offsetof(struct x86_hw_tss, sp2): entry_SYSCALL_64's scratch slot
 USER_CS = 0x33
 _M64 = (1 << 64) - 1
-# syscalls whose return value is a new fd to identify at exit
-_RET_FD = frozenset({"open", "openat", "creat", "dup", "dup2", "dup3", "accept", "socket"})
-_NO_RETURN = frozenset({"exit", "exit_group"})
-_RENAMES = frozenset({"rename", "renameat", "renameat2"})
 _SYS_FN = {"sendfile": "sendfile64"}  # x86-64's syscall 40 is sys_sendfile64
-F_DUPFD, F_DUPFD_CLOEXEC = 0, 1030
 
 _NOPS = (  # the multi-byte NOPs compilers and ftrace emit, and endbr64
     b"\x90", b"\x66\x90", b"\x0f\x1f\x00", b"\x0f\x1f\x40\x00", b"\x0f\x1f\x44\x00\x00",
@@ -249,7 +246,7 @@ class Interceptor:
             self.stats.spurious += 1
             return []
         args = normalize_args(sc, tuple(regs[r] for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9")))
-        if self.mode == "exit-only" and sc.name not in _NO_RETURN:
+        if self.mode == "exit-only" and not sc.has(Trait.NO_RETURN):
             task = self.linux.task(taddr)
             if not task.ok:
                 return []
@@ -309,7 +306,7 @@ class Interceptor:
             self.stats.decode_errors += 1
             ev.flags |= E.F_PATH_UNREADABLE | E.F_ARGV_UNREADABLE | E.F_FILE_UNREADABLE
         seq = self._append(ev)
-        if sc.name in _NO_RETURN or not task.ok:
+        if sc.has(Trait.NO_RETURN) or not task.ok:
             return None
         p = Pending(seq, sc, args, task.pid, task.start_time, site)
         self.pending[taddr] = p
@@ -319,9 +316,9 @@ class Interceptor:
         st = self.stats
         st.exits += 1
         ev = E.Event(p.sc.nr, E.EXIT, time.time_ns(), self.vcpu, entry_seq=p.seq, args=p.args)
-        ev.ret = _signed(ax)
+        ev.ret = to_signed(ax)
         self._fill_task(ev, task.addr, task)
-        if p.sc.name in _RENAMES:
+        if p.sc.has(Trait.MOVES_NAME):
             self.linux.invalidate_paths()
         try:
             if self.mode == "exit-only":
@@ -355,80 +352,10 @@ class Interceptor:
             return False
 
     def _decode_args(self, sc: Syscall, ev: E.Event, task: Task) -> None:
-        lx = self.linux
-        if ("path" in sc.args or "argv" in sc.args) and self.trap == "watch" and task.ok:
-            if not self._user_space(task):
-                ev.flags |= E.F_PATH_UNREADABLE
-        for i, kind in enumerate(sc.args):
-            v = ev.args[i]
-            if kind == "path":
-                s, trunc = lx.user_string(v)
-                if s is None:
-                    ev.flags |= E.F_PATH_UNREADABLE
-                    s = ""
-                if trunc:
-                    ev.flags |= E.F_TRUNCATED
-                ev.paths.append(s)
-            elif kind in ("fd", "dirfd") and task.ok:
-                fd = ev.arg(i)
-                if kind == "dirfd" and fd == AT_FDCWD:
-                    continue
-                if sc.name in ("dup2", "dup3") and i == 1:
-                    continue  # the target fd: identified at exit
-                try:
-                    f = lx.fd_file(task, fd, strict=True)
-                except Unreadable:
-                    ev.flags |= E.F_FILE_UNREADABLE
-                    continue
-                if f is not None:  # None: not an open fd (the call fails with EBADF)
-                    ev.files.append(f)
-            elif kind in ("argv", "envp"):
-                if kind == "envp" and not self.record_envp:
-                    continue
-                lst, trunc, bad = lx.user_strv(v)
-                if bad:
-                    ev.flags |= E.F_ARGV_UNREADABLE
-                if trunc:
-                    ev.flags |= E.F_TRUNCATED
-                if kind == "argv":
-                    ev.argv = lst
-                else:
-                    ev.envp = lst
+        read_entry(sc, ev, _TaskSource(self, task), task_ok=task.ok, envp=self.record_envp)
 
     def _exit_files(self, sc: Syscall, ev: E.Event, task: Task) -> None:
-        lx = self.linux
-        if ev.ret is None or ev.ret < 0:
-            return
-        fds: list[int] = []
-        if sc.name in _RET_FD or (sc.name == "fcntl" and ev.arg(1) in (F_DUPFD,
-                                                                       F_DUPFD_CLOEXEC)):
-            fds = [ev.ret]
-        elif sc.name in ("pipe", "pipe2"):
-            if self.trap == "watch":
-                self._user_space(task)
-            pair = lx.user_ints(ev.args[0], 2)
-            if pair is None:
-                ev.flags |= E.F_FILE_UNREADABLE
-                return
-            ev.out_fds = pair
-            fds = pair
-        elif sc.name in ("chdir", "fchdir"):
-            ev.cwd, ev.cwd_mnt = lx.cwd(task)
-            if ev.cwd is None:
-                ev.flags |= E.F_CWD_UNREADABLE
-        elif sc.name in ("execve", "execveat"):
-            exe = lx.exe_file(task)  # the new image's binary, as the kernel resolved it
-            if exe is not None:
-                ev.files.append(exe)
-        for fd in fds:
-            try:
-                f = lx.fd_file(task, fd, strict=True)
-            except Unreadable:
-                f = None
-            if f is None:  # it was just returned: it must be open and readable
-                ev.flags |= E.F_FILE_UNREADABLE
-            else:
-                ev.files.append(f)
+        read_exit(sc, ev, _TaskSource(self, task))
 
     def _append(self, ev: E.Event) -> int:
         seq = self.producer.append(RecType.EVENT, E.encode(ev))
@@ -525,19 +452,36 @@ class Interceptor:
         return [self.gdb.bp_packet(False, self.exit_site)]
 
 
-def normalize_args(sc: Syscall, args: tuple[int, ...]) -> tuple[int, ...]:
-    """fd and dirfd arguments are C ints: the kernel reads only the low 32 bits of the
-    register (libc may pass AT_FDCWD zero-extended, 0xffffff9c). Store them sign-extended,
-    so that ``Event.arg(i)`` gives -100, not 4294967196."""
-    out = list(args)
-    for i, kind in enumerate(sc.args[:len(out)]):
-        if kind in ("fd", "dirfd"):
-            out[i] = (((out[i] & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000) & _M64
-    return tuple(out)
+class _TaskSource:
+    """The traced task's memory and files through the Linux layer (an eventbuild.Source)."""
 
+    __slots__ = ("ic", "task")
 
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
+    def __init__(self, ic: Interceptor, task: Task) -> None:
+        self.ic, self.task = ic, task
+
+    def user_space(self) -> bool:
+        # a breakpoint stop runs on the stopped task's page tables; a watch exit stop on the
+        # kernel's
+        return self.ic.trap != "watch" or self.ic._user_space(self.task)
+
+    def string(self, va: int) -> tuple[str | None, bool]:
+        return self.ic.linux.user_string(va)
+
+    def strv(self, va: int) -> tuple[list[str] | None, bool, bool]:
+        return self.ic.linux.user_strv(va)
+
+    def ints(self, va: int, count: int) -> list[int] | None:
+        return self.ic.linux.user_ints(va, count)
+
+    def fd_file(self, fd: int) -> E.FileId | None:
+        return self.ic.linux.fd_file(self.task, fd, strict=True)
+
+    def exe_file(self) -> E.FileId | None:
+        return self.ic.linux.exe_file(self.task)
+
+    def cwd(self) -> tuple[str | None, int]:
+        return self.ic.linux.cwd(self.task)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from typing import Any
 
 import click
 
-from hv.syscalls import PROVENANCE_SET
 from provisor import __version__
 from provisor.errors import ProvisorError
+from provisor.syscalls import PROVENANCE_SET
 
 
 class ProfileError(ProvisorError):

@@ -44,8 +44,38 @@ from dataclasses import dataclass
 
 import click
 
-from hv.syscalls import nr_of
+from hv.eventbuild import read_entry
+from hv.memory import Unreadable
 from pmem.layout import RecType
+from provisor.abi import (
+    CLONE_CHILD_CLEARTID,
+    CLONE_CHILD_SETTID,
+    CLONE_FILES,
+    CLONE_FS,
+    CLONE_PARENT_SETTID,
+    CLONE_SETTLS,
+    CLONE_SIGHAND,
+    CLONE_SYSVSEM,
+    CLONE_THREAD,
+    CLONE_VM,
+    F_DUPFD,
+    F_DUPFD_CLOEXEC,
+    F_GETFD,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    O_APPEND,
+    O_CLOEXEC,
+    O_CREAT,
+    O_EXCL,
+    O_RDONLY,
+    O_RDWR,
+    O_TRUNC,
+    O_WRONLY,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    SIGCHLD,
+)
 from provisor.errors import ProvisorError
 from provisor.events import (
     ENTRY,
@@ -63,32 +93,19 @@ from provisor.events import (
     encode,
 )
 from provisor.guesttext import unescape
+from provisor.syscalls import BY_NAME, BY_NR, Arg, Trait
 
 U64 = 1 << 64
 _Z6 = (0, 0, 0, 0, 0, 0)
 AT_FDCWD_REG = U64 - 100  # AT_FDCWD as the register holds it
 
-O_RDONLY, O_WRONLY, O_RDWR = 0, 1, 2
-O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
-O_DIRECTORY, O_CLOEXEC = 0o200000, 0o2000000
-PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
-MAP_SHARED, MAP_PRIVATE = 1, 2
-F_DUPFD, F_GETFD, F_SETFD, F_DUPFD_CLOEXEC = 0, 1, 2, 1030
-SIGCHLD = 17
-CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
-CLONE_THREAD, CLONE_SYSVSEM, CLONE_SETTLS = 0x10000, 0x40000, 0x80000
-CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID, CLONE_CHILD_SETTID = 0x100000, 0x200000, 0x1000000
 CLONE_PTHREAD = (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD
                  | CLONE_SYSVSEM | CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID)
 CLONE_FORK = CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD  # what glibc's fork() passes
 ENOENT, EBADF, EEXIST, EACCES, ENOTDIR = -2, -9, -17, -13, -20
 
-NR = {name: nr_of(name) for name in (
-    "read", "write", "open", "close", "mmap", "pread64", "pwrite64", "readv", "writev", "pipe",
-    "dup", "dup2", "clone", "fork", "vfork", "execve", "exit", "fcntl", "truncate", "ftruncate",
-    "chdir", "rename", "mkdir", "creat", "link", "unlink", "symlink", "exit_group", "openat",
-    "renameat", "dup3", "pipe2")}
-NO_EXIT = frozenset((NR["exit"], NR["exit_group"]))  # these never return
+NR = {name: sc.nr for name, sc in BY_NAME.items()}
+NO_EXIT = frozenset(nr for nr, sc in BY_NR.items() if sc.has(Trait.NO_RETURN))
 
 ROOT_DEV, TMP_DEV, PIPE_DEV = 0x801, 0x2A, 0xD  # /dev/sda1, a tmpfs, pipefs
 ROOT_MNT, TMP_MNT = 26, 29  # mount ids: the "volume ID" of a cwd
@@ -342,6 +359,45 @@ HEADERS = ["stdio.h", "stdlib.h", "string.h", "unistd.h", "errno.h"]
 HOME = "/home/user"
 
 
+class _Model:
+    """What the synthetic producer reads for an entry (an eventbuild.Source): the strings its
+    call put behind the argument pointers, and the files of the caller's fd table, identified
+    with probability ``file_fraction`` (else Unreadable: the event carries F_FILE_UNREADABLE)."""
+
+    __slots__ = ("guest", "proc", "mem", "identify")
+
+    def __init__(self, guest: Guest, proc: Proc, mem: dict[int, str | list[str]],
+                 identify: bool) -> None:
+        self.guest, self.proc, self.mem, self.identify = guest, proc, mem, identify
+
+    def user_space(self) -> bool:
+        return True
+
+    def string(self, va: int) -> tuple[str | None, bool]:
+        return self.mem[va], False
+
+    def strv(self, va: int) -> tuple[list[str] | None, bool, bool]:
+        return self.mem[va], False, False
+
+    def ints(self, va: int, count: int) -> list[int] | None:
+        return None  # exits are the model's own (Guest._exit)
+
+    def fd_file(self, fd: int) -> FileId | None:
+        f = self.proc.fds.get(fd) if self.identify else None
+        if f is None:
+            return None
+        files, _ = self.guest._fid(f.inode)
+        if not files:
+            raise Unreadable("the synthetic producer missed this file")
+        return files[0]
+
+    def exe_file(self) -> FileId | None:
+        return None
+
+    def cwd(self) -> tuple[str | None, int]:
+        return self.proc.cwd, self.proc.cwd_mnt
+
+
 class Guest:
     """The simulated guest. ``run`` writes its events into a ring; ``events`` returns a list."""
 
@@ -411,20 +467,42 @@ class Guest:
         self.addr = 0x5581_2000_0000 + (self.addr + 0x1a8) % 0x40_0000
         return self.addr
 
-    def _ev(self, t: Task, nr: int, args: tuple[int, ...], paths: list[str] | None = None,
-            files: list[FileId] | None = None, flags: int = 0,
-            argv: list[str] | None = None) -> Event:
-        """An entry event of task ``t`` (cwd only for path syscalls); ts/vcpu come at emit."""
+    def _call(self, t: Task, name: str, *vals: int | str | list[str],
+              identify: bool = True) -> Event:
+        """The entry event of task ``t``'s call, built as the gdbstub producer builds one
+        (hv/eventbuild.py): ``vals`` fill the row's arguments in order (more are ignored, the
+        other registers are 0), each DIRFD skipped (this guest names paths from its cwd:
+        AT_FDCWD); a str or list is put in memory behind a fresh pointer and read back by the
+        builder as guest memory is, and fd arguments are identified in the model
+        (``identify``). cwd only for path syscalls; ts/vcpu come at emit."""
+        sc = BY_NAME[name]
+        mem: dict[int, str | list[str]] = {}
+        if sc.path_pairs or Arg.ARGV in sc.args or Arg.DIRFD in sc.args:
+            args: list[int] = []
+            it = iter(vals)
+            for kind in sc.args:
+                if kind is Arg.DIRFD:
+                    args.append(AT_FDCWD_REG)
+                    continue
+                v = next(it, None)
+                if v is None:
+                    break
+                if not isinstance(v, int):
+                    mem[ptr := self._ptr()] = v
+                    v = ptr
+                args.append(v)
+            a6 = (tuple(args) + _Z6)[:6]
+        else:  # registers only
+            a6 = (vals[:len(sc.args)] + _Z6)[:6]
         p = t.proc
-        if len(args) != 6:
-            args = (args + _Z6)[:6]
-        if paths is not None:
-            return Event(nr, ENTRY, 0, 0, 0, p.tgid, t.pid, p.ppid, p.uid, p.start_time, None,
-                         p.cwd_mnt, args, flags, p.comm, p.cwd, paths, argv, None,
-                         [] if files is None else files, [])
-        return Event(nr, ENTRY, 0, 0, 0, p.tgid, t.pid, p.ppid, p.uid, p.start_time, None,
-                     0, args, flags, p.comm, None, [], argv, None,
-                     [] if files is None else files, [])
+        if sc.path_pairs:
+            ev = Event(sc.nr, ENTRY, 0, 0, 0, p.tgid, t.pid, p.ppid, p.uid, p.start_time, None,
+                       p.cwd_mnt, a6, 0, p.comm, p.cwd, [], None, None, [], [])
+        else:
+            ev = Event(sc.nr, ENTRY, 0, 0, 0, p.tgid, t.pid, p.ppid, p.uid, p.start_time, None,
+                       0, a6, 0, p.comm, None, [], None, None, [], [])
+        read_entry(sc, ev, _Model(self, p, mem, identify), envp=False)
+        return ev
 
     def _exit(self, en: Event, ret: int, files: list[FileId] | None = None, flags: int = 0,
               out_fds: list[int] | None = None) -> Event:
@@ -614,7 +692,7 @@ class Guest:
 
     def _bad_close(self, t: Task) -> None:
         fd = t.proc.lowest_fd(20)
-        en = self._ev(t, NR["close"], (fd, 0, 0, 0, 0, 0))
+        en = self._call(t, "close", fd)
         self._emit(en, None, t.vcpu)
         self._emit(self._exit(en, EBADF), en, t.vcpu)
 
@@ -623,11 +701,9 @@ class Guest:
         p = t.proc
         fd = next((fd for fd, f in p.fds.items() if f.mode != O_WRONLY), None)
         if fd is not None:
-            files, fl = self._fid(p.fds[fd].inode)
-            en = self._ev(t, NR["read"], (fd, self._ptr(), 4096), None, files, fl)
+            en = self._call(t, "read", fd, self._ptr(), 4096)
         else:
-            path = self.data[0]
-            en = self._ev(t, NR["openat"], (AT_FDCWD_REG, self._ptr(), O_RDONLY, 0), [path])
+            en = self._call(t, "openat", self.data[0], O_RDONLY, 0)
         self._emit(en, None, t.vcpu)
         self.open_entries += 1
 
@@ -776,12 +852,8 @@ class Guest:
         if node is None and flags & O_CREAT and self.fs.parent_ok(ap):
             node = self.fs.create(ap)
             created = True
-        if at:
-            args = (AT_FDCWD_REG, self._ptr(), flags, mode if flags & O_CREAT else 0, 0, 0)
-            en = self._ev(t, NR["openat"], args, [path])
-        else:
-            en = self._ev(t, NR["open"], (self._ptr(), flags, mode if flags & O_CREAT else 0),
-                          [path])
+        en = self._call(t, "openat" if at else "open", path, flags,
+                        mode if flags & O_CREAT else 0)
         if node is None:
             return en, self._exit(en, ENOENT), ENOENT, None
         if flags & O_CREAT and flags & O_EXCL and not created:
@@ -794,52 +866,37 @@ class Guest:
         return self._open(t, path, O_WRONLY | O_CREAT | O_TRUNC, at=False)
 
     def _rw(self, t: Task, name: str, fd: int, size: int, ret: int | None = None) -> Pair:
-        """read/write/pread64/pwrite64/readv/writev on ``fd``; EBADF when it is not open."""
-        p = t.proc
-        f = p.fds.get(fd)
-        nr = NR[name]
-        if name in ("readv", "writev"):
-            args = (fd, self._ptr(), 1 + int(self.r() * 3), 0, 0, 0)
-        elif name in ("pread64", "pwrite64"):
-            args = (fd, self._ptr(), size, int(self.r() * 64) * 4096, 0, 0)
-        else:
-            args = (fd, self._ptr(), size, 0, 0, 0)
-        if f is None:
-            en = self._ev(t, nr, args)
+        """read/write/pread64/pwrite64/readv/writev on ``fd``; EBADF when it is not open.
+        The arguments by kind: a buffer or iovec pointer, the size, an iovec count, an offset."""
+        vals = [fd if k is Arg.FD else size if k is Arg.SIZE else
+                1 + int(self.r() * 3) if k is Arg.INT else
+                int(self.r() * 64) * 4096 if k is Arg.OFFSET else self._ptr()
+                for k in BY_NAME[name].args]
+        en = self._call(t, name, *vals)
+        if fd not in t.proc.fds:
             return en, self._exit(en, EBADF), EBADF, None
-        files, fl = self._fid(f.inode)
-        en = self._ev(t, nr, args, None, files, fl)
         r = size if ret is None else ret
         return en, self._exit(en, r), r, None
 
     def _close(self, t: Task, fd: int) -> Pair:
         p = t.proc
+        en = self._call(t, "close", fd)  # identifies the fd before it goes
         f = p.fds.pop(fd, None)
         p.cloexec.discard(fd)
         if f is None:
-            en = self._ev(t, NR["close"], (fd, 0, 0, 0, 0, 0))
             return en, self._exit(en, EBADF), EBADF, None
-        files, fl = self._fid(f.inode)
-        en = self._ev(t, NR["close"], (fd, 0, 0, 0, 0, 0), None, files, fl)
         return en, self._exit(en, 0), 0, None
 
     def _dup(self, t: Task, kind: str, fd: int, newfd: int = 0, flags: int = 0) -> Pair:
         """dup, dup2, dup3 and fcntl(F_DUPFD/F_DUPFD_CLOEXEC)."""
         p = t.proc
         f = p.fds.get(fd)
-        if kind == "dup":
-            nr, args = NR["dup"], (fd,)
-        elif kind == "dup2":
-            nr, args = NR["dup2"], (fd, newfd)
-        elif kind == "dup3":
-            nr, args = NR["dup3"], (fd, newfd, flags)
+        if kind == "fcntl":
+            en = self._call(t, "fcntl", fd, flags, newfd)  # flags: F_DUPFD or F_DUPFD_CLOEXEC
         else:
-            nr, args = NR["fcntl"], (fd, flags, newfd)  # flags = F_DUPFD or F_DUPFD_CLOEXEC
+            en = self._call(t, kind, fd, newfd, flags)  # the row takes what it has
         if f is None:
-            en = self._ev(t, nr, args)
             return en, self._exit(en, EBADF), EBADF, None
-        files, fl = self._fid(f.inode)
-        en = self._ev(t, nr, args, None, files, fl)
         if kind == "dup":
             r = self._install(p, f, False)
         elif kind in ("dup2", "dup3"):
@@ -862,9 +919,9 @@ class Guest:
         r = self._install(p, OpenFile(node, O_RDONLY), cloexec)
         w = self._install(p, OpenFile(node, O_WRONLY), cloexec)
         if flags is None:
-            en = self._ev(t, NR["pipe"], (self._ptr(),))
+            en = self._call(t, "pipe", self._ptr())
         else:
-            en = self._ev(t, NR["pipe2"], (self._ptr(), flags))
+            en = self._call(t, "pipe2", self._ptr(), flags)
         files, fl = self._fid(node)
         return en, self._exit(en, 0, files, fl, [r, w]), (r, w), None
 
@@ -880,9 +937,9 @@ class Guest:
         self.pids[pid] = ct
         ct.script = script_fn(ct)
         if kind == "clone":
-            en = self._ev(t, NR["clone"], (CLONE_FORK, 0, 0, self._ptr(), 0, 0))
+            en = self._call(t, "clone", CLONE_FORK, 0, 0, self._ptr(), 0)
         else:
-            en = self._ev(t, NR[kind], ())
+            en = self._call(t, kind)
 
         def post() -> None:
             self.runnable.append(ct)
@@ -899,8 +956,8 @@ class Guest:
         th.script = script_fn(th)
         p.threads.append(th)
         self.pids[pid] = th
-        en = self._ev(t, NR["clone"], (CLONE_PTHREAD, 0x7f3a_0000_0000 + pid * 0x80_0000,
-                                       self._ptr(), self._ptr(), 0x7f3a_1000_0000 + pid, 0))
+        en = self._call(t, "clone", CLONE_PTHREAD, 0x7f3a_0000_0000 + pid * 0x80_0000,
+                        self._ptr(), self._ptr(), 0x7f3a_1000_0000 + pid)
         return en, self._exit(en, pid), th, lambda: self.runnable.append(th)
 
     def _release_vfork(self, p: Proc) -> None:
@@ -912,8 +969,7 @@ class Guest:
         p = t.proc
         ap = self._abs(p, path)
         node = self.fs.lookup(ap)
-        en = self._ev(t, NR["execve"], (self._ptr(), self._ptr(), self._ptr()), [path],
-                      argv=argv)
+        en = self._call(t, "execve", path, argv, [])  # the environment is not recorded
         if node is None or node.kind != "f":
             return en, self._exit(en, ENOENT), ENOENT, None
         for fd in sorted(p.cloexec):
@@ -942,11 +998,11 @@ class Guest:
         p.waiters.clear()
 
     def _exit_group(self, t: Task, code: int) -> Pair:
-        en = self._ev(t, NR["exit_group"], (code,))
+        en = self._call(t, "exit_group", code)
         return en, None, None, lambda: self._die(t.proc)
 
     def _thread_exit(self, t: Task, code: int) -> Pair:
-        en = self._ev(t, NR["exit"], (code,))
+        en = self._call(t, "exit", code)
 
         def post() -> None:
             p = t.proc
@@ -970,7 +1026,7 @@ class Guest:
     def _fcntl_getfd(self, t: Task, fd: int) -> Pair:
         p = t.proc
         f = p.fds.get(fd)
-        en = self._ev(t, NR["fcntl"], (fd, F_GETFD, 0))
+        en = self._call(t, "fcntl", fd, F_GETFD, 0, identify=False)  # idle: no identity
         if f is None:
             return en, self._exit(en, EBADF), EBADF, None
         r = 1 if fd in p.cloexec else 0
@@ -981,17 +1037,14 @@ class Guest:
         """unlink, rename, renameat, link, symlink, mkdir, chdir, truncate."""
         p = t.proc
         fs = self.fs
-        nr = NR[name]
         paths = (a,) if b is None else (a, b)
         aps = [self._abs(p, x) for x in paths]
         src = fs.lookup(aps[0], follow=name not in ("unlink", "rename", "renameat", "link",
                                                     "symlink"))
-        if name == "renameat":
-            args = (AT_FDCWD_REG, self._ptr(), AT_FDCWD_REG, self._ptr())
-        else:
-            args = tuple(self._ptr() for _ in paths) + extra
-        files, fl = self._fid(src) if name not in ("symlink", "mkdir") else ([], 0)
-        en = self._ev(t, nr, args, list(paths), files, fl)
+        en = self._call(t, name, *paths, *extra)
+        # the model also knows the file a path names (the gdbstub producer does not read it)
+        en.files, fl = self._fid(src) if name not in ("symlink", "mkdir") else ([], 0)
+        en.flags |= fl
         ret = 0
         post = None
         if name == "symlink":  # symlink(target, linkpath)
@@ -1034,22 +1087,15 @@ class Guest:
         return en, self._exit(en, ret), ret, post
 
     def _ftruncate(self, t: Task, fd: int, size: int) -> Pair:
-        f = t.proc.fds.get(fd)
-        if f is None:
-            en = self._ev(t, NR["ftruncate"], (fd, size))
+        en = self._call(t, "ftruncate", fd, size)
+        if fd not in t.proc.fds:
             return en, self._exit(en, EBADF), EBADF, None
-        files, fl = self._fid(f.inode)
-        en = self._ev(t, NR["ftruncate"], (fd, size), None, files, fl)
         return en, self._exit(en, 0), 0, None
 
     def _mmap(self, t: Task, fd: int, size: int, prot: int, flags: int) -> Pair:
-        f = t.proc.fds.get(fd)
-        args = (0, size, prot, flags, fd, 0)
-        if f is None:
-            en = self._ev(t, NR["mmap"], args)
+        en = self._call(t, "mmap", 0, size, prot, flags, fd, 0)
+        if fd not in t.proc.fds:
             return en, self._exit(en, EBADF), EBADF, None
-        files, fl = self._fid(f.inode)
-        en = self._ev(t, NR["mmap"], args, None, files, fl)
         addr = 0x7f00_0000_0000 + (self._ptr() & 0xFFFF_F000)
         return en, self._exit(en, addr), addr, None
 

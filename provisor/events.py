@@ -17,9 +17,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from hv.syscalls import BY_NR, name_of
+from provisor.abi import to_signed
 from provisor.errors import ProvisorError
 from provisor.guesttext import escape, unescape
+from provisor.syscalls import name_of
 
 EVENT_VERSION = 1
 ENTRY, EXIT = 0, 1
@@ -87,13 +88,11 @@ class Event:
 
     @property
     def name(self) -> str:
-        s = BY_NR.get(self.nr)
-        return s.name if s is not None else name_of(self.nr)
+        return name_of(self.nr)
 
     def arg(self, i: int) -> int:
         """Argument register ``i`` as a signed 64-bit integer (fds, AT_FDCWD, flags)."""
-        v = self.args[i]
-        return v - (1 << 64) if v >= 1 << 63 else v
+        return to_signed(self.args[i])
 
 
 _s = unescape  # guest text -> the guest's bytes

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from hv.syscalls import AT_FDCWD, nr_of
 from pmem.layout import Record, RecType
+from provisor.abi import AT_FDCWD
 from provisor.events import ENTRY, EXIT, Event, FileId, encode
+from provisor.syscalls import nr_of
 
 U64 = (1 << 64) - 1
 

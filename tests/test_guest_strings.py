@@ -23,10 +23,10 @@ from prov.model import ProvActivity, ProvEntity
 from test_query import W
 
 from daemon.query import EXPORT_FORMATS
-from hv.syscalls import AT_FDCWD
 from pmem import layout as L
 from pmem import ring as R
 from pmem.layout import RecType
+from provisor.abi import AT_FDCWD
 from provisor.events import FileId, decode
 from provisor.guesttext import escape, unescape
 

@@ -13,9 +13,10 @@ from test_linux_layer import PERCPU, FakeGuest, world
 
 from hv.gdbstub import G_PACKET_SIZE, GdbClient, GuestExited, Regs, Stop
 from hv.interceptor import TSS_SP2, Interceptor, KernelView, emulate, entry_sites, store_length
-from hv.syscalls import AT_FDCWD, BY_NAME, nr_of
 from pmem import ring
 from provisor import events as E
+from provisor.abi import AT_FDCWD
+from provisor.syscalls import BY_NAME, nr_of
 
 KSTACK, TOP, TSS, ENTRY = 0x191C0, 0x1FB50, 0x6000, 0xFFFF_FFFF_81C0_0080
 KV = KernelView(percpu=PERCPU, kernel_cr3=0, kstack_offset=KSTACK, top_of_stack=TOP,
