@@ -54,8 +54,10 @@ def set_group(group: str | int | None) -> None:
 
 def umask() -> int:
     """The process umask that goes with the policy (SQLite's -wal/-shm and every other file a
-    library creates get no more than our mode)."""
-    return 0o777 & ~_mode
+    library creates get no more than our mode). Execute bits are left to the creator: a
+    umask is process-wide, and a compiler or QEMU run from the same process must still make
+    programs it can run (0600 files stay 0600: they are created without x bits)."""
+    return 0o077 if _mode == 0o600 else 0o027
 
 
 def file_mode() -> int:

@@ -97,3 +97,15 @@ def test_output_replaces_atomically_keeps_mode_and_writes_devices_directly(tmp_p
     (tmp_path / "lnk").symlink_to(t)
     with pytest.raises(files.FileError, match="symbolic link"):
         files.check_output(str(tmp_path / "lnk"))
+
+
+def test_policy_umask_keeps_owner_execute_bits():
+    """The CLI sets the process umask from the policy; what a library creates (SQLite's
+    side files) gets no group/other bits, yet a compiler run from the same process can still
+    make a program it can execute."""
+    try:
+        assert files.umask() == 0o077
+        files.set_group(0)
+        assert files.umask() == 0o027 and files.file_mode() == 0o640
+    finally:
+        files.set_group(None)
