@@ -1,0 +1,139 @@
+"""Bad input gets one line and a non-zero exit: config values and flags checked at the edge,
+damaged stores and rings refused, OS and SQLite failures reported with the file they concern.
+
+Every test runs the real CLI (``python -m provisor.cli``) and asserts exit status 2, exactly one
+line on stderr starting ``provisor: error:``, no traceback and no "internal error".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from crashutil import run
+
+
+def one_line_error(p: subprocess.CompletedProcess, *want: str, code: int = 2) -> str:
+    err = p.stderr
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = err.splitlines()
+    assert p.returncode == code, (p.returncode, err)
+    assert len(lines) == 1 and lines[0].startswith("provisor: error:"), err
+    for w in want:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def sha(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> tuple[Path, Path]:
+    """A ring that held 500 synthetic events, and the store they were applied to (built once;
+    each test gets copies)."""
+    d = tmp_path_factory.mktemp("badinput")
+    ring, db = d / "p.ring", d / "p.db"
+    assert run(["ring", "create", str(ring), "--size", "1M"]).returncode == 0
+    assert run(["synth", "--ring", str(ring), "--events", "500"]).returncode == 0
+    ring.with_suffix(".full").write_bytes(ring.read_bytes())  # before the daemon released it
+    p = run(["daemon", "--ring", str(ring), "--db", str(db), "--once", "-q"])
+    assert p.returncode == 0, p.stderr
+    return ring, db
+
+
+@pytest.fixture
+def ring500(pristine, shm_dir: Path) -> str:
+    """A ring holding 500 unreleased synthetic events."""
+    path = shm_dir / "p.ring"
+    shutil.copy(pristine[0].with_suffix(".full"), path)
+    return str(path)
+
+
+@pytest.fixture
+def store(pristine, shm_dir: Path) -> str:
+    """A store with those 500 events applied (a copy)."""
+    path = shm_dir / "p.db"
+    shutil.copy(pristine[1], path)
+    return str(path)
+
+
+# -- 1. one config schema --------------------------------------------------------------------
+CONFIGS = [
+    ("[daemon]\nbatch_min = 0\n", "daemon.batch_min must be an integer >= 1, got 0"),
+    ("[daemon]\nbatch_min = -5\n", "daemon.batch_min must be an integer >= 1, got -5"),
+    ('[daemon]\nbatch_min = "abc"\n', "daemon.batch_min must be an integer >= 1, got 'abc'"),
+    ("[daemon]\nbatch_min = true\n", "daemon.batch_min must be an integer >= 1, got true"),
+    ("[daemon]\nbatch_min = 64.0\n", "daemon.batch_min must be an integer"),
+    ("[daemon]\nbatch_min = 64\nbatch_max = 32\n", "daemon.batch_max must be >= daemon.batch_min"),
+    ('[ring]\nfull_policy = "yolo"\n', "ring.full_policy must be one of block, drop, fail"),
+    ("[daemon]\ndb = 5\n", "daemon.db must be a non-empty string, got 5"),
+    ('[daemon]\ndb = ""\n', "daemon.db must be a non-empty string"),
+    ('[ring]\npath = ""\n', "ring.path must be a non-empty string"),
+    ("[daemon]\nstatus_interval = inf\n", "daemon.status_interval must be a finite number > 0"),
+    ("[daemon]\nstatus_interval = nan\n", "daemon.status_interval must be a finite number > 0"),
+    ("[daemon]\nstatus_interval = 0\n", "daemon.status_interval"),
+    ("[daemon]\nfill_warn = 1.5\n", "daemon.fill_warn must be a number in (0, 1]"),
+    ("[daemon]\nfill_warn = 0\n", "daemon.fill_warn"),
+    ('[daemon]\nrecord_envp = "yes"\n', "daemon.record_envp must be true or false"),
+    ('[ring]\nsize = "nanM"\n', "ring.size must be a positive size"),
+    ('[ring]\nsize = "infG"\n', "ring.size must be a positive size"),
+    ('[ring]\nsize = "-64M"\n', "ring.size must be a positive size"),
+    ("[ring]\nsize = 0\n", "ring.size must be a positive size"),
+    ('[guest]\nkvm = "maybe"\n', "guest.kvm must be one of auto, on, off"),
+    ("[daemon]\nbatchmin = 5\n", "unknown key daemon.batchmin"),
+    ("[deamon]\ndb = 'x.db'\n", "unknown section [deamon]"),
+    ("daemon = 5\n", "daemon must be a table"),
+]
+
+
+@pytest.mark.parametrize("body,want", CONFIGS, ids=[c[1][:40] for c in CONFIGS])
+def test_bad_config_is_one_line_naming_file_and_key(ring500, shm_dir, body, want):
+    cfg = shm_dir / "c.toml"
+    cfg.write_text(body)
+    db = shm_dir / "never.db"
+    before = sha(ring500)
+    p = run(["--config", str(cfg), "daemon", "--ring", ring500, "--db", str(db), "--once"])
+    one_line_error(p, f"{cfg}: ", want)
+    assert not db.exists() and sha(ring500) == before
+
+
+def test_config_schema_accepts_the_defaults_and_valid_overrides(ring500, shm_dir):
+    from provisor import config
+
+    cfg = config.load()
+    assert cfg["daemon"]["batch_min"] >= 1  # the embedded defaults fit the schema
+    f = shm_dir / "c.toml"
+    f.write_text("[daemon]\nbatch_min = 8\nbatch_max = 8\nfill_warn = 1\nstatus_interval = 1\n"
+                 "[guest]\nbusybox = '/bin/busybox'\n")
+    assert config.load(str(f))["daemon"]["batch_max"] == 8
+    p = run(["--config", str(f), "daemon", "--ring", ring500, "--db",
+             str(shm_dir / "ok.db"), "--once"])
+    assert p.returncode == 0 and "applied 500 records" in p.stderr, p.stderr
+
+
+def test_config_file_from_the_environment_is_checked_too(ring500, shm_dir):
+    f = shm_dir / "env.toml"
+    f.write_text("[daemon]\nbatch_min = 0\n")
+    p = run(["daemon", "--ring", ring500, "--db", str(shm_dir / "x.db"), "--once"],
+            env={"PROVISOR_CONFIG": str(f)})
+    one_line_error(p, str(f), "daemon.batch_min")
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "nanM", "infK", "-1", "-64M", "0", "0K",
+                                  "0.0001K", "1e400M", "", "abc"])
+def test_parse_size_refuses_non_positive_and_non_finite(text):
+    from provisor.config import ConfigError, parse_size
+
+    with pytest.raises(ConfigError):
+        parse_size(text)
+
+
+def test_parse_size_still_parses_sizes():
+    from provisor.config import parse_size
+
+    assert parse_size("64M") == 64 << 20 and parse_size("1.5K") == 1536
+    assert parse_size("4096") == 4096 and parse_size(8192) == 8192
