@@ -132,7 +132,8 @@ def ring_info(path: str, as_json: bool) -> None:
 @ring.command("dump")
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--from", "from_seq", type=int, default=None, help="First sequence number.")
+@click.option("--from", "from_seq", type=click.IntRange(min=0), default=None,
+              help="First sequence number.")
 def ring_dump(path: str, as_json: bool, from_seq: int | None) -> None:
     """Print the valid records of PATH after its checkpoint.
 

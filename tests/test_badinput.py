@@ -137,3 +137,80 @@ def test_parse_size_still_parses_sizes():
 
     assert parse_size("64M") == 64 << 20 and parse_size("1.5K") == 1536
     assert parse_size("4096") == 4096 and parse_size(8192) == 8192
+
+
+# -- 2. flags at the edge -------------------------------------------------------------------
+@pytest.mark.parametrize("rate", ["inf", "nan", "-inf", "1e-300", "0", "-1", "1e300"])
+def test_synth_rate_must_be_finite_and_sane(ring500, rate):
+    before = sha(ring500)
+    p = run(["synth", "--ring", ring500, "--events", "1", "--rate", rate])
+    one_line_error(p, "--rate")
+    assert sha(ring500) == before
+
+
+def test_numeric_flags_have_ranges(ring500, store, shm_dir):
+    for args, flag in (
+            (["synth", "--ring", ring500, "--events", "1", "--file-fraction", "nan"],
+             "--file-fraction"),
+            (["synth", "--ring", ring500, "--events", "1", "--batch", str(1 << 40)], "--batch"),
+            (["daemon", "--ring", ring500, "--db", store, "--once", "--cpu",
+              "99999999999999999999"], "--cpu"),
+            (["ring", "dump", ring500, "--from", "-1"], "--from"),
+            (["query", "ancestors", "v:1", "--db", store, "--depth", "1e30"], "--depth"),
+            (["query", "ancestors", "v:1", "--db", store, "--depth",
+              "99999999999999999999"], "--depth"),
+            (["query", "ancestors", "v:1", "--db", store, "--limit",
+              "99999999999999999999"], "--limit"),
+            (["export", "--db", store, "-o", str(shm_dir / "x.json"), "--chunk",
+              "99999999999999999999"], "--chunk"),
+            (["guest", "boot", "--workload", str(shm_dir / "w.sh"), "--timeout", "nan"],
+             "--timeout")):
+        one_line_error(run(args), flag)
+    assert not (shm_dir / "x.json").exists()
+
+
+@pytest.mark.parametrize("when", ["-1e30", "-99999999999999999999", "99999999999999999999",
+                                  "9223372036854775808", "0001-01-01T00:00:00+14:00",
+                                  "9999-12-31T23:59:59-14:00", "2262-04-12T00:00:00Z", "²"])
+@pytest.mark.parametrize("flag", ["--since", "--until"])
+def test_times_outside_int64_nanoseconds_are_refused(store, shm_dir, when, flag):
+    one_line_error(run(["query", "ancestors", "v:1", "--db", store, f"{flag}={when}"]),
+                   "timestamp")
+    out = shm_dir / "x.json"
+    one_line_error(run(["export", "--db", store, "-o", str(out), f"{flag}={when}"]), "timestamp")
+    assert not out.exists()
+
+
+def test_time_parsing_bounds():
+    from daemon.query import QueryError, parse_time
+
+    assert parse_time("1677-09-22T00:00:00Z") < 0 < parse_time("2262-04-10T00:00:00Z")
+    assert parse_time("1970-01-01T01:00:00+01:00") == 0
+    assert parse_time("2026-11-23T08:00:00.5Z") == 1795420800_500_000_000
+    assert parse_time(str((1 << 63) - 1)) == (1 << 63) - 1
+    for bad in (str(1 << 63), str(-(1 << 63) - 1), "0001-01-01T00:00:00+14:00"):
+        with pytest.raises(QueryError):
+            parse_time(bad)
+
+
+@pytest.mark.parametrize("target", ["v:99999999999999999999", "v:²", "a:9223372036854775808",
+                                    "p:¹²", "tgid:99999999999999999999", "artifact:-1"])
+def test_ids_beyond_int64_or_not_ascii_digits_are_not_valid(store, shm_dir, target):
+    one_line_error(run(["query", "ancestors", target, "--db", store]), "not a valid id")
+    out = shm_dir / "x.json"
+    one_line_error(run(["export", "--db", store, "-o", str(out), "--object", target]),
+                   "not a valid id")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("tgid", ["99999999999999999999", "²"])
+def test_process_tgid_must_be_a_valid_id(store, tgid):
+    one_line_error(run(["query", "process", tgid, "--db", store]), "not a valid id")
+
+
+def test_huge_depth_stops_when_nothing_is_left(store):
+    """--depth 2^31-1 on writers/process walks while there is something to walk, not 2^31
+    rounds of empty queries."""
+    for q, t in (("process", "1"), ("writers", "a:1")):
+        p = run(["query", q, t, "--db", store, "--depth", str(2**31 - 1)], timeout=60)
+        assert p.returncode in (0, 2) and "internal error" not in p.stderr, p.stderr
