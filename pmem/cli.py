@@ -177,12 +177,15 @@ def ring_dump(path: str, as_json: bool, from_seq: int | None) -> None:
 def ring_append(cfg: dict, path: str, policy: str | None) -> None:
     """Append each stdin line as a NOTE record; print each acknowledged sequence number.
 
+    A line's bytes are the payload exactly as read (without the newline), whatever their
+    encoding.
+
     Example: printf 'a\\nb\\n' | provisor ring append /dev/shm/p.ring
     """
     with Producer.open(path, policy or cfg["ring"]["full_policy"]) as prod:
         out = sys.stdout
-        for line in sys.stdin:
-            seq = prod.note(line.rstrip("\n"))
+        for line in sys.stdin.buffer:
+            seq = prod.append(L.RecType.NOTE, line.removesuffix(b"\n"))
             out.write(f"{seq}\n" if seq is not None else "dropped\n")
             out.flush()
 

@@ -13,7 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from crashutil import run
+from crashutil import PROVISOR, run
+
+from pmem import ring as R
 
 
 def one_line_error(p: subprocess.CompletedProcess, *want: str, code: int = 2) -> str:
@@ -214,3 +216,19 @@ def test_huge_depth_stops_when_nothing_is_left(store):
     for q, t in (("process", "1"), ("writers", "a:1")):
         p = run(["query", q, t, "--db", store, "--depth", str(2**31 - 1)], timeout=60)
         assert p.returncode in (0, 2) and "internal error" not in p.stderr, p.stderr
+
+
+# -- 3. ring append takes bytes ----------------------------------------------------------------
+def test_ring_append_takes_the_exact_bytes_of_each_line(shm_dir):
+    path = str(shm_dir / "n.ring")
+    R.create(path, 1 << 20)
+    data = b"plain\n\xff\xfe not utf-8\nlatin-1 \xe9t\xe9\r\n\n\xed\xa0\x80 surrogate\nno newline"
+    p = subprocess.run([*PROVISOR, "ring", "append", path], input=data, capture_output=True)
+    assert p.returncode == 0 and not p.stderr, p.stderr
+    assert p.stdout.split() == [b"1", b"2", b"3", b"4", b"5", b"6"]
+    got = [r.payload for r in R.iter_records(path)]
+    assert got == [b"plain", b"\xff\xfe not utf-8", b"latin-1 \xe9t\xe9\r", b"",
+                   b"\xed\xa0\x80 surrogate", b"no newline"]
+    dump = run(["ring", "dump", path, "--json"])
+    assert dump.returncode == 0 and len(dump.stdout.splitlines()) == 6
+
