@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from daemon import meta
 from daemon.analyzer import normpath
-from daemon.store import APP_ID, QUERY_INDEXES, SCHEMA_VERSION, ensure_indexes
+from daemon.store import QUERY_INDEXES, ensure_indexes
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 
@@ -60,19 +61,33 @@ def connect(path: str) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path if writable else f"file:{path}?mode=ro", uri=not writable,
                                isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=10000")
+    except sqlite3.Error as e:
+        raise QueryError(f"{path}: {e}") from None
+    try:
+        try:
+            conn.execute("PRAGMA busy_timeout=10000")
+            meta.read(conn, path)  # a damaged store: one line, nothing written
+        except sqlite3.OperationalError as e:
+            # a WAL store on read-only media, without its -shm file: nothing can write it
+            # there, so it may be read as immutable
+            if writable or "unable to open" not in str(e) or os.access(
+                    os.path.dirname(os.path.abspath(path)), os.W_OK):
+                raise
+            conn.close()
+            conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+            meta.read(conn, path)
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a deep walk revisits index pages
-        if conn.execute("PRAGMA application_id").fetchone()[0] != APP_ID:
-            raise QueryError(f"{path}: not a provisor database")
-        ver = int(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
-        if ver > SCHEMA_VERSION:
-            raise QueryError(f"{path}: schema version {ver} is newer than this provisor")
         have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         if writable and any(sql.split()[5] not in have for sql in QUERY_INDEXES):
             ensure_indexes(conn)
         conn.execute("PRAGMA query_only=1")
-    except sqlite3.DatabaseError as e:
+    except sqlite3.Error as e:
+        conn.close()
         raise QueryError(f"{path}: {e}") from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

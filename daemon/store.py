@@ -15,8 +15,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from daemon import chain
+from daemon import chain, meta
 from daemon.analyzer import Analyzer, Art, Batch, Proc
+from daemon.meta import APP_ID, SCHEMA_VERSION  # noqa: F401  (re-exported)
 from pmem.layout import Record, RecType
 from provisor import faults
 from provisor.errors import ProvisorError
@@ -24,9 +25,6 @@ from provisor.events import EventDecodeError, decode
 
 if TYPE_CHECKING:
     import sqlite_utils
-
-SCHEMA_VERSION = 1
-APP_ID = 0x50524F56  # "PROV": marks a provisor database (PRAGMA application_id)
 
 
 class StoreError(ProvisorError):
@@ -119,6 +117,8 @@ class Store:
             self.conn.execute("PRAGMA busy_timeout=10000")
             if exists:
                 self._check_existing()
+                if not readonly:
+                    self._probe_write()
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
@@ -126,8 +126,10 @@ class Store:
                     ensure_indexes(self.conn)
             if not exists:
                 self._create(ring_uuid)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{path}: {e}") from None
+        except (sqlite3.Error, OSError) as e:
+            hint = "" if readonly or os.access(os.path.dirname(os.path.abspath(path)),
+                                               os.W_OK) else " (its directory is read-only)"
+            raise StoreError(f"{path}: {getattr(e, 'strerror', None) or e}{hint}") from None
         self.readonly = readonly
         self.ring_uuid = self.meta("ring_uuid")
         if ring_uuid and self.ring_uuid and ring_uuid != self.ring_uuid:
@@ -135,22 +137,27 @@ class Store:
                 raise StoreError(
                     f"{path} belongs to ring {self.ring_uuid}, not {ring_uuid} "
                     "(use --force to apply another ring's records to it)")
-        self.applied_seq = int(self.meta("applied_seq") or 0)
+        self.applied_seq = meta.read(self.conn, path).applied_seq
         self.an = Analyzer()
         self._load()
 
     # -- opening ---------------------------------------------------------------------------
     def _check_existing(self) -> None:
+        meta.read(self.conn, self.path)  # a damaged meta: one line, before anything is written
+
+    def _probe_write(self) -> None:
+        """Fail now, before any ring record is read, when the store cannot be written (a
+        read-only file system, an immutable file, a read-only open): a write that is rolled
+        back leaves the database as it was."""
+        c = self.conn
         try:
-            app = self.conn.execute("PRAGMA application_id").fetchone()[0]
-        except sqlite3.DatabaseError:
-            raise StoreError(f"{self.path}: not a SQLite database") from None
-        if app != APP_ID:
-            raise StoreError(f"{self.path}: not a provisor database")
-        ver = int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'")
-                  .fetchone()[0])
-        if ver > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {ver} is newer than this provisor")
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("UPDATE meta SET value=value WHERE key='schema_version'")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot write the store: {e}") from None
+        finally:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
 
     def _create(self, ring_uuid: str | None) -> None:
         c = self.conn
@@ -176,7 +183,10 @@ class Store:
     def bind_ring(self, ring_uuid: str) -> None:
         """Record the ring UUID in a DB made without one."""
         if not self.ring_uuid:
-            self.conn.execute("UPDATE meta SET value=? WHERE key='ring_uuid'", (ring_uuid,))
+            try:
+                self.conn.execute("UPDATE meta SET value=? WHERE key='ring_uuid'", (ring_uuid,))
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: cannot write the store: {e}") from None
             self.ring_uuid = ring_uuid
 
     def _load(self) -> None:
@@ -190,10 +200,11 @@ class Store:
             cur = an.procs.get(p.tgid)
             if cur is None or cur.id < p.id:
                 an.procs[p.tgid] = p
-        for pid, fd, aid, cloexec in q("SELECT * FROM fds ORDER BY proc_id, fd"):
-            an.proc_by_id[pid].fds[fd] = (aid, cloexec)
+        fds = q("SELECT * FROM fds ORDER BY proc_id, fd").fetchall()
+        for pid, fd, aid, cloexec in fds:
+            self._owner(pid, "fds", f"proc_id={pid} fd={fd}").fds[fd] = (aid, cloexec)
         for pid, pos, node in q("SELECT * FROM proc_used ORDER BY proc_id, pos"):
-            p = an.proc_by_id[pid]
+            p = self._owner(pid, "proc_used", f"proc_id={pid} pos={pos}")
             p.used[node] = pos
             p.used_pos = pos + 1
         for row in q("SELECT * FROM artifacts"):
@@ -201,6 +212,10 @@ class Store:
             an.arts[a.id] = a
             if a.ino:
                 an.by_devino[(a.dev, a.ino)] = a.id
+        for pid, fd, aid, _ in fds:
+            if aid not in an.arts:
+                raise meta.DamagedStore(f"{self.path}: damaged store: fds row proc_id={pid} "
+                                        f"fd={fd} names artifact {aid}, which does not exist")
         current = {a.node: a for a in an.arts.values()}
         pcur = {p.node: p for p in an.proc_by_id.values()}
         for kind, src, dst in q("SELECT kind, src, dst FROM relations WHERE src IN "
@@ -218,6 +233,9 @@ class Store:
                     a.derived.add(dst)
         for nid, aid, path in q("SELECT id, artifact_id, path FROM names "
                                 "WHERE unbind_seq IS NULL ORDER BY id"):
+            if aid not in an.arts:
+                raise meta.DamagedStore(f"{self.path}: damaged store: names row id={nid} "
+                                        f"names artifact {aid}, which does not exist")
             an.by_path[path] = (aid, nid)
         for seq, payload in q("SELECT e.seq, e.payload FROM pending p JOIN events e "
                               "ON e.seq = p.seq ORDER BY e.seq"):
@@ -231,8 +249,15 @@ class Store:
         an.next_node = nxt("SELECT max(id) FROM versions")
         an.next_rel = nxt("SELECT max(id) FROM relations")
         an.next_name = nxt("SELECT max(id) FROM names")
-        self.chain_head = bytes.fromhex(self.meta("chain_head") or chain.GENESIS.hex())
-        self.batches = int(self.meta("batches") or 0)
+        m = meta.read(c, self.path)
+        self.chain_head, self.batches = m.chain_head, m.batches
+
+    def _owner(self, pid: int, table: str, key: str) -> Proc:
+        p = self.an.proc_by_id.get(pid)
+        if p is None:
+            raise meta.DamagedStore(f"{self.path}: damaged store: {table} row {key} belongs to "
+                                    f"process {pid}, which does not exist")
+        return p
 
     # -- applying --------------------------------------------------------------------------
     def apply(self, records: Sequence[Record]) -> int:
@@ -264,10 +289,13 @@ class Store:
         batch = an.take()
         try:
             self._write(batch, last)
-        except BaseException:
+        except BaseException as e:
             # the transaction rolled back: rebuild the live state from the last commit
             self.an = Analyzer()
             self._load()
+            if isinstance(e, sqlite3.Error | OSError):  # read-only, disk full, I/O error
+                raise StoreError(f"{self.path}: cannot write the store: "
+                                 f"{getattr(e, 'strerror', None) or e}") from None
             raise
         self.applied_seq = last
         return last

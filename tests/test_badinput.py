@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -232,3 +233,159 @@ def test_ring_append_takes_the_exact_bytes_of_each_line(shm_dir):
     dump = run(["ring", "dump", path, "--json"])
     assert dump.returncode == 0 and len(dump.stdout.splitlines()) == 6
 
+
+
+# -- 4. OS and SQLite failures: one line naming the file ------------------------------------
+@pytest.fixture
+def tmpfs(shm_dir: Path):
+    """Mount a small tmpfs (root only): ``mount(size)`` returns its directory. Unmounted at
+    the end; skipped where mounting is not permitted."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        d = shm_dir / f"mnt{len(mounted)}"
+        d.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {p.stderr.strip()}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["chattr", "-R", "-i", str(d)], capture_output=True)
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> tuple[Path, Path]:
+    """A ring holding 5000 unreleased events and a store of the same 5000 events (~1.5 MB)."""
+    from crashutil import filled_ring, payloads, reference
+
+    d = tmp_path_factory.mktemp("big")
+    pls = payloads(5000, 11)
+    filled_ring(str(d / "big.ring"), pls, size=4 << 20)
+    reference(str(d / "big.db"), pls)
+    return d / "big.ring", d / "big.db"
+
+
+def _behind_store(mnt: Path, shm_dir: Path) -> tuple[str, Path]:
+    """A ring and a store in ``mnt`` that has applied its first 100 records, not the next 100:
+    the daemon has something to write."""
+    ring = str(shm_dir / "behind.ring")
+    db = mnt / "p.db"
+    assert run(["ring", "create", ring, "--size", "1M"]).returncode == 0
+    assert run(["synth", "--ring", ring, "--events", "100"]).returncode == 0
+    assert run(["daemon", "--ring", ring, "--db", str(db), "--once", "-q"]).returncode == 0
+    assert run(["synth", "--ring", ring, "--events", "100", "--seed", "1"]).returncode == 0
+    return ring, db
+
+
+def test_daemon_and_recover_on_an_immutable_store(tmpfs, shm_dir):
+    mnt = tmpfs("8m")
+    ring, db = _behind_store(mnt, shm_dir)
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i not supported here")
+    before, ring_before = sha(db), sha(ring)
+    for args in (["daemon", "--ring", ring, "--db", str(db), "--once"],
+                 ["recover", "--ring", ring, "--db", str(db)]):
+        one_line_error(run(args), str(db), "cannot write the store",
+                       "attempt to write a readonly database")
+        assert sha(db) == before and sha(ring) == ring_before
+    assert run(["query", "ancestors", "v:1", "--db", str(db)]).returncode == 0
+
+
+def test_daemon_and_recover_on_a_read_only_mount(tmpfs, shm_dir):
+    mnt = tmpfs("8m")
+    ring, db = _behind_store(mnt, shm_dir)
+    assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
+    ring_before = sha(ring)
+    for args in (["daemon", "--ring", ring, "--db", str(db), "--once"],
+                 ["recover", "--ring", ring, "--db", str(db)],
+                 ["daemon", "--ring", ring, "--db", str(mnt / "new.db"), "--once"]):
+        one_line_error(run(args), str(mnt))
+        assert sha(ring) == ring_before
+    # reading it still works: a WAL store on read-only media is opened as immutable
+    p = run(["query", "ancestors", "v:1", "--db", str(db)])
+    assert p.returncode == 0, p.stderr
+    assert run(["verify", "--db", str(db)]).returncode == 0
+
+
+def test_disk_full_in_the_daemon(big, tmpfs, shm_dir):
+    from pmem.ring import Consumer
+
+    ring = shm_dir / "big.ring"
+    shutil.copy(big[0], ring)
+    mnt = tmpfs("256k")
+    db = mnt / "full.db"
+    p = run(["daemon", "--ring", str(ring), "--db", str(db), "--once", "-q"], timeout=120)
+    one_line_error(p, str(db), "cannot write the store", "database or disk is full")
+    # nothing was released that is not committed
+    with Consumer.open(str(ring), readonly=True) as c:
+        checkpoint = c.checkpoint
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    applied = int(conn.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchone()[0])
+    conn.close()
+    assert checkpoint <= applied < 5000
+
+
+# -- 5. a damaged meta (or live state) is refused, the store untouched ----------------------
+DAMAGE = [
+    ("DELETE FROM meta WHERE key='schema_version'", "meta schema_version is missing"),
+    ("UPDATE meta SET value='abc' WHERE key='schema_version'", "meta schema_version is not an"),
+    ("UPDATE meta SET value='abc' WHERE key='applied_seq'", "meta applied_seq is not an integer"),
+    ("UPDATE meta SET value='-5' WHERE key='applied_seq'", "meta applied_seq is not an integer"),
+    ("UPDATE meta SET value='99999999999999999999' WHERE key='applied_seq'",
+     "meta applied_seq is not an integer"),
+    ("UPDATE meta SET value=x'0102' WHERE key='chain_head'", "meta chain_head is not text"),
+    ("UPDATE meta SET value='zz' WHERE key='chain_head'", "meta chain_head is not 64 hex"),
+    ("UPDATE meta SET value=upper(value) WHERE key='chain_head'", "meta chain_head is not 64"),
+    ("UPDATE meta SET value='abc' WHERE key='batches'", "meta batches is not an integer"),
+    ("UPDATE meta SET value=x'37' WHERE key='batches'", "meta batches is not text"),
+    ("DELETE FROM meta WHERE key='ring_uuid'", "meta ring_uuid is missing"),
+    ("DROP TABLE meta", "no meta table"),
+]
+
+
+@pytest.mark.parametrize("sql,want", DAMAGE, ids=[d[1] for d in DAMAGE])
+def test_damaged_meta_is_one_line_for_every_opener(ring500, store, shm_dir, sql, want):
+    c = sqlite3.connect(store)
+    c.execute(sql)
+    c.commit()
+    c.close()
+    before, ring_before = sha(store), sha(ring500)
+    for args in (["daemon", "--ring", ring500, "--db", store, "--once"],
+                 ["recover", "--ring", ring500, "--db", store],
+                 ["verify", "--db", store],
+                 ["verify", "--db", store, "--ring", ring500],
+                 ["status", "--db", store, "--ring", ring500],
+                 ["query", "ancestors", "v:1", "--db", store],
+                 ["export", "--db", store, "-o", str(shm_dir / "x.json")]):
+        one_line_error(run(args), f"{store}: damaged store: {want}")
+        assert sha(store) == before and sha(ring500) == ring_before
+    assert not (shm_dir / "x.json").exists()
+
+
+ORPHANS = [
+    ("INSERT INTO fds VALUES (9999, 3, 1, 0)", "fds row proc_id=9999 fd=3 belongs to process "
+     "9999, which does not exist"),
+    ("INSERT INTO proc_used VALUES (9999, 0, 1)", "proc_used row proc_id=9999 pos=0 belongs to"),
+    ("UPDATE fds SET artifact_id=99999 WHERE rowid=(SELECT min(rowid) FROM fds)",
+     "fds row proc_id=2 fd=3 names artifact 99999, which does not exist"),
+    ("UPDATE names SET artifact_id=99999 WHERE id=(SELECT min(id) FROM names WHERE "
+     "unbind_seq IS NULL)", "names row id=1 names artifact 99999, which does not exist"),
+]
+
+
+@pytest.mark.parametrize("sql,want", ORPHANS, ids=["fds", "proc_used", "fd-artifact", "name"])
+def test_live_state_pointing_nowhere_is_refused_by_the_writers(ring500, store, sql, want):
+    c = sqlite3.connect(store)
+    assert c.execute(sql).rowcount == 1
+    c.commit()
+    c.close()
+    before = sha(store)
+    for args in (["daemon", "--ring", ring500, "--db", store, "--once"],
+                 ["recover", "--ring", ring500, "--db", store]):
+        one_line_error(run(args), f"{store}: damaged store: ", want)
+        assert sha(store) == before
