@@ -229,6 +229,7 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
       provisor export --format prov-json --object /w/out.txt -o out.json
       provisor export --format dot --since 2026-11-23T08:00:00Z -o g.dot && dot -Tsvg g.dot
     """
+    import contextlib
     import os
 
     from daemon.export import export
@@ -247,12 +248,20 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
                 raise Q.QueryError(f"{output}: {e.strerror}") from None
         total = conn.execute("SELECT (SELECT count(*) FROM relations) + "
                              "(SELECT count(*) FROM versions)").fetchone()[0]
-        with _progress(f"export {fmt}", total) as bar:
-            counts = export(conn, out, fmt, win, target, chunk, bar.update)
-        if tmp:
-            out.close()
-            os.replace(tmp, output)
-            tmp = None
+        try:
+            with _progress(f"export {fmt}", total) as bar:
+                counts = export(conn, out, fmt, win, target, chunk, bar.update)
+            out.flush()  # a full disk (or stdout on /dev/full) fails here, not at exit
+            if tmp:
+                out.close()
+                os.replace(tmp, output)
+                tmp = None
+        except OSError as e:  # the partial file is removed below
+            if tmp:
+                with contextlib.suppress(OSError):
+                    out.close()
+            raise Q.QueryError(f"{'stdout' if output == '-' else output}: cannot write: "
+                               f"{e.strerror or e}") from None
     finally:
         conn.close()
         if tmp and os.path.exists(tmp):

@@ -330,6 +330,25 @@ def test_disk_full_in_the_daemon(big, tmpfs, shm_dir):
     assert checkpoint <= applied < 5000
 
 
+def test_disk_full_in_export_leaves_no_file(big, tmpfs):
+    mnt = tmpfs("64k")
+    out = mnt / "graph.json"
+    for fmt in ("prov-json", "dot"):
+        p = run(["export", "--db", str(big[1]), "--format", fmt, "-o", str(out)], timeout=120)
+        one_line_error(p, str(out), "No space left on device")
+        assert list(mnt.iterdir()) == []
+
+
+def test_stdout_on_dev_full(big):
+    with open("/dev/full", "w") as full:
+        for args, want in ((["export", "--db", str(big[1]), "-o", "-"], "stdout"),
+                           (["query", "ancestors", "v:1", "--db", str(big[1])], ""),
+                           (["ring", "dump", str(big[0])], "")):
+            p = subprocess.run(PROVISOR + args, stdout=full, stderr=subprocess.PIPE, text=True,
+                               timeout=120)
+            one_line_error(p, want, "No space left on device")
+
+
 # -- 5. a damaged meta (or live state) is refused, the store untouched ----------------------
 DAMAGE = [
     ("DELETE FROM meta WHERE key='schema_version'", "meta schema_version is missing"),
