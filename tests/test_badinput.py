@@ -8,6 +8,7 @@ line on stderr starting ``provisor: error:``, no traceback and no "internal erro
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -408,3 +409,67 @@ def test_live_state_pointing_nowhere_is_refused_by_the_writers(ring500, store, s
                  ["recover", "--ring", ring500, "--db", store]):
         one_line_error(run(args), f"{store}: damaged store: ", want)
         assert sha(store) == before
+
+
+# -- 6. ring sequence numbers stay below 2^63 -------------------------------------------------
+def _ring_at(path: Path, checkpoint_seq: int) -> str:
+    """A fresh ring whose (valid, CRC-checked) header says ``checkpoint_seq``."""
+    import mmap
+    from dataclasses import replace
+
+    from pmem import layout as L
+
+    R.create(str(path), 1 << 20)
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        hdr, _ = L.read_header(m)
+        m[0:L.HEADER_LEN] = replace(hdr, checkpoint_seq=checkpoint_seq).pack()
+        assert L.unpack_header(m[0:L.HEADER_LEN]) is not None
+    return str(path)
+
+
+@pytest.mark.parametrize("seq", [2**64 - 1, 2**63, 2**63 + 1])
+def test_a_header_checkpoint_of_2_63_or_more_is_refused_everywhere(shm_dir, store, seq):
+    ring = _ring_at(shm_dir / "huge.ring", seq)
+    before, db_before = sha(ring), sha(store)
+    fresh = str(shm_dir / "fresh.db")
+    for args in (["ring", "info", ring], ["ring", "dump", ring],
+                 ["synth", "--ring", ring, "--events", "3"],
+                 ["daemon", "--ring", ring, "--db", fresh, "--once"],
+                 ["recover", "--ring", ring, "--db", fresh],
+                 ["verify", "--db", store, "--ring", ring],
+                 ["status", "--db", store, "--ring", ring]):
+        one_line_error(run(args), ring, f"checkpoint sequence number {seq} out of range")
+        assert sha(ring) == before and sha(store) == db_before
+    p = subprocess.run(PROVISOR + ["ring", "append", ring], input=b"x\n", capture_output=True)
+    assert p.returncode == 2 and b"out of range" in p.stderr and b"Traceback" not in p.stderr
+    assert not os.path.exists(fresh)
+
+
+def test_the_last_sequence_numbers_below_2_63(shm_dir):
+    """A ring 10 records short of 2^63: records up to 2^63-1 are appended and stored; an
+    append that would reach 2^63 is refused before anything is written."""
+    top = 2**63 - 1
+    ring = _ring_at(shm_dir / "top.ring", top - 10)
+    db = str(shm_dir / "top.db")
+    p = run(["synth", "--ring", ring, "--events", "8", "--batch", "1"])
+    assert p.returncode == 0, p.stderr
+    before = sha(ring)
+    p = run(["synth", "--ring", ring, "--events", "4"])
+    one_line_error(p, "sequence numbers exhausted")
+    assert sha(ring) == before
+    p = subprocess.run(PROVISOR + ["ring", "append", ring], input=b"a\nlast\n",
+                       capture_output=True)
+    assert p.returncode == 0 and p.stdout.split() == [str(top - 1).encode(), str(top).encode()]
+    p = subprocess.run(PROVISOR + ["ring", "append", ring], input=b"more\n", capture_output=True)
+    assert p.returncode == 2 and b"exhausted" in p.stderr and len(p.stderr.splitlines()) == 1
+    for args in (["daemon", "--ring", ring, "--db", db, "--once", "-q"],
+                 ["recover", "--ring", ring, "--db", db],
+                 ["verify", "--db", db, "--ring", ring],
+                 ["ring", "info", ring], ["status", "--db", db, "--ring", ring]):
+        p = run(args)
+        assert p.returncode == 0 and "error" not in p.stderr, (args, p.stderr)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchone()[0] == \
+        str(top)
+    assert conn.execute("SELECT count(*) FROM notes WHERE seq=?", (top,)).fetchone()[0] == 1
+    conn.close()
