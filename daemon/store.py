@@ -10,6 +10,7 @@ transaction, so a restarted daemon resumes exactly where the last commit left it
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -81,7 +82,7 @@ def _schema(db: sqlite_utils.Database) -> None:
     db["losses"].create({"seq": int, "lost": int, "lost_total": int}, pk="seq")
     db["notes"].create({"seq": int, "text": str}, pk="seq")
     db["chain"].create({"batch": int, "first_seq": int, "last_seq": int, "first_rel": int,
-                        "last_rel": int, "digest": bytes}, pk="batch")
+                        "last_rel": int, "digest": bytes, "state": bytes}, pk="batch")
     db["relations"].create_index(["src", "kind"])
     db["relations"].create_index(["dst", "kind"])
     db["versions"].create_index(["object_id", "kind", "version"])
@@ -251,6 +252,21 @@ class Store:
         an.next_name = nxt("SELECT max(id) FROM names")
         m = meta.read(c, self.path)
         self.chain_head, self.batches = m.chain_head, m.batches
+        self.encoding = m.chain_encoding
+        if self.encoding not in chain.ENCODINGS:
+            raise StoreError(f"{self.path}: the hash chain uses encoding {self.encoding}; this "
+                             f"provisor writes encodings {', '.join(chain.ENCODINGS)}")
+        self.state: chain.State | None = None
+        if self.encoding != "1":
+            self.state = chain.State.of(c)
+            row = q("SELECT state FROM chain ORDER BY batch DESC LIMIT 1").fetchone()
+            if row is not None and row[0] != self.state.digest():
+                # continuing would chain the edited rows as if the daemon had written them
+                want = chain.split_state(row[0] or b"")
+                bad = [t for t, d in self.state.table_digests().items() if want.get(t) != d]
+                raise meta.DamagedStore(
+                    f"{self.path}: damaged store: the {', '.join(bad)} rows differ from the "
+                    "hash chain's state (edited?); run provisor verify")
 
     def _owner(self, pid: int, table: str, key: str) -> Proc:
         p = self.an.proc_by_id.get(pid)
@@ -300,11 +316,55 @@ class Store:
         self.applied_seq = last
         return last
 
+    def _state_after(self, b: Batch, new_pending: list[tuple[int]]) -> chain.State:
+        """The chained state once ``b`` is written: each row it rewrites or deletes taken out as
+        stored, each row it writes put in (read inside the transaction, before writing)."""
+        assert self.state is not None
+        st = self.state.copy()
+        q = self.conn.execute
+
+        def stored(sql: str, keys: Sequence[object]) -> list[tuple]:
+            return q(sql + " IN (SELECT value FROM json_each(?))", (json.dumps(keys),)).fetchall()
+
+        if b.procs:
+            ids = list(b.procs)
+            st.remove("processes", stored("SELECT * FROM processes WHERE id", ids))
+            st.add("processes", [p.row() for p in b.procs.values()])
+            st.remove("fds", stored("SELECT * FROM fds WHERE proc_id", ids))
+            st.add("fds", [(p.id, fd, ref[0], ref[1]) for p in b.procs.values()
+                           for fd, ref in p.fds.items()])
+        gone = {(r[0], r[1]): r for r in stored("SELECT * FROM proc_used WHERE proc_id",
+                                                sorted(b.used_clear))} if b.used_clear else {}
+        for pid, pos in b.used_del:
+            row = q("SELECT * FROM proc_used WHERE proc_id=? AND pos=?", (pid, pos)).fetchone()
+            if row is not None:
+                gone[(pid, pos)] = row
+        st.remove("proc_used", gone.values())
+        st.add("proc_used", [(pid, pos, node) for pid, adds in b.used_add.items()
+                             for pos, node in adds if (pid, pos) not in b.used_del])
+        if b.arts:
+            st.remove("artifacts", stored("SELECT * FROM artifacts WHERE id", list(b.arts)))
+            st.add("artifacts", [a.row() for a in b.arts.values()])
+        if b.pending_done:
+            st.remove("pending", stored("SELECT seq FROM pending WHERE seq", b.pending_done))
+        if new_pending:
+            have = {r[0] for r in stored("SELECT seq FROM pending WHERE seq",
+                                         [s for (s,) in new_pending])}
+            st.add("pending", [(s,) for (s,) in new_pending if s not in have])
+        return st
+
     def _write(self, b: Batch, last: int) -> None:
         c = self.conn
-        head = chain.digest(self.chain_head, b.events, b.relations)
+        new_pending = [(s,) for s in self.an.pending if s > self.applied_seq]
         c.execute("BEGIN IMMEDIATE")
         try:
+            if self.state is None:  # encoding 1: events and relations only
+                st, extra = None, None
+            else:
+                st = self._state_after(b, new_pending)
+                extra = chain.Extra(b.versions, [r[:4] for r in b.names_new],
+                                    sorted(b.names_unbound), b.losses, b.notes, st.digest())
+            head = chain.digest(self.chain_head, b.events, b.relations, extra)
             for sql, rows in (
                     ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", b.events),
                     ("INSERT INTO versions VALUES (?,?,?,?,?,?,?)", b.versions),
@@ -337,14 +397,16 @@ class Store:
                               [a.row() for a in b.arts.values()])
             if b.pending_done:
                 c.executemany("DELETE FROM pending WHERE seq=?", [(s,) for s in b.pending_done])
-            new_pending = [(s,) for s in self.an.pending if s > self.applied_seq]
             if new_pending:
                 c.executemany("INSERT OR IGNORE INTO pending VALUES (?)", new_pending)
             first_rel = b.relations[0][0] if b.relations else None
             last_rel = b.relations[-1][0] if b.relations else None
             first_seq = b.events[0][0] if b.events else None
-            c.execute("INSERT INTO chain VALUES (?,?,?,?,?,?)",
-                      (self.batches + 1, first_seq, last, first_rel, last_rel, head))
+            row = (self.batches + 1, first_seq, last, first_rel, last_rel, head)
+            if st is None:
+                c.execute("INSERT INTO chain VALUES (?,?,?,?,?,?)", row)
+            else:
+                c.execute("INSERT INTO chain VALUES (?,?,?,?,?,?,?)", (*row, st.digest()))
             c.executemany("UPDATE meta SET value=? WHERE key=?", [
                 (str(last), "applied_seq"), (head.hex(), "chain_head"),
                 (str(self.batches + 1), "batches")])
@@ -357,6 +419,8 @@ class Store:
             raise
         self.chain_head = head
         self.batches += 1
+        if st is not None:
+            self.state = st
 
     def counts(self) -> dict[str, int]:
         q = self.conn.execute
