@@ -81,7 +81,7 @@ def main() -> None:
                 one() for _ in range(256)))))
 
         # -- ring: append_many, one persist per 64 ----------------------------------------
-        ring.create(path, args.size)
+        ring.create(path, args.size, overwrite=True)
         with ring.Producer.open(path, "fail") as prod:
             batches = [[(RecType.EVENT, payloads[(j * BATCH + k) & 4095]) for k in range(BATCH)]
                        for j in range(4096 // BATCH)]

@@ -16,7 +16,10 @@ from daemon.service import Daemon
 @click.option("--cpu", type=click.IntRange(0, 65535), default=None,
               help="Pin the daemon to this CPU core.")
 @click.option("--once", is_flag=True, help="Drain what is in the ring now, then exit.")
-@click.option("--force", is_flag=True, help="Accept a DB made for another ring UUID.")
+@click.option("--force", is_flag=True,
+              help="Rebind a DB that holds nothing yet (no record applied) from another ring "
+              "UUID to this ring. It never lets a DB holding another ring's records take this "
+              "ring's, and never releases a record that is not stored.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
 @click.pass_obj
 def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int | None,
@@ -24,6 +27,11 @@ def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int |
     """Consume the ring and store the provenance graph, exactly once.
 
     SIGTERM or SIGINT finish the current batch, commit, release and exit 0.
+
+    One daemon per ring and per DB: a second is refused (exit 2) with the pid of the one
+    running. A record is released from the ring only once it is committed in the DB; a DB
+    belongs to one ring. A DB missing records the ring already released (its applied seq is
+    below the ring's checkpoint) is refused: run `provisor recover --live` on it.
 
     \b
     Example:

@@ -79,6 +79,10 @@ def query_cmd() -> None:
     it named last) or an id as printed by queries: v:VERSION (one version node),
     artifact:ID or a:ID, process:ID or p:ID, tgid:N (the last process with that TGID).
 
+    Guest strings are printed as guest text: a byte that is not printable UTF-8 as \\xHH, a
+    backslash as \\\\. A path is matched the same way, so type it as printed, e.g.
+    '/root/n\\xff\\x01m' (docs/FORMAT.md, "Guest strings").
+
     \b
     Example:
       provisor query ancestors /w/report.pdf --depth 5
@@ -99,7 +103,7 @@ def _closure_options(f):
                         help="Start from every version of the object.")(f)
 
 
-@query_cmd.command("ancestors")
+@query_cmd.command("ancestors", epilog=Q.PATH_HELP)
 @click.argument("target")
 @_closure_options
 @_query_options
@@ -115,7 +119,7 @@ def q_ancestors(cfg: dict, target: str, all_versions: bool, limit: int | None, *
     _run(cfg, "ancestors", target, all_versions=all_versions, limit=limit, **kw)
 
 
-@query_cmd.command("descendants")
+@query_cmd.command("descendants", epilog=Q.PATH_HELP)
 @click.argument("target")
 @_closure_options
 @_query_options
@@ -132,7 +136,7 @@ def q_descendants(cfg: dict, target: str, all_versions: bool, limit: int | None,
     _run(cfg, "descendants", target, all_versions=all_versions, limit=limit, **kw)
 
 
-@query_cmd.command("history")
+@query_cmd.command("history", epilog=Q.PATH_HELP)
 @click.argument("path")
 @_query_options
 @click.pass_obj
@@ -165,7 +169,7 @@ def q_process(cfg: dict, tgid: str, **kw) -> None:
     _run(cfg, "process", tgid, **kw)
 
 
-@query_cmd.command("writers")
+@query_cmd.command("writers", epilog=Q.PATH_HELP)
 @click.argument("path")
 @_query_options
 @click.pass_obj
@@ -209,7 +213,8 @@ def _progress(label: str, total: int):
 @click.option("--until", default=None, help="Only relations at or before this time.")
 @click.option("--object", "target", default=None,
               help="Only this object's lineage (ancestors and descendants of all its versions):"
-              " a path or v:ID, artifact:ID, process:ID, tgid:N.")
+              " a path (guest text, as queries print it) or v:ID, artifact:ID, process:ID,"
+              " tgid:N.")
 @click.option("--chunk", type=click.IntRange(1, 1 << 20), default=2000, show_default=True,
               help="Records per ProvDocument slice (bounds memory).")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False,
@@ -229,43 +234,25 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
       provisor export --format prov-json --object /w/out.txt -o out.json
       provisor export --format dot --since 2026-11-23T08:00:00Z -o g.dot && dot -Tsvg g.dot
     """
-    import contextlib
-    import os
-
     from daemon.export import export
+    from provisor import files
 
     win = Q.Window(Q.parse_time(since), Q.parse_time(until))
+    files.check_output(output)  # a bad OUT fails before the store is read
     conn = Q.connect(_db(cfg, db_path))
-    tmp = None
     try:
-        if output == "-":
-            out = click.get_text_stream("stdout")
-        else:
-            tmp = output + ".part"
-            try:
-                out = open(tmp, "w", encoding="utf-8")
-            except OSError as e:
-                raise Q.QueryError(f"{output}: {e.strerror}") from None
         total = conn.execute("SELECT (SELECT count(*) FROM relations) + "
                              "(SELECT count(*) FROM versions)").fetchone()[0]
-        try:
-            with _progress(f"export {fmt}", total) as bar:
-                counts = export(conn, out, fmt, win, target, chunk, bar.update)
-            out.flush()  # a full disk (or stdout on /dev/full) fails here, not at exit
-            if tmp:
-                out.close()
-                os.replace(tmp, output)
-                tmp = None
-        except OSError as e:  # the partial file is removed below
-            if tmp:
-                with contextlib.suppress(OSError):
-                    out.close()
-            raise Q.QueryError(f"{'stdout' if output == '-' else output}: cannot write: "
-                               f"{e.strerror or e}") from None
+        # all or nothing through a private temporary file; a device or FIFO written directly
+        with files.output(output) as out, _progress(f"export {fmt}", total) as bar:
+            counts = export(conn, out, fmt, win, target, chunk, bar.update)
+    except OSError as e:  # writing OUT failed (ENOSPC on /dev/full, EIO)
+        if output == "-" and isinstance(e, BrokenPipeError):
+            raise
+        raise Q.QueryError(f"{'stdout' if output == '-' else output}: "
+                           f"{e.strerror or e}") from None
     finally:
         conn.close()
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
     click.echo(f"exported {', '.join(f'{k} {v}' for k, v in counts.items())}"
                + (f" to {output}" if output != "-" else ""), err=True)
 

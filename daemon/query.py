@@ -7,6 +7,11 @@ so a step reads only the index. All edges point from effect to cause (used: proc
 wasGeneratedBy: artifact -> process, wasInformedBy: newer/child -> older/parent, wasDerivedFrom:
 artifact -> artifact), so *ancestors* follow ``src -> dst`` and *descendants* ``dst -> src``.
 
+Guest strings (paths, comms, exes) are guest text (provisor/guesttext.py) in the store and so in
+every result: escaped, single-line, safe to print. A typed path is matched as guest text, so a
+name with bytes that are not printable UTF-8 is typed escaped (``/root/n\\xff\\x01m``); a typed
+path is canonicalised first (``guesttext.canonical``), so raw bytes (``$'/root/n\\xff'``) match too.
+
 TARGET syntax (see :func:`resolve`): an absolute path (current or past name: the artifact it
 names now, else the one it named last), or ``v:ID`` (one version node), ``artifact:ID`` /
 ``a:ID``, ``process:ID`` / ``p:ID`` (object ids, as shown in query output), ``tgid:N`` (the last
@@ -28,9 +33,10 @@ from functools import lru_cache
 
 from daemon import meta
 from daemon.analyzer import normpath
-from daemon.store import QUERY_INDEXES, ensure_indexes
+from daemon.store import QUERY_INDEXES, check_files, ensure_indexes
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
+from provisor.guesttext import canonical
 
 NO_LIMIT = 1 << 62
 EXPORT_FORMATS = ("prov-json", "prov-n", "prov-xml", "rdf", "dot")  # daemon/export.py
@@ -40,6 +46,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EPOCH_MIN_NS = 10**17  # timestamps below this are nanoseconds since boot, not since 1970
 TARGET_HELP = ("an absolute path, or an id: v:VERSION, artifact:ID (a:ID), process:ID (p:ID), "
                "tgid:N")
+PATH_HELP = ("A path is matched as guest text: type a name's bytes that are not printable UTF-8 "
+             "(and a backslash) escaped, as queries print them, e.g. '/root/n\\xff\\x01m' "
+             "(raw bytes match too; docs/FORMAT.md, \"Guest strings\").")
 
 
 class QueryError(ProvisorError):
@@ -54,10 +63,14 @@ def connect(path: str) -> sqlite3.Connection:
         raise QueryError("no database given (--db, or [daemon] db in the config)")
     if os.path.isdir(path):
         raise QueryError(f"{path}: is a directory")
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
+    if not os.path.lexists(path):
         raise QueryError(f"{path}: no such database")
     writable = os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)),
                                                       os.W_OK)
+    # never a symlink or another user's DB (or -wal/-shm/-journal beside it), before SQLite
+    # opens them by name
+    if not check_files(path, readonly=not writable, error=QueryError):
+        raise QueryError(f"{path}: no such database")
     try:
         conn = sqlite3.connect(path if writable else f"file:{path}?mode=ro", uri=not writable,
                                isolation_level=None, check_same_thread=False)
@@ -177,11 +190,22 @@ def _ints(xs: Iterable[int]) -> str:
 
 
 # -- targets -------------------------------------------------------------------------------
+def typed(text: str | None) -> str:
+    """A TARGET as typed -> guest text: escapes as printed by queries, or raw bytes (a
+    ``sys.argv`` string holds undecodable bytes as surrogates), match the stored name. A path
+    keeps trailing blanks (a guest's name may end in a space); an id loses them."""
+    t = (text or "").lstrip()
+    try:
+        return canonical(t if t.startswith("/") else t.rstrip())
+    except ValueError:
+        raise QueryError(f"bad target {text!r}: not text") from None
+
+
 def resolve(conn: sqlite3.Connection, text: str, all_versions: bool = False) -> Target:
     """TARGET -> start nodes. A path names an artifact through ``names`` (bound now, else the
     last binding); ``all_versions`` starts from every version of the object, not the latest."""
     q = conn.execute
-    t = (text or "").strip()
+    t = typed(text)
     prefix, _, num = t.partition(":")
     if t.startswith("/"):
         path = normpath(t)
@@ -552,7 +576,7 @@ def _unknown_rows(res: Result) -> None:
 
 # -- history, writers, process -------------------------------------------------------------
 def _path_artifacts(conn: sqlite3.Connection, target: str) -> tuple[list[int], str]:
-    t = (target or "").strip()
+    t = typed(target)
     if t.startswith("/"):
         path = normpath(t)
         ids = [r[0] for r in conn.execute(
@@ -746,6 +770,7 @@ def run_query(conn: sqlite3.Connection, name: str, target: str, depth: int | Non
               limit: int | None = None) -> Result:
     """One entry point for the CLI: ``all_versions``, ``detail`` and ``limit`` concern the
     lineage walks only."""
+    target = typed(target)  # Result.target is printed (the DOT comment): guest text too
     if name in ("ancestors", "descendants"):
         return lineage(conn, target, name == "ancestors", depth, win, all_versions, detail,
                        limit)

@@ -20,6 +20,11 @@ from pmem.ring import Consumer
 from provisor.errors import ProvisorError
 
 log = logging.getLogger("provisor.daemon")
+
+
+class DaemonError(ProvisorError):
+    """A refused drain (one line)."""
+
 LAG_LIMIT = 100_000
 
 
@@ -75,10 +80,7 @@ class Daemon:
         if not recs:
             self.batch = self.batch_min
             return 0
-        self.store.apply(recs)
-        last = recs[-1]
-        if not self.readonly:
-            self.consumer.release(last.seq, position_after(last, self.consumer.size))
+        self.commit(recs)
         self.stats.records += len(recs)
         self.stats.batches += 1
         # adapt: a full batch means we are behind; grow until we catch up
@@ -87,6 +89,42 @@ class Daemon:
         elif len(recs) < self.batch // 4:
             self.batch = max(self.batch // 2, self.batch_min)
         return len(recs)
+
+    def commit(self, recs: list[L.Record], *, release: bool = True,
+               gaps_ok: bool = False) -> int:
+        """Apply ``recs`` (sequence order, this ring's) in one transaction through
+        ``Store.apply``, then release the ring up to the last of them the store now holds, and
+        never further: a record is released only once it is stored. A record with a negative
+        offset is not in the ring (recovery's NOTE about a gap) and never a release point.
+        Returns the applied seq."""
+        applied = self.store.apply(recs, ring=self.consumer.header.uuid_str, gaps_ok=gaps_ok)
+        if release and not self.readonly:
+            held = [r for r in recs if r.seq <= applied and r.offset >= 0]
+            if held:
+                last = held[-1]
+                self.consumer.release(last.seq, position_after(last, self.consumer.size))
+        return applied
+
+    def unstored_release(self) -> tuple[int, int] | None:
+        """(first, last) of records the ring released that this store never got: the ring's
+        checkpoint is beyond the store's applied seq (another consumer released them, or the
+        DB is an older copy). None when the store has everything up to the checkpoint (or
+        is new: a new store starts where the ring is)."""
+        a, c = self.store.applied_seq, self.consumer.checkpoint
+        return (a + 1, c) if 0 < a < c else None
+
+    def check_start(self) -> None:
+        """Refuse to drain into a store that misses released records: continuing would hide
+        the hole (nothing would ever say records a..b are not in this DB)."""
+        hole = self.unstored_release()
+        if hole:
+            a, b = hole
+            raise DaemonError(
+                f"{self.store.path}: records {a}..{b} were released from ring "
+                f"{self.consumer.region.path} (checkpoint {b}) but are not in this DB (applied "
+                f"seq {a - 1}): another consumer released them, or the DB is an older copy; "
+                "nothing applied. `provisor recover --live` salvages what the image still holds "
+                "and records the rest as a gap")
 
     def status(self) -> dict:
         fill = self.consumer.fill()
@@ -111,6 +149,7 @@ class Daemon:
     def run(self, once: bool = False, idle_sleep: float = 0.002) -> Stats:
         """Drain until stopped (SIGTERM/SIGINT finish the batch) or, with ``once``, until the
         ring holds nothing more."""
+        self.check_start()
         old = {s: signal.signal(s, self._signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.stats.started = time.monotonic()
         next_status = time.monotonic() + self.status_interval

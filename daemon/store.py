@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,9 +21,10 @@ from daemon import chain, meta
 from daemon.analyzer import Analyzer, Art, Batch, Proc
 from daemon.meta import APP_ID, SCHEMA_VERSION  # noqa: F401  (re-exported)
 from pmem.layout import Record, RecType
-from provisor import faults
+from provisor import faults, files, locks
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
+from provisor.guesttext import escape
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -30,6 +32,45 @@ if TYPE_CHECKING:
 
 class StoreError(ProvisorError):
     pass
+
+
+SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite opens these by name, beside the DB
+
+
+def check_files(path: str, *, readonly: bool, error: type[ProvisorError] = StoreError) -> bool:
+    """Make the DB's files safe for SQLite to open by name; True when the DB holds data.
+
+    A missing DB is created empty here, exclusively (0600, or 0640 with [files] group), and
+    the writer's -wal and -shm likewise (SQLite would create them following a symlink planted
+    in a shared directory such as /dev/shm, or reuse another user's: a planted WAL or journal
+    is replayed into the DB). An existing DB or side file must be our own regular file, not a
+    symlink; a reader also accepts root's (a root daemon's store read through the group)."""
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise error(f"{path}: {e.strerror}") from None
+    try:
+        if st is None:
+            if readonly:
+                raise error(f"{path}: no such database")
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.access(parent, os.W_OK):
+                raise error(f"{path}: cannot create the database (directory not writable)")
+            os.close(files.create_new(path))
+        elif stat.S_ISDIR(st.st_mode):
+            raise error(f"{path}: is a directory")
+        else:
+            files.check_ours(path, st, root_ok=readonly)
+        for side in (path + s for s in SIDE_FILES):
+            if os.path.lexists(side):
+                files.check_ours(side, root_ok=readonly)
+            elif not readonly and not side.endswith("-journal"):
+                os.close(files.ensure_ours(side, os.O_RDWR))
+    except files.FileError as e:
+        raise error(str(e)) from None
+    return st is not None and st.st_size > 0
 
 
 # Covering indexes for the lineage queries of daemon/query.py: a recursive step up (src -> dst)
@@ -102,19 +143,30 @@ class Store:
     def __init__(self, path: str, ring_uuid: str | None = None, *, force: bool = False,
                  readonly: bool = False) -> None:
         self.path = path
-        if os.path.isdir(path):
-            raise StoreError(f"{path}: is a directory")
-        exists = os.path.exists(path) and os.path.getsize(path) > 0
+        exists = check_files(path, readonly=readonly)
         if readonly and not exists:
             raise StoreError(f"{path}: no such database")
-        if not exists:
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.access(parent, os.W_OK):
-                raise StoreError(f"{path}: cannot create the database (directory not writable)")
+        self._lock: locks.Lock | None = None
         try:
             uri = f"file:{path}?mode=ro" if readonly else path
             self.conn = sqlite3.connect(uri, uri=readonly, isolation_level=None,
                                         check_same_thread=False)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: {e}") from None
+        try:
+            self._open(path, ring_uuid, exists, force, readonly)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: str, ring_uuid: str | None, exists: bool, force: bool,
+              readonly: bool) -> None:
+        try:
+            if not readonly:
+                # one writer per store, for this object's life (the file exists now: connect
+                # made it); a second daemon or recovery on this DB is refused before it writes
+                self._lock = locks.acquire(path, locks.STORE_WRITER, "store writer")
+                exists = os.path.getsize(path) > 0  # another creator may have finished first
             self.conn.execute("PRAGMA busy_timeout=10000")
             if exists:
                 self._check_existing()
@@ -133,12 +185,9 @@ class Store:
             raise StoreError(f"{path}: {getattr(e, 'strerror', None) or e}{hint}") from None
         self.readonly = readonly
         self.ring_uuid = self.meta("ring_uuid")
-        if ring_uuid and self.ring_uuid and ring_uuid != self.ring_uuid:
-            if not force:
-                raise StoreError(
-                    f"{path} belongs to ring {self.ring_uuid}, not {ring_uuid} "
-                    "(use --force to apply another ring's records to it)")
         self.applied_seq = meta.read(self.conn, path).applied_seq
+        if ring_uuid and self.ring_uuid and ring_uuid != self.ring_uuid:
+            self._rebind(ring_uuid, force)
         self.an = Analyzer()
         self._load()
 
@@ -180,6 +229,27 @@ class Store:
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
+
+    def _rebind(self, ring_uuid: str, force: bool) -> None:
+        """A store holds the records of one ring: sequence numbers are per ring, so another
+        ring's records at or below ``applied_seq`` would be taken for applied ones (and then
+        released by the daemon without being stored). ``force`` rebinds only a store that holds
+        nothing yet; no flag lets one store take a second ring's records."""
+        mine = f"{self.path} belongs to ring {self.ring_uuid}, not {ring_uuid}"
+        if not force:
+            raise StoreError(f"{mine}: a store holds one ring's records (use another --db for "
+                             "this ring; --force rebinds only a store that holds nothing yet)")
+        held = self.applied_seq or any(self.conn.execute(
+            f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in ("chain", "events", "notes",
+                                                              "losses"))
+        if held:
+            raise StoreError(f"{mine} and holds its records up to seq {self.applied_seq}: "
+                             "--force rebinds only a store that holds nothing yet; use another "
+                             "--db for this ring")
+        if self.readonly:
+            raise StoreError(f"{mine} (opened read-only: cannot rebind it)")
+        self.conn.execute("UPDATE meta SET value=? WHERE key='ring_uuid'", (ring_uuid,))
+        self.ring_uuid = ring_uuid
 
     def bind_ring(self, ring_uuid: str) -> None:
         """Record the ring UUID in a DB made without one."""
@@ -276,11 +346,30 @@ class Store:
         return p
 
     # -- applying --------------------------------------------------------------------------
-    def apply(self, records: Sequence[Record]) -> int:
+    def apply(self, records: Sequence[Record], *, ring: str | None = None,
+              gaps_ok: bool = False) -> int:
         """Apply records (in sequence order) in one durable transaction; returns the applied
-        sequence number afterwards. Already-applied records are skipped."""
+        sequence number afterwards. Already-applied records are skipped: that is only sound
+        for records of this store's ring, so ``ring`` (the records' ring UUID, when the caller
+        knows it) must be the bound one. The records must continue ``applied_seq`` without a
+        hole (a new store starts anywhere), unless ``gaps_ok``: recovery salvaging past
+        damage, which reports every hole it leaves."""
         if self.readonly:
             raise StoreError("database opened read-only")
+        if ring is not None and self.ring_uuid and ring != self.ring_uuid:
+            raise StoreError(f"{self.path} belongs to ring {self.ring_uuid}: refusing records "
+                             f"of ring {ring}")
+        if not gaps_ok:
+            prev = self.applied_seq
+            for r in records:
+                if r.seq <= prev:
+                    continue
+                if prev and r.seq != prev + 1:
+                    raise StoreError(
+                        f"{self.path}: records {prev + 1}..{r.seq - 1} are missing before "
+                        f"record {r.seq} (the store is at applied seq {self.applied_seq}); "
+                        "nothing applied")
+                prev = r.seq
         an = self.an
         last = self.applied_seq
         for r in records:
@@ -289,8 +378,8 @@ class Store:
             if r.type == RecType.EVENT:
                 try:
                     ev = decode(r.payload, r.seq)
-                except EventDecodeError as e:
-                    an.b.notes.append((r.seq, f"undecodable event: {e}"))
+                except EventDecodeError as e:  # kept whole: evidence, never dropped
+                    an.b.notes.append((r.seq, f"undecodable event ({e}): {escape(r.payload)}"))
                 else:
                     an.event(ev)
             elif r.type == RecType.LOSS:
@@ -298,7 +387,10 @@ class Store:
                 total = int.from_bytes(r.payload[8:16], "little")
                 an.b.losses.append((r.seq, lost, total))
             elif r.type == RecType.NOTE:
-                an.b.notes.append((r.seq, r.payload.decode("utf-8", "replace")))
+                an.b.notes.append((r.seq, escape(r.payload)))  # guest text: lossless
+            else:  # a type this provisor does not know (a newer producer): kept, not skipped
+                an.b.notes.append((r.seq, f"record of unknown type {r.type}: "
+                                          f"{escape(r.payload)}"))
             last = r.seq
         if last == self.applied_seq:
             return last
@@ -433,3 +525,6 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

@@ -583,32 +583,18 @@ def _check_state(conn: sqlite3.Connection, batches: list[Batch], rep: Report) ->
 # -- the ring --------------------------------------------------------------------------------
 def ring_records(path: str) -> tuple[str, dict[int, tuple[int, bytes]], int]:
     """Every record still readable in a ring image: the live chain after the checkpoint, and
-    released records not yet overwritten (found by their own header checksums)."""
+    released records not yet overwritten (``pmem.layout.salvage``: found by their own
+    checksums)."""
     from pmem import layout as L
     from pmem.ring import Consumer
 
-    out: dict[int, tuple[int, bytes]] = {}
     with Consumer.open(path, readonly=True) as c:
-        uuid_str, buf, size, uuid = c.header.uuid_str, c.buf, c.size, c.header.uuid
-        checkpoint = c.header.checkpoint_seq
-        while batch := c.read(65536):
-            for r in batch:
-                out[r.seq] = (r.type, r.payload)
-        off = 0
-        while off + L.REC_HDR <= size:
-            seq, length = L._REC.unpack_from(buf, L.DATA_OFFSET + off)[:2]
-            if seq and seq not in out and length <= size - off - L.REC_HDR:
-                rec = L.read_record(buf, uuid, size, off, seq)
-                if not isinstance(rec, str):
-                    if rec.type != L.RecType.PAD:
-                        out[seq] = (rec.type, rec.payload)
-                    off += L.padded(len(rec.payload)) if rec.type != L.RecType.PAD else size
-                    continue
-            elif seq and seq in out:
-                off += L.padded(len(out[seq][1]))
-                continue
-            off += L.ALIGN
-    return uuid_str, out, checkpoint
+        hdr, buf = c.header, c.buf
+        sv = L.salvage(buf, hdr)
+        out = {f.seq: (f.type, bytes(buf[L.DATA_OFFSET + f.offset + L.REC_HDR:
+                                         L.DATA_OFFSET + f.offset + L.REC_HDR + f.length]))
+               for f in sv.records}
+        return hdr.uuid_str, out, hdr.checkpoint_seq
 
 
 def verify_ring(conn: sqlite3.Connection, ring_path: str, rep: Report) -> None:
@@ -623,6 +609,12 @@ def verify_ring(conn: sqlite3.Connection, ring_path: str, rep: Report) -> None:
     applied = int(meta.get("applied_seq") or 0)
     same = differ = 0
     pending = sum(1 for s in recs if s > applied)
+    if checkpoint > applied:  # the ring let go of records the store does not have
+        rep.add("deleted", "events", f"seq={applied + 1}..{checkpoint}", None,
+                f"the ring released records up to {checkpoint} but the store is at applied seq "
+                f"{applied}: released records are missing from the store (a truncated or "
+                "replaced store, or a store of an earlier run)")
+        differ += 1
     for seq in sorted(s for s in recs if s <= applied):
         rtype, payload = recs[seq]
         if rtype != L.RecType.EVENT:
@@ -651,16 +643,26 @@ def state_path(db: str) -> str:
 def save_state(rep: Report) -> None:
     """Remember the last result next to the DB for ``provisor status`` (best effort: the
     result itself is no evidence; re-run verify to trust it)."""
-    try:
-        with open(state_path(rep.db), "w") as f:
+    from provisor import files
+
+    try:  # private and exclusive like every file of ours; another user's marker is left alone
+        with files.output(state_path(rep.db)) as f:
             json.dump(rep.to_json(), f)
-    except OSError:
+    except (OSError, files.FileError):
         pass
 
 
 def load_state(db: str) -> dict | None:
+    """The last result, unless the marker is a symlink or another user's (a planted "intact"
+    would be believed by ``provisor status``); root's is read (a root daemon's store)."""
+    from provisor import files
+
     try:
-        with open(state_path(db)) as f:
+        fd, _ = files.open_ours(state_path(db), os.O_RDONLY, root_ok=True)
+    except files.FileError:
+        return None
+    try:
+        with open(fd, closefd=True) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None

@@ -105,8 +105,15 @@ def daemon_available() -> bool:
 def start_daemon(ring: str, db: str, log_path: str) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from provisor.cli import main; main()",
            "daemon", "--ring", ring, "--db", db, "-q"]
-    logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
+    from provisor import files
+
+    # appended across runs; created 0600 (or 0640 with [files] group), never through a planted
+    # symlink or into another user's file beside a /dev/shm store
+    fd = files.ensure_ours(log_path)
+    try:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd)
+    finally:
+        os.close(fd)
 
 
 def stop_daemon(proc: subprocess.Popen, timeout: float = 60.0) -> int:
@@ -122,8 +129,11 @@ def stop_daemon(proc: subprocess.Popen, timeout: float = 60.0) -> int:
 
 
 def db_counts(db: str) -> dict[str, int]:
+    from daemon.store import check_files
+
     if not os.path.exists(db):
         return {}
+    check_files(db, readonly=True, error=CollectError)  # never a planted DB or side file
     out: dict[str, int] = {}
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:

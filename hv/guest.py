@@ -26,6 +26,7 @@ from typing import Any
 
 import click
 
+from provisor import files
 from provisor.errors import ProvisorError
 from provisor.params import Finite
 
@@ -45,6 +46,24 @@ def _echo(msg: str) -> None:
 def cache_dir(cfg: dict[str, Any]) -> Path:
     raw = os.environ.get("PROVISOR_CACHE") or cfg.get("guest", {}).get("cache", "~/.cache/provisor")
     return Path(raw).expanduser()
+
+
+def _private_dir(d: Path) -> Path:
+    """``d`` as a private (0700) directory of ours: the cache holds the workload and the files
+    it was given. An existing one of ours is tightened; another user's (or a symlink of
+    another user's) is refused."""
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = d.lstat()
+    if stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid():
+        st = d.stat()  # our own symlink (a cache moved to another disk)
+    if not stat.S_ISDIR(st.st_mode):
+        raise GuestError(f"{d}: not a directory")
+    if st.st_uid != os.geteuid():
+        raise GuestError(f"{d}: owned by uid {st.st_uid}, not by us: refusing a cache "
+                         "directory another user may have planted")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(d, 0o700)
+    return d
 
 
 @dataclass(frozen=True)
@@ -105,7 +124,7 @@ def resolve_abi(wanted: str, log: Log = _echo) -> str:
 
 def _download(pkgs: Iterable[str], dest: Path, log: Log) -> Path:
     """apt-get download the first of ``pkgs`` that exists; returns the .deb."""
-    dest.mkdir(parents=True, exist_ok=True)
+    _private_dir(dest)
     err: GuestError | None = None
     for pkg in pkgs:
         have = sorted(dest.glob(f"{pkg}_*.deb"))
@@ -158,6 +177,7 @@ def _extract_members(deb: Path, members: dict[str, Path], log: Log) -> None:
             found = sorted(Path(tmp).glob(pattern.lstrip("./")))
             if not found:
                 raise GuestError(f"{deb.name} has no {pattern}")
+            os.chmod(found[-1], 0o600)  # the package's mode was 0644: the cache is private
             os.replace(found[-1], final)
     log(f"extracted in {time.monotonic() - t0:.1f}s")
 
@@ -165,10 +185,13 @@ def _extract_members(deb: Path, members: dict[str, Path], log: Log) -> None:
 @contextlib.contextmanager
 def _locked(cache: Path):
     """One fetch at a time per cache (tests and a collect run may start together)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".fetch.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    _private_dir(cache)
+    fd = files.ensure_ours(str(cache / ".fetch.lock"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def fetch(cfg: dict[str, Any], log: Log = _echo, build_profile: bool = True) -> Kit:
@@ -184,7 +207,7 @@ def _fetch(cfg: dict[str, Any], log: Log, build_profile: bool) -> Kit:
     if not (k.kernel.exists() and k.vmlinux.exists() and k.system_map.exists()):
         abi = resolve_abi(abi, log)
         k = _paths(cache, abi)
-    k.kernel.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(k.kernel.parent)
     debs = cache / "debs"
     base = f"linux-image-{abi}-{FLAVOUR}"
     if not k.kernel.exists():
@@ -359,11 +382,11 @@ def build_initramfs(cfg: dict[str, Any], workload: str | Path, include: str | Pa
                 c.symlink(name, e[1])
             else:
                 c.chardev(name, e[1], e[2], e[3])
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, compresslevel=6) as gz:
+        _private_dir(cache_dir(cfg))
+        _private_dir(cached.parent)
+        with files.output(str(cached), binary=True) as f, \
+                gzip.GzipFile(fileobj=f, mode="wb", mtime=0, compresslevel=6) as gz:
             gz.write(c.finish())
-        tmp.replace(cached)
         log(f"initramfs {cached.name}: {len(entries)} entries, {cached.stat().st_size >> 10} KB, "
             f"{time.monotonic() - t0:.1f}s")
     else:
@@ -371,7 +394,8 @@ def build_initramfs(cfg: dict[str, Any], workload: str | Path, include: str | Pa
     if output is not None:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached, out)
+        with files.output(str(out), binary=True) as f, open(cached, "rb") as src:
+            shutil.copyfileobj(src, f)
         return out
     return cached
 

@@ -662,15 +662,26 @@ class QemuGuest:
         import shutil
         import tempfile
 
+        from provisor import files
+
         if shutil.which(qemu) is None:
             from provisor.errors import ProvisorError
             raise ProvisorError(f"{qemu} not found (install qemu-system-x86: make setup)")
+        # a serial log outside the private directory (RING.serial.log beside a /dev/shm ring)
+        # is opened here, never through a planted symlink or another user's file, and QEMU
+        # writes it through the inherited descriptor
+        self._serial_fd: int | None = None
+        if serial_log:
+            self._serial_fd = files.ensure_ours(serial_log, os.O_WRONLY)
+            os.ftruncate(self._serial_fd, 0)
         base = base_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.dir = tempfile.mkdtemp(prefix="provisor-vm-", dir=base)
         os.chmod(self.dir, 0o700)
         self.sock = os.path.join(self.dir, "gdb.sock")
         self.ram = os.path.join(self.dir, "ram")
         self.serial_log = serial_log or os.path.join(self.dir, "serial.log")
+        serial = (f"/dev/fd/{self._serial_fd}" if self._serial_fd is not None
+                  else self.serial_log)
         self.mem_mb = mem_mb
         self.ram_file = ram_file
         self.argv = [
@@ -680,7 +691,7 @@ class QemuGuest:
                 "-machine", "memory-backend=ram"] if ram_file else []),
             "-kernel", kernel, "-initrd", initrd, "-append", append,
             "-display", "none", "-monitor", "none", "-no-reboot", "-nodefaults",
-            "-serial", f"file:{self.serial_log}",
+            "-serial", f"file:{serial}",
             "-chardev", f"socket,id=gdb0,path={self.sock},server=on,wait=on",
             "-gdb", "chardev:gdb0", "-S", *(extra or []),
         ]
@@ -695,8 +706,11 @@ class QemuGuest:
         from hv.memory import PhysicalFile
 
         self._err = open(os.path.join(self.dir, "qemu.err"), "w+")  # noqa: SIM115
+        fds = () if self._serial_fd is None else (self._serial_fd,)
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self._err)
+                                     stdout=subprocess.DEVNULL, stderr=self._err,
+                                     pass_fds=fds)
+        self._close_serial()
         deadline = time.monotonic() + 15
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -725,9 +739,17 @@ class QemuGuest:
         except subprocess.TimeoutExpired:
             return None
 
+    def _close_serial(self) -> None:
+        import os
+
+        if self._serial_fd is not None:
+            os.close(self._serial_fd)
+            self._serial_fd = None
+
     def close(self) -> None:
         import shutil
 
+        self._close_serial()
         if self.gdb:
             self.gdb.close()
         if self.phys:

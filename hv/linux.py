@@ -15,6 +15,7 @@ from typing import Protocol
 
 from hv.memory import Unreadable, Virtual, canonical
 from provisor.events import FileId
+from provisor.guesttext import escape
 
 MAX_STR = 4096
 MAX_DEPTH = 64  # dentries in one path
@@ -165,7 +166,7 @@ class Linux:
             t.tgid = at(o.task_struct_tgid, "<I")
             t.start_time = at(o.task_struct_start_time, "<Q")
             comm = blob[o.task_struct_comm - lo:o.task_struct_comm - lo + 16]
-            t.comm = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+            t.comm = escape(comm.split(b"\0", 1)[0])
             t.fs = at(o.task_struct_fs, "<Q")
             t.files = at(o.task_struct_files, "<Q")
             t.mm = at(o.task_struct_mm, "<Q")
@@ -283,7 +284,7 @@ class Linux:
         except Unreadable:
             return None, mnt_id
         path = b"/" + b"/".join(reversed(parts))
-        return path.decode("utf-8", "surrogateescape"), mnt_id
+        return escape(path), mnt_id
 
     def _pseudo(self, dentry: int) -> str:
         try:
@@ -291,7 +292,7 @@ class Linux:
         except Unreadable:
             ino = 0
         try:
-            name = self._qstr(dentry).decode("utf-8", "replace")
+            name = escape(self._qstr(dentry))
         except Unreadable:
             name = ""
         return name if ":" in name else f"anon:[{ino}]"
@@ -361,13 +362,17 @@ class Linux:
         return FileId(dev, ino, path if path is not None else "")
 
     # -- user memory ---------------------------------------------------------------------
-    def user_string(self, va: int, limit: int = MAX_STR) -> tuple[str | None, bool]:
-        """(string or None if unreadable, truncated)."""
+    def user_bytes(self, va: int, limit: int = MAX_STR) -> tuple[bytes | None, bool]:
+        """(the NUL-terminated bytes at ``va``, or None if unreadable; truncated)."""
         try:
-            raw, trunc = self.mem.read_cstr(user_ptr(va), limit)
+            return self.mem.read_cstr(user_ptr(va), limit)
         except Unreadable:
             return None, False
-        return raw.decode("utf-8", "surrogateescape"), trunc
+
+    def user_string(self, va: int, limit: int = MAX_STR) -> tuple[str | None, bool]:
+        """(guest text of the string, or None if unreadable; truncated)."""
+        raw, trunc = self.user_bytes(va, limit)
+        return (None if raw is None else escape(raw)), trunc
 
     def user_strv(self, va: int, max_count: int = MAX_ARGV, max_bytes: int = MAX_ARGV_BYTES
                   ) -> tuple[list[str] | None, bool, bool]:
@@ -386,11 +391,11 @@ class Linux:
                     return out, False, False
                 if len(out) >= max_count or budget <= 1:
                     return out, True, False
-                s, trunc = self.user_string(sp, min(MAX_STR, budget - 1))
-                if s is None:
+                raw, trunc = self.user_bytes(sp, min(MAX_STR, budget - 1))
+                if raw is None:
                     return out, False, True
-                out.append(s)
-                budget -= len(s) + 1
+                out.append(escape(raw))
+                budget -= len(raw) + 1  # the bound is on guest bytes, not on their escapes
                 if trunc:
                     return out, True, False
                 p += 8

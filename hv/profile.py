@@ -460,11 +460,13 @@ def is_current(path: str | Path) -> bool:
 
 
 def write(profile: dict, out: str | Path) -> Path:
+    """Write atomically through a private temporary file (0600, O_EXCL|O_NOFOLLOW)."""
+    from provisor import files
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(profile, indent=1, sort_keys=True))
-    tmp.replace(out)
+    with files.output(str(out)) as f:
+        f.write(json.dumps(profile, indent=1, sort_keys=True))
     return out
 
 

@@ -62,6 +62,7 @@ from provisor.events import (
     FileId,
     encode,
 )
+from provisor.guesttext import unescape
 from provisor.params import Finite
 
 U64 = 1 << 64
@@ -131,9 +132,7 @@ class FastEncoder:
         data = data[:0xFFFF]
         return self._TLV.pack(tag, len(data)) + data
 
-    @staticmethod
-    def _s(text: str) -> bytes:
-        return text.encode("utf-8", "surrogateescape")
+    _s = staticmethod(unescape)  # guest text -> bytes, as in encode
 
     def __call__(self, ev: Event) -> bytes:
         self.left -= 1

@@ -28,14 +28,19 @@ def ring() -> None:
 @ring.command("create")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--size", default=None, help="Total image size, e.g. 64M (default: config).")
-@click.option("--ring-id", default=0, show_default=True, help="Ring id (one ring per vCPU).")
+@click.option("--ring-id", default=0, show_default=True, type=click.IntRange(0, (1 << 32) - 1),
+              help="Ring id (one ring per vCPU).")
+@click.option("--overwrite", is_flag=True,
+              help="Re-create an existing ring, discarding its records (never while a "
+              "producer or consumer has it open).")
 @click.pass_obj
-def ring_create(cfg: dict, path: str, size: str | None, ring_id: int) -> None:
-    """Create (or re-create, discarding it) a ring image at PATH.
+def ring_create(cfg: dict, path: str, size: str | None, ring_id: int, overwrite: bool) -> None:
+    """Create a ring image at PATH (an existing one only with --overwrite).
 
     Example: provisor ring create /dev/shm/p.ring --size 64M
     """
-    hdr = create(path, parse_size(size or cfg["ring"]["size"]), ring_id=ring_id)
+    hdr = create(path, parse_size(size or cfg["ring"]["size"]), ring_id=ring_id,
+                 overwrite=overwrite)
     click.echo(f"created {path}: ring {hdr.uuid_str}, {hdr.data_size} data bytes")
 
 
@@ -140,6 +145,7 @@ def ring_dump(path: str, as_json: bool, from_seq: int | None) -> None:
     Example: provisor ring dump /dev/shm/p.ring --from 100 --json
     """
     from provisor.events import EventDecodeError, decode
+    from provisor.guesttext import escape
 
     with Consumer.open(path, readonly=True) as c:
         while batch := c.read(4096):
@@ -148,7 +154,7 @@ def ring_dump(path: str, as_json: bool, from_seq: int | None) -> None:
                     continue
                 kind = _type_name(r.type)
                 if r.type == L.RecType.NOTE:
-                    body: object = r.payload.decode("utf-8", "replace")
+                    body: object = escape(r.payload)  # no raw control bytes on the terminal
                 elif r.type == L.RecType.LOSS:
                     body = {"lost": int.from_bytes(r.payload[:8], "little"),
                             "lost_total": int.from_bytes(r.payload[8:16], "little")}

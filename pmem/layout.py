@@ -1,4 +1,5 @@
-"""The on-image layout of docs/FORMAT.md: constants, header and record codecs, the chain scan.
+"""The on-image layout of docs/FORMAT.md: constants, header and record codecs, the chain scan,
+and the salvage walk that finds every intact record whatever the header says.
 
 Pure functions over a buffer, so that the live ring, ``ring info`` and recovery read images one
 way, and the power-failure simulator can check any crash image with the same code.
@@ -6,11 +7,13 @@ way, and the power-failure simulator can check any crash image with the same cod
 
 from __future__ import annotations
 
+import re
 import struct
 import uuid as uuidlib
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from functools import lru_cache
+from typing import NamedTuple
 
 from crc32c import crc32c
 
@@ -267,3 +270,130 @@ def collect(buf, hdr: Header, start_seq: int | None = None, start_off: int | Non
             recs.append(next(it))
         except StopIteration as stop:
             return recs, stop.value
+
+
+# -- salvage: every intact record, whatever the header says ---------------------------------
+class Found(NamedTuple):
+    """A valid record found by ``salvage``: where it lies (data-area offset) and its length."""
+
+    seq: int
+    type: int
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        """Data-area offset just after it (where the next record of its lap starts)."""
+        return self.offset + padded(self.length)
+
+
+@dataclass
+class Salvage:
+    records: list[Found]  # one per sequence number, in sequence order (PADs left out)
+    chain: list[Found]  # the valid chain from the checkpoint (``scan``'s), PADs left out
+    end: ChainEnd  # why and where that chain ended
+    unreadable: int  # bytes of non-zero 32-byte slots outside every valid record (a wrapped
+    # ring normally has some: the remains of the record its tail cut into)
+    duplicates: list[int]  # sequence numbers found more than once (one copy kept)
+
+    @property
+    def chain_last(self) -> int:
+        """The chain's last sequence number (the checkpoint when the chain is empty)."""
+        return self.end.seq - 1
+
+
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+def salvage(buf, hdr: Header) -> Salvage:
+    """Every record of the data area that its own CRC (over the ring UUID, its header and
+    payload) validates, independent of the header's checkpoint and of the chain: the area is
+    walked at ALIGN steps; where a plausible record header (non-zero seq, a length that fits)
+    has a matching CRC, that is a record and the walk jumps over it, else the walk steps 32
+    bytes (runs of zeros are skipped at once). Work: one CRC per valid record plus one per
+    32-byte step through non-zero junk whose length field happens to fit.
+
+    The chain from the checkpoint is then followed over what was found (exactly ``scan``'s
+    chain and end). A sequence number found twice (a torn rewrite after a crash can leave an
+    orphan of an unacknowledged batch beside the rewritten record) keeps the copy in the
+    chain, else the one that starts where the record before it ends, else the one that ends
+    where the record after it starts, else the first in the area."""
+    uuid, size = hdr.uuid, hdr.data_size
+    unpack = _REC.unpack_from
+    ucrc = _uuid_crc(uuid)
+    make = tuple.__new__  # Found(...) without NamedTuple's Python-level __new__
+    found: list[Found] = []
+    append = found.append
+    unreadable = 0
+    whole = memoryview(buf)
+    area = whole[DATA_OFFSET:DATA_OFFSET + size]
+    try:
+        off = 0
+        while off + REC_HDR <= size:
+            base = DATA_OFFSET + off
+            seq, length, rtype, _flags, crc = unpack(buf, base)
+            if seq:
+                if length <= size - off - REC_HDR and length <= MAX_PAYLOAD:
+                    step = (REC_HDR + length + ALIGN - 1) & ~(ALIGN - 1)
+                    p = base + REC_HDR
+                    if (crc32c(buf[p:p + length], crc32c(buf[base:base + 28], ucrc)) == crc
+                            and (rtype != RecType.PAD or off + step == size)):
+                        append(make(Found, (seq, rtype, off, length)))
+                        off += step
+                        continue
+            elif bytes(buf[base:base + REC_HDR]) == ZERO_HDR:
+                m = _NONZERO.search(area, off)
+                if m is None:
+                    break
+                nxt = m.start() - m.start() % ALIGN
+                off = nxt if nxt > off else off + ALIGN
+                continue
+            unreadable += ALIGN
+            off += ALIGN
+    finally:
+        area.release()
+        whole.release()
+    by_off = {f[2]: f for f in found}
+    # the chain, as ``scan`` reads it (an index miss is checked with read_record: a record the
+    # walk stepped over, which only a CRC collision inside another record could cause)
+    chain: list[Found] = []
+    expect, off, consumed = hdr.checkpoint_seq + 1, hdr.checkpoint_off, 0
+    while True:
+        f = by_off.get(off)
+        if f is None or f[0] != expect:
+            rec = read_record(buf, uuid, size, off, expect)
+            if isinstance(rec, str):
+                end = ChainEnd(rec, off, expect)
+                break
+            f = make(Found, (rec.seq, rec.type, off, len(rec.payload)))
+            found.append(f)
+            by_off[off] = f
+        pad = f[1] == RecType.PAD
+        step = size - off if pad else (REC_HDR + f[3] + ALIGN - 1) & ~(ALIGN - 1)
+        consumed += step
+        if consumed > size:
+            end = ChainEnd(End.FULL, off, expect)
+            break
+        if not pad:
+            chain.append(f)
+            expect += 1
+        off = (off + step) % size
+    # one record per sequence number (PADs left out)
+    found = sorted(f for f in found if f[1] != RecType.PAD)
+    dups = sorted({a[0] for a, b in zip(found, found[1:], strict=False) if a[0] == b[0]})
+    if not dups:
+        return Salvage(found, chain, end, unreadable, [])
+    in_chain = {f.offset for f in chain}
+    by_seq: dict[int, list[Found]] = {}
+    for f in found:
+        by_seq.setdefault(f.seq, []).append(f)
+    for s in dups:
+        fs = by_seq[s]
+        before, after = by_seq.get(s - 1), by_seq.get(s + 1)
+        pick = (next((f for f in fs if f.offset in in_chain), None)
+                or next((f for f in fs if before and f.offset == before[0].end % size), None)
+                or next((f for f in fs if after and f.end % size == after[0].offset), None)
+                or fs[0])
+        by_seq[s] = [pick]
+    records = [by_seq[s][0] for s in sorted(by_seq)]
+    return Salvage(records, chain, end, unreadable, dups)

@@ -8,6 +8,7 @@ write-ahead rule). ``Consumer.read`` returns the valid chain after the checkpoin
 from __future__ import annotations
 
 import os
+import stat
 import time
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
@@ -15,8 +16,8 @@ from enum import StrEnum
 
 from pmem import layout as L
 from pmem.layout import FormatError, Header, ProducerState, Record, RecType
-from pmem.region import Region, RegionError
-from provisor import faults
+from pmem.region import Region, RegionError, is_devdax
+from provisor import faults, files, locks
 from provisor.errors import ProvisorError
 
 
@@ -37,18 +38,28 @@ class RingFull(RingError):
     acked: list[int] = []
 
 
-def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region) -> Header:
-    """Create a ring image of ``size`` bytes in all (rounded down to whole pages)."""
+def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region,
+           overwrite: bool = False) -> Header:
+    """Create a ring image of ``size`` bytes in all (rounded down to whole pages).
+
+    Every argument is checked before any file is touched. An existing ``path`` is refused
+    unless ``overwrite``, and always while a producer or a consumer has the ring open: both
+    roles are held on the old file for the whole re-create, so none can start in between. The
+    old image is replaced only once the new one is complete (``Region.create(replace=True)``:
+    built under a private name and renamed over it), so whoever still maps the old file keeps
+    its bytes (no SIGBUS) and a failed re-create leaves it intact."""
+    if isinstance(ring_id, bool) or not isinstance(ring_id, int) or not 0 <= ring_id < 1 << 32:
+        raise RingError(f"ring id must be an integer from 0 to {(1 << 32) - 1}, not {ring_id!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise RingError(f"ring size must be a positive number of bytes, not {size!r}")
     data_size = (size - L.DATA_OFFSET) // 4096 * 4096
     if data_size < L.MIN_DATA:
         raise RingError(f"ring size too small: need at least {L.DATA_OFFSET + L.MIN_DATA} bytes")
-    try:
-        region = region_cls.create(path, L.DATA_OFFSET + data_size)
-    except RegionError as e:
-        raise RingError(str(e)) from None
-    try:
-        hdr = Header(uuid=uuidlib.uuid4().bytes, data_size=data_size, ring_id=ring_id,
-                     created_ns=time.time_ns())
+    hdr = Header(uuid=uuidlib.uuid4().bytes, data_size=data_size, ring_id=ring_id,
+                 created_ns=time.time_ns())
+    packed = hdr.pack()  # a value the header cannot hold fails here, before the file
+
+    def init(region) -> None:
         buf = region.buf
         # the first record slot must read as a clean end, whatever the file held before
         buf[L.DATA_OFFSET:L.DATA_OFFSET + L.REC_HDR] = L.ZERO_HDR
@@ -57,15 +68,54 @@ def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region) -> Head
         region.persist(L.PRODUCER_OFF, 2 * L.PRODUCER_SLOT)
         buf[L.HEADER_SLOT:L.HEADER_SLOT + L.HEADER_LEN] = bytes(L.HEADER_LEN)
         region.persist(L.HEADER_SLOT, L.HEADER_LEN)
-        buf[0:L.HEADER_LEN] = hdr.pack()
+        buf[0:L.HEADER_LEN] = packed
         region.persist(0, L.HEADER_LEN)
+
+    held: list[locks.Lock] = []
+    if issubclass(region_cls, Region) and os.path.lexists(path):
+        st = os.lstat(path)
+        if not (stat.S_ISCHR(st.st_mode) and is_devdax(path)):
+            try:  # a symlink, a FIFO, another user's file: refused whatever the flags say
+                files.check_ours(path, st)
+            except files.FileError as e:
+                raise RingError(str(e)) from None
+        if not overwrite:
+            raise RingError(f"{path}: already exists (re-creating a ring discards its records: "
+                            "use --overwrite to do so)")
+        held = _hold_both_roles(path)
+    try:
+        region = region_cls.create(path, L.DATA_OFFSET + data_size, replace=True, init=init)
+    except RegionError as e:
+        raise RingError(str(e)) from None
     finally:
-        region.close()
+        for lk in held:
+            lk.release()
+    region.close()
     return hdr
 
 
+def _hold_both_roles(path: str) -> list[locks.Lock]:
+    held: list[locks.Lock] = []
+    try:
+        for offset, role in ((locks.RING_PRODUCER, "ring producer"),
+                             (locks.RING_CONSUMER, "ring consumer")):
+            try:
+                held.append(locks.acquire(path, offset, role))
+            except locks.LockError as e:
+                who = f"pid {e.holder}" if e.holder else "another process"
+                raise RingError(f"{path}: in use by a {role} ({who}): refusing to re-create a "
+                                "ring that is in use; stop it first") from None
+    except BaseException:
+        for lk in held:
+            lk.release()
+        raise
+    return held
+
+
 def open_region(path: str, *, readonly: bool = False, region_cls=Region) -> Region:
-    if not os.path.exists(path):
+    """Map an existing image: never through a symlink; writable only when it is our own
+    regular file (or a devdax device); read-only (forensics) also when another user owns it."""
+    if not os.path.lexists(path):
         raise RingError(f"{path}: no such ring image")
     try:
         return region_cls(path, readonly=readonly)
@@ -73,14 +123,32 @@ def open_region(path: str, *, readonly: bool = False, region_cls=Region) -> Regi
         raise RingError(str(e)) from None
 
 
+def _take_role(region: Region, offset: int, role: str) -> locks.Lock | None:
+    """Hold ``role`` on the ring file for as long as the ring is open (docs/FORMAT.md, "One
+    producer, one consumer"). Only a writable mapping of a real file takes a role: a read-only
+    reader (``ring info``, forensic recovery, verify) changes nothing and may always look, and
+    the power-failure simulator's images are no files."""
+    if region.readonly or not isinstance(region, Region):
+        return None
+    try:
+        return locks.acquire(region.path, offset, role)
+    except BaseException:
+        region.close()
+        raise
+
+
 class _RingBase:
+    ROLE: tuple[int, str] | None = None
+
     def __init__(self, region: Region) -> None:
+        # the role first: nothing is read (let alone written) under another holder's feet
+        self._lock = _take_role(region, *self.ROLE) if self.ROLE else None
         self.region = region
         self.buf = region.buf
         try:
             self.header, self._slot = L.read_header(self.buf)
         except FormatError as e:
-            region.close()
+            self.close()
             raise RingError(f"{region.path}: {e}") from None
         self.uuid = self.header.uuid
         self.size = self.header.data_size
@@ -91,6 +159,9 @@ class _RingBase:
 
     def close(self) -> None:
         self.region.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -100,13 +171,24 @@ class _RingBase:
 
 
 class Producer(_RingBase):
-    """The only writer of records. On open it finds the tail: the end of the valid chain."""
+    """The only writer of records. On open it finds the tail: the end of the valid chain.
+    It holds the ring's producer role (``locks.RING_PRODUCER``) until ``close``: a second
+    producer is refused with the holder's pid."""
+
+    ROLE = (locks.RING_PRODUCER, "ring producer")
 
     def __init__(self, region: Region, policy: Policy | str = Policy.BLOCK,
                  block_timeout: float | None = None) -> None:
-        super().__init__(region)
         self.policy = Policy(policy)
         self.block_timeout = block_timeout
+        super().__init__(region)
+        try:
+            self._find_tail()
+        except BaseException:
+            self.close()  # gives the role back
+            raise
+
+    def _find_tail(self) -> None:
         reported = 0  # lost total of the last LOSS record in the chain
         it = L.scan(self.buf, self.header)
         while True:
@@ -335,7 +417,11 @@ class Producer(_RingBase):
 
 
 class Consumer(_RingBase):
-    """Reads the valid chain after the checkpoint and releases what is durable elsewhere."""
+    """Reads the valid chain after the checkpoint and releases what is durable elsewhere.
+    A writable consumer holds the ring's consumer role (``locks.RING_CONSUMER``) until
+    ``close``; a read-only one takes none (it can never release)."""
+
+    ROLE = (locks.RING_CONSUMER, "ring consumer")
 
     def __init__(self, region: Region) -> None:
         super().__init__(region)

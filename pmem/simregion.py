@@ -287,12 +287,17 @@ class SimRegion:
         self._closed = False
 
     @classmethod
-    def create(cls, path: str, size: int) -> SimRegion:
-        """A fresh, zeroed and fully persisted image (like a preallocated file)."""
+    def create(cls, path: str, size: int, *, replace: bool = False,
+               init: Callable[[SimRegion], None] | None = None) -> SimRegion:
+        """A fresh, zeroed and fully persisted image (like a preallocated file); ``init`` runs
+        on it before it is returned (``replace`` is accepted for Region's signature)."""
         if size <= 0 or size % 4096:
             raise RegionError("size must be a positive multiple of 4096")
         register(path, bytes(size))
-        return cls(path)
+        region = cls(path)
+        if init is not None:
+            init(region)
+        return region
 
     def persist(self, off: int, length: int) -> None:
         """Flush the covering cache lines and fence (what ``pmem_persist`` does)."""

@@ -34,9 +34,14 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       provisor synth --ring /dev/shm/p.ring --events 10000
       provisor daemon --ring /dev/shm/p.ring --db /dev/shm/p.db --once
     """
+    from provisor import files
     from provisor.config import load
 
     ctx.obj = load(config_path)
+    # every file created from here on, ours or a library's (SQLite's -wal/-shm/-journal, logs),
+    # is 0600, or 0640 with [files] group (docs/SECURITY.md)
+    files.set_group(ctx.obj.get("files", {}).get("group", ""))
+    os.umask(files.umask())
 
 
 def _register() -> None:

@@ -80,6 +80,12 @@ def _text(v: Any) -> str | None:
     return None
 
 
+def _group(v: Any) -> str | None:
+    if not isinstance(v, str) or "\0" in v or v != v.strip():
+        return 'must be a group name, or "" for private files'
+    return None
+
+
 def _boolean(v: Any) -> str | None:
     return None if isinstance(v, bool) else "must be true or false"
 
@@ -124,6 +130,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "kvm": Key(_choice("auto", "on", "off")),
         "busybox": Key(_text, required=False),  # hv/guest.py: /bin/busybox
         "init": Key(_text, required=False),  # hv/guest.py: config/guest/init.sh
+    },
+    "files": {
+        "group": Key(_group),  # provisor/files.py: "" keeps created files private (0600)
     },
 }
 

@@ -50,7 +50,7 @@ def crash_and_recover(cfg: dict, events: int) -> None:
         if os.path.exists(f):
             os.remove(f)
     click.secho("\n== 1. a crash and its recovery (synthetic guest) ==", bold=True, err=True)
-    sh(["ring", "create", ring, "--size", cfg["ring"]["size"]])
+    sh(["ring", "create", ring, "--size", cfg["ring"]["size"], "--overwrite"])
     ref_ring = ring + ".reference"
     prod = subprocess.Popen(PROVISOR + ["synth", "--ring", ring, "--events", str(events),
                                         "--seed", "42", "--rate", "20000"])
@@ -73,7 +73,7 @@ def crash_and_recover(cfg: dict, events: int) -> None:
     for f in (ref_db, ref_db + "-wal", ref_db + "-shm"):
         if os.path.exists(f):
             os.remove(f)
-    sh(["ring", "create", ref_ring, "--size", cfg["ring"]["size"]])
+    sh(["ring", "create", ref_ring, "--size", cfg["ring"]["size"], "--overwrite"])
     sh(["synth", "--ring", ref_ring, "--events", str(events), "--seed", "42"])
     sh(["daemon", "--ring", ref_ring, "--db", ref_db, "--once", "-q"])
     os.remove(ref_ring)

@@ -4,6 +4,12 @@ One module for hv/ (encode), daemon/ and recovery/ (decode). The encoding is a f
 little-endian struct followed by tagged, length-prefixed fields; version 1 is described in
 docs/FORMAT.md ("EVENT payload"). No pickle, no JSON: decoding untrusted bytes can only raise
 EventDecodeError.
+
+Strings: every string field (comm, cwd, paths, argv, envp, FileId.path) holds *guest text*
+(provisor/guesttext.py): ``decode`` escapes the TLV bytes, ``encode`` unescapes them, so the
+ring holds the guest's exact bytes and a payload ``encode`` made re-encodes byte for byte after
+``decode``. A producer that has bytes calls ``guesttext.escape`` on them (docs/FORMAT.md,
+"Guest strings").
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass, field
 
 from hv.syscalls import BY_NR, name_of
 from provisor.errors import ProvisorError
+from provisor.guesttext import escape, unescape
 
 EVENT_VERSION = 1
 ENTRY, EXIT = 0, 1
@@ -89,8 +96,7 @@ class Event:
         return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _s(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
+_s = unescape  # guest text -> the guest's bytes
 
 
 def encode(ev: Event) -> bytes:
@@ -155,27 +161,26 @@ def decode(data: bytes, seq: int = 0) -> Event:
             if nxt > end:
                 raise EventDecodeError("field runs past the payload")
             if tag == T_PATH:
-                paths.append(data[off:nxt].decode("utf-8", "surrogateescape"))
+                paths.append(escape(data[off:nxt]))
             elif tag == T_FILE:
                 if n < 16:
                     raise EventDecodeError("short file identity")
                 dev, ino = _FILE.unpack_from(data, off)
-                files.append(FileId(dev, ino,
-                                    data[off + 16:nxt].decode("utf-8", "surrogateescape")))
+                files.append(FileId(dev, ino, escape(data[off + 16:nxt])))
             elif tag == T_COMM:
-                comm = data[off:nxt].decode("utf-8", "surrogateescape")
+                comm = escape(data[off:nxt])
             elif tag == T_CWD:
-                cwd = data[off:nxt].decode("utf-8", "surrogateescape")
+                cwd = escape(data[off:nxt])
             elif tag == T_OUTFD:
                 if n != 4:
                     raise EventDecodeError("bad fd field")
                 out_fds.append(_I32.unpack_from(data, off)[0])
             elif tag == T_ARGV:
                 argv = (argv or [])
-                argv.append(data[off:nxt].decode("utf-8", "surrogateescape"))
+                argv.append(escape(data[off:nxt]))
             elif tag == T_ENVP:
                 envp = (envp or [])
-                envp.append(data[off:nxt].decode("utf-8", "surrogateescape"))
+                envp.append(escape(data[off:nxt]))
             else:
                 raise EventDecodeError(f"unknown field tag {tag}")
             off = nxt

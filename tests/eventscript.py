@@ -17,6 +17,7 @@ class Script:
         self.seq = 0
         self.ppid: dict[int, int] = {1: 0}
         self.cwd: dict[int, str] = {}
+        self.comm: dict[int, str] = {}  # default p<tgid>
 
     def _rec(self, ev: Event) -> int:
         self.seq += 1
@@ -29,7 +30,8 @@ class Script:
               argv=None, files=()) -> int:
         a = tuple(x & U64 for x in args) + (0,) * (6 - len(args))
         ev = Event(nr_of(name), ENTRY, tgid=tgid, pid=pid or tgid,
-                   ppid=self.ppid.get(tgid, 1), comm=f"p{tgid}", cwd=self.cwd.get(tgid, "/w"),
+                   ppid=self.ppid.get(tgid, 1), comm=self.comm.get(tgid, f"p{tgid}"),
+                   cwd=self.cwd.get(tgid, "/w"),
                    args=a, paths=list(paths), argv=list(argv) if argv else None,
                    files=list(files), start_time=tgid * 10)
         return self._rec(ev)
@@ -37,7 +39,8 @@ class Script:
     def exit(self, entry_seq: int, tgid: int, name: str, ret: int, files=(), out_fds=(),
              pid: int | None = None) -> int:
         ev = Event(nr_of(name), EXIT, entry_seq=entry_seq, tgid=tgid, pid=pid or tgid,
-                   ppid=self.ppid.get(tgid, 1), comm=f"p{tgid}", ret=ret, files=list(files),
+                   ppid=self.ppid.get(tgid, 1), comm=self.comm.get(tgid, f"p{tgid}"), ret=ret,
+                   files=list(files),
                    out_fds=list(out_fds), start_time=tgid * 10)
         return self._rec(ev)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -12,17 +14,26 @@ from provisor.events import (
     ENTRY,
     EXIT,
     F_TRUNCATED,
+    T_ARGV,
+    T_COMM,
+    T_CWD,
+    T_ENVP,
+    T_FILE,
+    T_PATH,
     Event,
     EventDecodeError,
     FileId,
     decode,
     encode,
 )
+from provisor.guesttext import escape, unescape
 
 u64 = st.integers(0, 2**64 - 1)
 u32 = st.integers(0, 2**32 - 1)
-text = st.text(max_size=60)
-guest_bytes = st.binary(max_size=40).map(lambda b: b.decode("utf-8", "surrogateescape"))
+# string fields hold guest text (provisor/guesttext.py): the escape of the guest's bytes
+raw_bytes = st.binary(max_size=40)
+guest_bytes = raw_bytes.map(escape)
+text = st.text(max_size=60).map(lambda t: escape(t.encode())) | guest_bytes
 
 events = st.builds(
     Event,
@@ -34,10 +45,10 @@ events = st.builds(
     cwd_mnt=u64,
     args=st.tuples(u64, u64, u64, u64, u64, u64),
     flags=st.integers(0, 0x7F).map(lambda f: f & ~1),
-    comm=text, cwd=st.none() | guest_bytes,
+    comm=text | guest_bytes, cwd=st.none() | guest_bytes,
     paths=st.lists(guest_bytes, max_size=3),
-    argv=st.none() | st.lists(text, min_size=1, max_size=4),
-    envp=st.none() | st.lists(text, min_size=1, max_size=2),
+    argv=st.none() | st.lists(text | guest_bytes, min_size=1, max_size=4),
+    envp=st.none() | st.lists(text | guest_bytes, min_size=1, max_size=2),
     files=st.lists(st.builds(FileId, u64, u64, guest_bytes), max_size=2),
     out_fds=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=2),
 )
@@ -50,6 +61,40 @@ def test_round_trip(ev: Event) -> None:
     back = decode(data, seq=7)
     ev.seq, ev.payload = 7, data
     assert back == ev
+    assert encode(back) == data
+
+
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+@settings(max_examples=300, deadline=None)
+@given(comm=raw_bytes.filter(bool), cwd=raw_bytes, paths=st.lists(raw_bytes, max_size=3),
+       argv=st.lists(raw_bytes, min_size=1, max_size=3),
+       envp=st.lists(raw_bytes, min_size=1, max_size=2),
+       files=st.lists(raw_bytes, max_size=2))
+def test_the_ring_holds_the_guests_exact_bytes(comm, cwd, paths, argv, envp, files) -> None:
+    """Guest text in, the exact guest bytes on the ring; decoded back, guest text (valid
+    UTF-8, no control characters) that unescapes to those bytes."""
+    ev = Event(2, comm=escape(comm), cwd=escape(cwd), paths=[escape(p) for p in paths],
+               argv=[escape(a) for a in argv], envp=[escape(e) for e in envp],
+               files=[FileId(8, i, escape(f)) for i, f in enumerate(files)])
+    data = encode(ev)
+
+    def tlv(tag: int, b: bytes) -> bytes:
+        return bytes([tag]) + len(b).to_bytes(2, "little") + b
+
+    want = encode(Event(2)) + b"".join(
+        [tlv(T_COMM, comm), tlv(T_CWD, cwd), *(tlv(T_PATH, p) for p in paths),
+         *(tlv(T_ARGV, a) for a in argv), *(tlv(T_ENVP, e) for e in envp),
+         *(tlv(T_FILE, struct.pack("<QQ", 8, i) + f) for i, f in enumerate(files))])
+    assert data == want
+    back = decode(data)
+    strings = [back.comm, back.cwd, *back.paths, *back.argv, *back.envp,
+               *(f.path for f in back.files)]
+    for s in strings:
+        assert not UNSAFE.search(s), s
+        s.encode("utf-8")  # no surrogates: SQLite takes it
+    assert [unescape(s) for s in strings] == [comm, cwd, *paths, *argv, *envp, *files]
     assert encode(back) == data
 
 

@@ -415,3 +415,33 @@ def test_path_cache_follows_renames() -> None:
     assert lx.cwd(t)[0] == "/root/job"  # stale until told
     lx.invalidate_paths()
     assert lx.cwd(t)[0] == "/home/job"
+
+
+def test_guest_bytes_become_guest_text_losslessly() -> None:
+    """comm, dentry names and user strings are bytes: escaped (provisor/guesttext.py), never
+    replaced by U+FFFD nor left as surrogates, so the exact bytes come back."""
+    from provisor.guesttext import unescape
+
+    g, w = world()
+    lx = g.linux()
+    t = lx.task(g.task(90, 90, b"n\xff\x1b[2J", w["init"], 0, w["fs"], 0))
+    assert t.comm == r"n\xff\x1b[2J" and unescape(t.comm) == b"n\xff\x1b[2J"
+    ino = g.inode(78, (8 << 20) | 1)
+    f = g.file(w["m1"], g.dentry(b"n\xff\x01m\nx", w["work"], ino), ino)
+    path = lx.file_id(f, lx.task(w["task"])).path
+    assert path == r"/root/work/n\xff\x01m\x0ax"
+    assert unescape(path) == b"/root/work/n\xff\x01m\nx"
+    pipe_root = g.dentry(b"pipe:", None)
+    pino = g.inode(556, 13)
+    pf = g.file(g.mount(pipe_root, 8), g.dentry(b"pipe:[\xff\\]", pipe_root, pino), pino)
+    assert lx.file_id(pf, lx.task(w["task"])).path == r"pipe:[\xff\\]"
+    assert lx.user_string(g.ualloc(b"a\xc3\xa9\xff\\\0")) == ("a\u00e9\\xff\\\\", False)
+    ptrs = [g.ualloc(b"cat\0"), g.ualloc(b"n\xff\x01m\0"), 0]
+    argv = g.ualloc(b"".join(struct.pack("<Q", p) for p in ptrs))
+    assert lx.user_strv(argv) == (["cat", r"n\xff\x01m"], False, False)
+    # the argv bound counts guest bytes, not the (longer) escapes
+    big = g.ualloc(b"\xff" * 4000 + b"\0")
+    heavy = g.ualloc(b"".join(struct.pack("<Q", big) for _ in range(20)) + bytes(8))
+    lst, trunc, _ = lx.user_strv(heavy)
+    assert trunc and sum(len(unescape(x)) + 1 for x in lst) <= 32 * 1024
+    assert [len(unescape(x)) for x in lst[:8]] == [4000] * 8  # 8 whole, then a cut one

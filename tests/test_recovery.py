@@ -12,11 +12,13 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
-from crashutil import PROVISOR, diff, filled_ring, fingerprint, payloads, reference, run
+from crashutil import diff, filled_ring, fingerprint, payloads, reference, run
 
 from daemon.store import Store
 from pmem import layout as L
@@ -75,21 +77,55 @@ def test_recover_forensic_then_live_is_idempotent(shm_dir):
     assert diff(fingerprint(db), ref) == ""
 
 
+# ``provisor synth`` through the real CLI, with one addition: every sequence number the ring
+# acknowledges (append / append_many returned it) is written to stdout right away, one
+# write(2) per call, so what a SIGKILL leaves in the file is what was acknowledged (or less).
+ACKING_SYNTH = """
+import os, sys
+import pmem.ring as R
+
+class AckingProducer(R.Producer):
+    def append(self, rtype, payload):
+        seq = super().append(rtype, payload)
+        if seq is not None:
+            os.write(1, b"%d\\n" % seq)
+        return seq
+
+    def append_many(self, items):
+        seqs = super().append_many(items)
+        os.write(1, b"".join(b"%d\\n" % s for s in seqs if s is not None))
+        return seqs
+
+R.Producer = AckingProducer
+from provisor.cli import main
+sys.argv[0] = "provisor"
+main()
+"""
+
+
+def read_acks(path: str) -> list[int]:
+    """The acknowledged sequence numbers: complete lines only (a kill may cut the last)."""
+    data = open(path, "rb").read()
+    return [int(x) for x in data[:data.rfind(b"\n") + 1].split()]
+
+
 @pytest.mark.slow
 def test_producer_killed_mid_append_50_times(shm_dir):
-    """``provisor synth`` SIGKILLed at random moments; recovery stores exactly the prefix
-    that reached the ring."""
+    """``provisor synth`` SIGKILLed at random moments; every sequence number it acknowledged
+    is in the recovered store exactly once, with its payload, and the store is exactly the
+    prefix that reached the ring."""
     n, seed = 20000, 21
     pls = payloads(n, seed)
     rng = random.Random(99)
     results = []
     for i in range(50):
-        ring = f"{shm_dir}/p{i}.ring"
+        ring, acks = f"{shm_dir}/p{i}.ring", f"{shm_dir}/p{i}.acks"
         assert run(["ring", "create", ring, "--size", "8M"]).returncode == 0
-        p = subprocess.Popen(PROVISOR + ["synth", "--ring", ring, "--events", str(n),
-                                         "--seed", str(seed), "--rate", "25000", "--batch",
-                                         str(rng.choice([1, 8, 64]))],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(acks, "wb") as out:
+            p = subprocess.Popen([sys.executable, "-c", ACKING_SYNTH, "synth", "--ring", ring,
+                                  "--events", str(n), "--seed", str(seed), "--rate", "25000",
+                                  "--batch", str(rng.choice([1, 8, 64]))],
+                                 stdout=out, stderr=subprocess.DEVNULL)
         # wait until it is producing (its start-up time varies with load), then kill it at a
         # random moment of its ~0.8 s of appends
         deadline = time.monotonic() + 30
@@ -98,18 +134,47 @@ def test_producer_killed_mid_append_50_times(shm_dir):
         time.sleep(rng.uniform(0.0, 0.7))
         p.send_signal(signal.SIGKILL)
         p.wait()
+        acked = read_acks(acks)
+        assert acked == list(range(1, len(acked) + 1)), i  # in order, none skipped
         db = f"{shm_dir}/p{i}.db"
         rep = recover(ring, db, read_only=True)
         assert rep.sha256_before == rep.sha256_after
-        results.append((rep.db_applied_after, db))
+        conn = sqlite3.connect(db)
+        try:
+            stored = conn.execute("SELECT seq, payload FROM events ORDER BY seq").fetchall()
+            others = {s for (s,) in conn.execute("SELECT seq FROM notes UNION ALL "
+                                                 "SELECT seq FROM losses")}
+        finally:
+            conn.close()
+        got = dict(stored)
+        assert len(got) == len(stored)
+        for s in acked:  # each acknowledged record, with its payload, once, as an event
+            assert s in got, (i, s, "acknowledged, not recovered")
+            assert got[s] == pls[s - 1], (i, s, "recovered with another payload")
+            assert s not in others, (i, s)
+        # and nothing else but the records that followed in the stream (appended, not yet
+        # acknowledged when the kill came)
+        assert [s for s, _ in stored] == list(range(1, len(stored) + 1))
+        assert all(pl == pls[s - 1] for s, pl in stored)
+        assert rep.db_applied_after == len(stored) >= len(acked)
+        results.append((rep.db_applied_after, len(acked), db))
         os.remove(ring)
-    assert sum(1 for k, _ in results if 0 < k < n) >= 40, [k for k, _ in results]
+    assert sum(1 for _, a, _ in results if 0 < a < n) >= 40, [a for _, a, _ in results]
     refs = PrefixReference(f"{shm_dir}/ref.db", pls)
-    for k, db in sorted(results):
+    for k, _, db in sorted(results):
         assert diff(fingerprint(db), refs.at(k)) == "", k
 
 
-@pytest.mark.parametrize("fault", ["before_commit:3", "after_commit:3", "mid_release:3"])
+# what each crash point leaves, for the 3rd batch of 500: (applied_seq, batches) in the DB, the
+# ring's checkpoint, and how many records recovery then replays (it must skip the applied ones)
+CRASH_POINTS = {
+    "before_commit:3": (1000, 2, 1000, 5000),  # the batch rolled back, still in the ring
+    "after_commit:3": (1500, 3, 1000, 4500),  # committed, not released: replayed once only
+    "mid_release:3": (1500, 3, 1000, 4500),  # the release's header copy torn: the same
+}
+
+
+@pytest.mark.parametrize("fault", sorted(CRASH_POINTS))
 def test_daemon_crash_points_then_recover(shm_dir, fault):
     pls = payloads(6000, seed=8)
     ring, db = f"{shm_dir}/d.ring", f"{shm_dir}/d.db"
@@ -119,10 +184,26 @@ def test_daemon_crash_points_then_recover(shm_dir, fault):
     r = run(["daemon", "--ring", ring, "--db", db, "--quiet"],
             {"PROVISOR_FAULT": fault, "PROVISOR_CONFIG": cfg})
     assert r.returncode == -signal.SIGKILL
+    applied, batches, checkpoint, replayed = CRASH_POINTS[fault]
+    conn = sqlite3.connect(db)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        seqs = [s for (s,) in conn.execute("SELECT seq FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+    assert (int(meta["applied_seq"]), int(meta["batches"])) == (applied, batches)
+    assert seqs == list(range(1, applied + 1))
+    with R.Consumer.open(ring, readonly=True) as c:
+        assert c.checkpoint == checkpoint
+    # everything after the checkpoint is still in the ring, the applied part included
+    assert [x.seq for x in R.iter_records(ring)] == list(range(checkpoint + 1, 6001))
     r = run(["recover", "--ring", ring, "--db", db, "--live", "--report", f"{shm_dir}/r.json"])
     assert r.returncode == 0, r.stderr
     rep = json.load(open(f"{shm_dir}/r.json"))
-    assert rep["db_applied_before"] in (1000, 1500)  # 3rd commit happened or not
+    assert (rep["ring_checkpoint"], rep["db_applied_before"]) == (checkpoint, applied)
+    # the salvage scan counts every valid record the image holds (the ring never wrapped, so
+    # the released ones too); only those above the DB's applied_seq are replayed
+    assert (rep["records_scanned"], rep["records_replayed"]) == (6000, replayed)
     assert rep["db_applied_after"] == 6000
     assert diff(fingerprint(db), reference(f"{shm_dir}/ref.db", pls)) == ""
 
@@ -141,8 +222,9 @@ def test_crash_during_recovery_then_recover_again(shm_dir):
 
 def test_power_loss_at_every_fence(shm_dir):
     """Crash images from the power-failure simulator at every fence of a short workload
-    (appends, a consumer releasing, a wrap): recovery replays every acknowledged record and
-    only records of the stream, in order."""
+    (appends, a consumer releasing, a wrap), with any subset of the unflushed 8-byte chunks
+    landed (not only none or all): recovery replays every acknowledged record not yet
+    released, once, with its payload, and nothing but complete records of the stream."""
     pls = payloads(900, seed=13)
     path = f"sim://{shm_dir}/fence"
     R.create(path, L.DATA_OFFSET + L.MIN_DATA, region_cls=SimRegion)
@@ -152,8 +234,9 @@ def test_power_loss_at_every_fence(shm_dir):
     prod = R.Producer(SimRegion(path), "fail")
     cons = R.Consumer(SimRegion(path))
     acked = 0
-    refs: dict[int, dict] = {}
-    released_db = Store(f"{shm_dir}/live.db", prod.header.uuid_str)
+    # each mark: (highest acknowledged seq, applied_seq of the daemon's DB); the DB is
+    # another device: what it committed stays committed whatever the ring loses
+    live_db = Store(f"{shm_dir}/live.db", prod.header.uuid_str)
     i = 0
     rng = random.Random(3)
     while i < len(pls):
@@ -165,53 +248,85 @@ def test_power_loss_at_every_fence(shm_dir):
                 acked = full.acked[-1]
                 i += len(full.acked)
             recs = cons.read(10_000)  # the daemon: apply, then release
-            released_db.apply(recs)
+            live_db.apply(recs)
+            img.mark((acked, live_db.applied_seq))
             last = recs[-1]
             cons.release(last.seq, (last.offset + L.padded(len(last.payload))) % cons.size)
-            img.mark((acked, last.seq))
             continue
         acked = seqs[-1]
         i += k
-        img.mark((acked, released_db.applied_seq))
-    released_db.close()
+        img.mark((acked, live_db.applied_seq))
+    live_db.close()
     prod.close()
     cons.close()
     states = list(img.fence_points())
     assert len(states) > 100
     refs_builder = PrefixReference(f"{shm_dir}/ref.db", pls)
-    checks = []
+    from_start: dict[int, list[str]] = {}  # records recovered -> DBs of checkpoint-0 images
+    mixed = released = 0
     for st in states[:: max(1, len(states) // 120)]:
-        acked_then, released_then = st.mark or (0, 0)
-        for j, image in enumerate(st.images(2, rng)):
+        acked_then, db_applied_then = st.mark or (0, 0)
+        none, every = st.image(rng, 0.0), st.image(rng, 1.0, history=False)
+        images = [none, every]
+        for _ in range(2):  # partial images: some chunks landed, some old values among them
+            part = st.image(rng, rng.choice((0.1, 0.3, 0.5, 0.7, 0.9)))
+            mixed += part != none and part != every
+            images.append(part)
+        for j, image in enumerate(images):
             f = f"{shm_dir}/crash.img"
             with open(f, "wb") as fh:
                 fh.write(image)
             db = f"{shm_dir}/crash{st.index}_{j}.db"
-            rep = recover(f, db, read_only=True)
-            got = rep.db_applied_after
-            # every acknowledged record not yet released is replayed (released ones are in the
-            # daemon's DB, which a fresh forensic DB does not have: it starts at the checkpoint)
-            assert got >= acked_then or rep.ring_checkpoint >= acked_then, (st.index, got)
-            checks.append((rep.ring_checkpoint, got, db))
-    forget(path)
-    # a recovered DB starting at checkpoint c holds exactly records c+1..got of the stream
-    for c, got, _db in checks:
-        if c == 0:
-            refs.setdefault(got, None)
-    for c, got, db in checks:
-        if c > 0:  # a fresh forensic DB starts at the checkpoint: exactly records c+1..got
-            import sqlite3
+            rep = recover(f, db, read_only=True, salvage=False)  # the chain, as the daemon
+            c = rep.ring_checkpoint
+            where = (st.index, j, c, acked_then)
+            # released only what the daemon's DB holds (records 1..c are there)
+            assert c <= db_applied_then, where
             conn = sqlite3.connect(db)
-            rows = conn.execute("SELECT seq, payload FROM events ORDER BY seq").fetchall()
-            conn.close()
-            assert [s for s, _ in rows] == list(range(c + 1, got + 1))
-            assert all(pl == pls[s - 1] for s, pl in rows)
-    for got in sorted(refs):
+            try:
+                rows = conn.execute("SELECT seq, payload FROM events ORDER BY seq").fetchall()
+                others = conn.execute("SELECT (SELECT count(*) FROM notes) + "
+                                      "(SELECT count(*) FROM losses)").fetchone()[0]
+            finally:
+                conn.close()
+            # a fresh forensic DB starts at the checkpoint: exactly records c+1..c+len, each
+            # once, each the stream's record (nothing torn, stale or made up, no NOTE from an
+            # undecodable payload), and every acknowledged one among them
+            assert [s for s, _ in rows] == list(range(c + 1, c + 1 + len(rows))), where
+            assert all(pl == pls[s - 1] for s, pl in rows), where
+            assert others == 0, where
+            assert c + len(rows) >= acked_then, (where, "acknowledged record lost")
+            assert rep.db_applied_after == (c + len(rows) if rows else 0), where
+            released += c > 0
+            if c == 0:
+                from_start.setdefault(len(rows), []).append(db)
+            salvaged_from_crash_image(f, f"{shm_dir}/salv{st.index}_{j}.db", pls,
+                                      rep.db_applied_after)
+    forget(path)
+    assert mixed >= 100, mixed  # partial images really were partial
+    assert released >= 100, released  # and many came after a release (the ring wrapped)
+    for got in sorted(from_start):  # from the start, the whole store is an uninterrupted one
         fp = refs_builder.at(got)
-        for c, g, db in checks:
-            if c == 0 and g == got:
-                assert diff(fingerprint(db), fp) == "", (got, db)
-    assert any(c > 0 for c, _, _ in checks), "the workload never released (no wrap tested)"
+        for db in from_start[got]:
+            assert diff(fingerprint(db), fp) == "", (got, db)
+
+
+def salvaged_from_crash_image(image: str, db: str, pls: list[bytes], chain_got: int) -> None:
+    """Salvage (the CLI's recovery) on a crash image: at least the chain's records, only
+    records of the stream, and every hole between them reported as a gap."""
+    import sqlite3
+
+    rep = recover(image, db, read_only=True)
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT seq, payload FROM events ORDER BY seq").fetchall()
+    conn.close()
+    assert all(bytes(pl) == pls[s - 1] for s, pl in rows)
+    have = {s for s, _ in rows}
+    assert set(range(rep.ring_checkpoint + 1, chain_got + 1)) <= have
+    missing = {s for g in rep.gaps for s in range(g["seq_first"], g["seq_last"] + 1)}
+    if have:
+        assert have | missing == set(range(min(have), max(have) + 1)), rep.gaps
+    assert bool(missing) == (rep.exit_status != 0)
 
 
 BAD = "provisor: error: "

@@ -23,7 +23,7 @@ SLOT_PAYLOAD = 224  # padded to 256: a 64 KiB data area holds exactly 256 record
 
 
 def make_ring(path: Path, n: int, size_of=lambda i: 40 + 37 * (i % 11)) -> list[bytes]:
-    ring.create(str(path), SIZE)
+    ring.create(str(path), SIZE, overwrite=True)
     payloads = [bytes([i % 256]) * size_of(i) for i in range(n)]
     with ring.Producer.open(str(path), "fail") as prod:
         assert prod.append_many([(RecType.NOTE, p) for p in payloads]) == list(range(1, n + 1))

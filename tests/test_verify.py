@@ -197,13 +197,77 @@ def test_altered_chain_digest_is_one_finding(db):
     assert [(f.what, f.table, f.key) for f in rep.findings] == [("altered", "chain", "batch=3")]
 
 
-def test_deleted_chain_row_and_head(db):
+def _set_meta(c: sqlite3.Connection, **kv: object) -> None:
+    c.executemany("UPDATE meta SET value=? WHERE key=?", [(str(v), k) for k, v in kv.items()])
+
+
+def truncate_consistently(c: sqlite3.Connection, n: int) -> None:
+    """Make the store what it was after batch ``n - 1``, as whoever can write the file (and
+    run the analyzer) can: the last batch's events, relations, versions, names, notes and
+    losses gone, unbinds undone, the rewritten tables replaced by a replay's (chain encoding
+    2 chains their state), the chain row deleted and meta rewritten to match."""
+    lo, last_rel, digest = c.execute("SELECT last_seq, coalesce(last_rel, 0), digest FROM chain "
+                                     "WHERE batch=?", (n - 1,)).fetchone()
+    batches = V._batches(c, V.Report(""), "2")[:n - 1]
+    an = V.Analyzer()
+    for _ in V._replayed(c, batches, an):
+        pass
+    c.execute("DELETE FROM chain WHERE batch=?", (n,))
+    for t in ("events", "notes", "losses", "versions"):
+        c.execute(f"DELETE FROM {t} WHERE seq > ?", (lo,))
+    c.execute("DELETE FROM relations WHERE id > ?", (last_rel,))
+    c.execute("DELETE FROM names WHERE bind_seq > ?", (lo,))
+    c.execute("UPDATE names SET unbind_seq=NULL WHERE unbind_seq > ?", (lo,))
+    for t, rows in V._final_rows(an).items():
+        c.execute(f"DELETE FROM {t}")
+        if rows:
+            marks = ",".join("?" * len(next(iter(rows.values()))))
+            c.executemany(f"INSERT INTO {t} VALUES ({marks})", list(rows.values()))
+    _set_meta(c, applied_seq=lo, batches=n - 1, chain_head=bytes(digest).hex())
+
+
+def test_deleted_chain_row_and_head(db, pristine, tmp_path):
+    """Chain rows deleted with the head (and meta) made to agree. A row from the middle is
+    found by the batch numbering; the last row by meta.batches; a consistent truncation
+    (the last batch's rows and chain row gone, head, batches and applied_seq rewritten to
+    match) is a self-consistent store that verify alone passes (docs/TAMPER.md: whoever can
+    write the file can do this; neither --ring nor the .verified sidecar is compared against
+    it), and a head anchored before it exposes it."""
     path, c, _ = db
-    c.execute("DELETE FROM chain WHERE batch=2")
-    keys = {(f.what, f.table) for f in check(path).findings}
-    assert ("deleted", "chain") in keys
-    c2 = sqlite3.connect(db[0])
-    c2.close()
+    head0 = check(path).head
+    n = c.execute("SELECT count(*) FROM chain").fetchone()[0]
+    digest = {b: d.hex() for b, d in c.execute("SELECT batch, digest FROM chain")}
+    # 1. a middle row, with meta.batches lowered to match (the head is still the last digest)
+    mid = str(tmp_path / "mid.db")
+    shutil.copy(pristine[0], mid)
+    c1 = sqlite3.connect(mid, isolation_level=None)
+    c1.execute("DELETE FROM chain WHERE batch=2")
+    _set_meta(c1, batches=n - 1)
+    c1.close()
+    f = first(check(mid))
+    assert (f.what, f.table, f.key) == ("deleted", "chain", "batch=2")
+    # 2. the last row, the head moved back to the new last digest (meta.batches untouched)
+    c.execute("DELETE FROM chain WHERE batch=?", (n,))
+    _set_meta(c, chain_head=digest[n - 1])
+    keys = [(f.what, f.table, f.key) for f in check(path).findings]
+    assert ("deleted", "chain", f"batch={n - 1}") in keys, keys
+    assert ("altered", "meta", "chain_head") not in keys  # the head does agree
+    # 3. ... and everything else made consistent: the batch's rows deleted, the rewritten
+    # tables as they were, applied_seq and batches rewritten
+    path = str(tmp_path / "truncated.db")
+    shutil.copy(pristine[0], path)
+    c3 = sqlite3.connect(path, isolation_level=None)
+    truncate_consistently(c3, n)
+    c3.close()
+    rep = check(path)
+    assert rep.ok and rep.head == digest[n - 1] != head0, [str(f) for f in rep.findings]
+    conn = connect(path)
+    try:
+        rep = V.verify(conn, path, expected_head=head0)
+    finally:
+        conn.close()
+    assert [(f.what, f.table, f.key) for f in rep.findings] == [
+        ("altered", "chain", "anchored head")]
 
 
 def test_altered_head(db):
@@ -289,6 +353,23 @@ def test_ring_pinpoints_a_consistent_payload_forgery(ringdb):
     assert ("altered", "events", "seq=21") in keys
     assert ("deleted", "events", "seq=40") in keys
     assert V.load_state(dpath)["ok"] is False
+
+
+def test_ring_exposes_a_consistent_truncation_of_the_store(ringdb):
+    """The last batch's rows and chain row deleted and meta rewritten to match: verify alone
+    passes (test_deleted_chain_row_and_head); the ring released those records, so --ring
+    names them."""
+    rpath, dpath = ringdb
+    c = sqlite3.connect(dpath, isolation_level=None)
+    n = c.execute("SELECT max(batch) FROM chain").fetchone()[0]
+    lo = c.execute("SELECT last_seq FROM chain WHERE batch=?", (n - 1,)).fetchone()[0]
+    truncate_consistently(c, n)
+    c.close()
+    assert check(dpath).ok  # self-consistent without the ring
+    rep = V.run(dpath, rpath)
+    keys = [(f.what, f.table) for f in rep.findings]
+    assert not rep.ok and ("deleted", "events") in keys, [str(f) for f in rep.findings]
+    assert any(f"seq={lo + 1}.." in str(f) for f in rep.findings), [str(f) for f in rep.findings]
 
 
 def test_ring_of_another_store_is_refused(ringdb, shm_dir):
