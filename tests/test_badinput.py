@@ -314,14 +314,16 @@ def test_daemon_and_recover_on_a_read_only_mount(tmpfs, shm_dir):
     assert run(["verify", "--db", str(db)]).returncode == 0
 
 
-def test_disk_full_in_the_daemon(big, tmpfs, shm_dir):
+@pytest.mark.parametrize("cmd", ["daemon", "recover"])
+def test_disk_full_in_the_daemon(big, tmpfs, shm_dir, cmd):
     from pmem.ring import Consumer
 
     ring = shm_dir / "big.ring"
     shutil.copy(big[0], ring)
     mnt = tmpfs("256k")
     db = mnt / "full.db"
-    p = run(["daemon", "--ring", str(ring), "--db", str(db), "--once", "-q"], timeout=120)
+    args = ["--once", "-q"] if cmd == "daemon" else ["--live"]
+    p = run([cmd, "--ring", str(ring), "--db", str(db), *args], timeout=120)
     one_line_error(p, str(db), "cannot write the store", "database or disk is full")
     # nothing was released that is not committed
     with Consumer.open(str(ring), readonly=True) as c:
