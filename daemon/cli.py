@@ -13,7 +13,8 @@ from daemon.service import Daemon
 @click.command("daemon")
 @click.option("--ring", "ring_path", default=None, help="Ring image (default: config).")
 @click.option("--db", "db_path", default=None, help="SQLite store (default: config).")
-@click.option("--cpu", type=int, default=None, help="Pin the daemon to this CPU core.")
+@click.option("--cpu", type=click.IntRange(0, 65535), default=None,
+              help="Pin the daemon to this CPU core.")
 @click.option("--once", is_flag=True, help="Drain what is in the ring now, then exit.")
 @click.option("--force", is_flag=True,
               help="Rebind a DB that holds nothing yet (no record applied) from another ring "

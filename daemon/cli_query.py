@@ -13,6 +13,7 @@ from collections.abc import Callable
 import click
 
 from daemon import query as Q
+from provisor.params import MAX_STEPS
 
 OUTPUTS = ("table", "json", "dot")
 
@@ -35,7 +36,7 @@ def _db(cfg: dict, db: str | None) -> str:
 def _query_options(f: Callable) -> Callable:
     for deco in reversed([
         click.option("--db", "db_path", default=None, help="SQLite store (default: config)."),
-        click.option("--depth", type=click.IntRange(min=0), default=None,
+        click.option("--depth", type=click.IntRange(0, MAX_STEPS), default=None,
                      help="At most N steps from the target."),
         click.option("--since", default=None, help="Only relations at or after this time "
                      "(ISO-8601, e.g. 2026-11-23T08:00:00Z, or nanoseconds)."),
@@ -94,7 +95,7 @@ def query_cmd() -> None:
 
 def _closure_options(f):
     """--all-versions and --limit, shared by ancestors and descendants."""
-    f = click.option("--limit", type=click.IntRange(min=0), default=None,
+    f = click.option("--limit", type=click.IntRange(0, MAX_STEPS), default=None,
                      help=f"Show the nearest N nodes (default {TABLE_LIMIT} for the table, all "
                      "for --json/--dot; 0: all). The whole closure is still walked and "
                      "counted.")(f)
@@ -214,7 +215,7 @@ def _progress(label: str, total: int):
               help="Only this object's lineage (ancestors and descendants of all its versions):"
               " a path (guest text, as queries print it) or v:ID, artifact:ID, process:ID,"
               " tgid:N.")
-@click.option("--chunk", type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option("--chunk", type=click.IntRange(1, 1 << 20), default=2000, show_default=True,
               help="Records per ProvDocument slice (bounds memory).")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False,
               allow_dash=True), help="Output file ('-' for stdout).")
@@ -248,7 +249,8 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
     except OSError as e:  # writing OUT failed (ENOSPC on /dev/full, EIO)
         if output == "-" and isinstance(e, BrokenPipeError):
             raise
-        raise Q.QueryError(f"{output}: {e.strerror or e}") from None
+        raise Q.QueryError(f"{'stdout' if output == '-' else output}: "
+                           f"{e.strerror or e}") from None
     finally:
         conn.close()
     click.echo(f"exported {', '.join(f'{k} {v}' for k, v in counts.items())}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from bisect import bisect_right
 from collections import defaultdict, deque
@@ -30,14 +31,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from daemon import meta
 from daemon.analyzer import normpath
-from daemon.store import APP_ID, QUERY_INDEXES, SCHEMA_VERSION, check_files, ensure_indexes
+from daemon.store import QUERY_INDEXES, check_files, ensure_indexes
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 from provisor.guesttext import canonical
 
 NO_LIMIT = 1 << 62
 EXPORT_FORMATS = ("prov-json", "prov-n", "prov-xml", "rdf", "dot")  # daemon/export.py
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also takes '²'
+_ID = re.compile(r"[0-9]{1,19}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EPOCH_MIN_NS = 10**17  # timestamps below this are nanoseconds since boot, not since 1970
 TARGET_HELP = ("an absolute path, or an id: v:VERSION, artifact:ID (a:ID), process:ID (p:ID), "
                "tgid:N")
@@ -69,39 +74,61 @@ def connect(path: str) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path if writable else f"file:{path}?mode=ro", uri=not writable,
                                isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=10000")
+    except sqlite3.Error as e:
+        raise QueryError(f"{path}: {e}") from None
+    try:
+        try:
+            conn.execute("PRAGMA busy_timeout=10000")
+            meta.read(conn, path)  # a damaged store: one line, nothing written
+        except sqlite3.OperationalError as e:
+            # a WAL store on read-only media, without its -shm file: nothing can write it
+            # there, so it may be read as immutable
+            if writable or "unable to open" not in str(e) or os.access(
+                    os.path.dirname(os.path.abspath(path)), os.W_OK):
+                raise
+            conn.close()
+            conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+            meta.read(conn, path)
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a deep walk revisits index pages
-        if conn.execute("PRAGMA application_id").fetchone()[0] != APP_ID:
-            raise QueryError(f"{path}: not a provisor database")
-        ver = int(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
-        if ver > SCHEMA_VERSION:
-            raise QueryError(f"{path}: schema version {ver} is newer than this provisor")
         have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         if writable and any(sql.split()[5] not in have for sql in QUERY_INDEXES):
             ensure_indexes(conn)
         conn.execute("PRAGMA query_only=1")
-    except sqlite3.DatabaseError as e:
+    except sqlite3.Error as e:
+        conn.close()
         raise QueryError(f"{path}: {e}") from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
 def parse_time(text: str | int | None) -> int | None:
-    """ISO-8601 (naive means UTC) or an integer of nanoseconds -> nanoseconds."""
+    """ISO-8601 (naive means UTC) or an integer of nanoseconds -> nanoseconds. Times must fit
+    a signed 64-bit count of nanoseconds since 1970 (as the store keeps them): 1677 to 2262."""
     if text is None or text == "":
         return None
     if isinstance(text, int):
-        return text
-    t = text.strip()
-    if t.lstrip("-").isdigit():
-        return int(t)
-    try:
-        dt = datetime.fromisoformat(t)
-    except ValueError:
-        raise QueryError(f"not a timestamp: {text!r} (use ISO-8601 such as "
-                         "2026-11-23T08:00:00Z, or nanoseconds)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp()) * 10**9 + dt.microsecond * 1000
+        ns = text
+    else:
+        t = text.strip()
+        if _INTEGER.fullmatch(t):
+            ns = int(t)
+        else:
+            try:
+                dt = datetime.fromisoformat(t)
+            except ValueError:
+                raise QueryError(f"not a timestamp: {text!r} (use ISO-8601 such as "
+                                 "2026-11-23T08:00:00Z, or nanoseconds)") from None
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            d = dt - _EPOCH  # exact, and no overflow where a UTC conversion would leave year 1
+            ns = (d.days * 86400 + d.seconds) * 10**9 + d.microseconds * 1000
+    if not -(1 << 63) <= ns < 1 << 63:
+        raise QueryError(f"timestamp out of range: {text!r} (times are 64-bit nanoseconds "
+                         "since 1970: 1677-09-21 to 2262-04-11)")
+    return ns
 
 
 def fmt_ts(ns: int | None) -> str:
@@ -195,10 +222,9 @@ def resolve(conn: sqlite3.Connection, text: str, all_versions: bool = False) -> 
             tg.desc += (" (the name also denoted artifact " + ", ".join(map(str, others))
                         + "; use artifact:ID or `history` for those)")
         return tg
-    if not num.isdigit() or prefix not in ("v", "version", "a", "artifact", "p", "process",
-                                           "tgid"):
+    if prefix not in ("v", "version", "a", "artifact", "p", "process", "tgid") or not num:
         raise QueryError(f"bad target {text!r}: expected {TARGET_HELP}")
-    n = int(num)
+    n = parse_id(num, text)
     if prefix in ("v", "version"):
         row = q("SELECT kind, object_id FROM versions WHERE id=?", (n,)).fetchone()
         if row is None:
@@ -221,6 +247,14 @@ def resolve(conn: sqlite3.Connection, text: str, all_versions: bool = False) -> 
     nodes = ([r[0] for r in q("SELECT id FROM versions WHERE kind='process' AND object_id=? "
                               "ORDER BY version", (n,))] if all_versions else [row[0]])
     return Target(t, nodes, f"process:{n} (tgid {row[1]})", processes=[n])
+
+
+def parse_id(num: str, text: str) -> int:
+    """The number of an id target: ASCII digits that fit SQLite's INTEGER."""
+    if not _ID.fullmatch(num) or int(num) >= 1 << 63:
+        raise QueryError(f"bad target {text!r}: {num!r} is not a valid id (a number below "
+                         "2^63)")
+    return int(num)
 
 
 def _artifact_target(conn: sqlite3.Connection, text: str, aid: int, all_versions: bool
@@ -631,6 +665,8 @@ def writers(conn: sqlite3.Connection, target: str, depth: int | None = None,
             "(SELECT value FROM json_each(?)) AND ts_ns BETWEEN ? AND ?",
             (_ints(frontier), win.lo, win.hi))]
         frontier = [r[0] for r in nxt if r[0] not in hops]
+        if not frontier:
+            break
         for n in frontier:
             hops[n] = h
     gens = [e for e in fetch_edges(conn, set(hops), True, win, inner=False)
@@ -663,8 +699,9 @@ def process(conn: sqlite3.Connection, target: str, depth: int | None = None,
     win = win or Window()
     t = (target or "").strip()
     q = conn.execute
-    if t.isdigit():
-        pids = [r[0] for r in q("SELECT id FROM processes WHERE tgid=? ORDER BY id", (int(t),))]
+    if t[:1].isdigit():
+        pids = [r[0] for r in q("SELECT id FROM processes WHERE tgid=? ORDER BY id",
+                                (parse_id(t, target),))]
         if not pids:
             raise QueryError(f"no process with tgid {t}")
     else:
@@ -677,6 +714,8 @@ def process(conn: sqlite3.Connection, target: str, depth: int | None = None,
     level = list(pids)
     for _ in range(max(depth or 1, 1)):
         level = [p for p in level if p not in seen]
+        if not level:
+            break
         seen.update(level)
         level = [r[0] for r in q("SELECT id FROM processes WHERE parent_id IN "
                                  "(SELECT value FROM json_each(?))", (_ints(level),))]

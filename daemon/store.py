@@ -10,14 +10,16 @@ transaction, so a restarted daemon resumes exactly where the last commit left it
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from daemon import chain
+from daemon import chain, meta
 from daemon.analyzer import Analyzer, Art, Batch, Proc
+from daemon.meta import APP_ID, SCHEMA_VERSION  # noqa: F401  (re-exported)
 from pmem.layout import Record, RecType
 from provisor import faults, files, locks
 from provisor.errors import ProvisorError
@@ -26,9 +28,6 @@ from provisor.guesttext import escape
 
 if TYPE_CHECKING:
     import sqlite_utils
-
-SCHEMA_VERSION = 1
-APP_ID = 0x50524F56  # "PROV": marks a provisor database (PRAGMA application_id)
 
 
 class StoreError(ProvisorError):
@@ -124,7 +123,7 @@ def _schema(db: sqlite_utils.Database) -> None:
     db["losses"].create({"seq": int, "lost": int, "lost_total": int}, pk="seq")
     db["notes"].create({"seq": int, "text": str}, pk="seq")
     db["chain"].create({"batch": int, "first_seq": int, "last_seq": int, "first_rel": int,
-                        "last_rel": int, "digest": bytes}, pk="batch")
+                        "last_rel": int, "digest": bytes, "state": bytes}, pk="batch")
     db["relations"].create_index(["src", "kind"])
     db["relations"].create_index(["dst", "kind"])
     db["versions"].create_index(["object_id", "kind", "version"])
@@ -171,6 +170,8 @@ class Store:
             self.conn.execute("PRAGMA busy_timeout=10000")
             if exists:
                 self._check_existing()
+                if not readonly:
+                    self._probe_write()
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
@@ -178,11 +179,13 @@ class Store:
                     ensure_indexes(self.conn)
             if not exists:
                 self._create(ring_uuid)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{path}: {e}") from None
+        except (sqlite3.Error, OSError) as e:
+            hint = "" if readonly or os.access(os.path.dirname(os.path.abspath(path)),
+                                               os.W_OK) else " (its directory is read-only)"
+            raise StoreError(f"{path}: {getattr(e, 'strerror', None) or e}{hint}") from None
         self.readonly = readonly
         self.ring_uuid = self.meta("ring_uuid")
-        self.applied_seq = int(self.meta("applied_seq") or 0)
+        self.applied_seq = meta.read(self.conn, path).applied_seq
         if ring_uuid and self.ring_uuid and ring_uuid != self.ring_uuid:
             self._rebind(ring_uuid, force)
         self.an = Analyzer()
@@ -190,16 +193,21 @@ class Store:
 
     # -- opening ---------------------------------------------------------------------------
     def _check_existing(self) -> None:
+        meta.read(self.conn, self.path)  # a damaged meta: one line, before anything is written
+
+    def _probe_write(self) -> None:
+        """Fail now, before any ring record is read, when the store cannot be written (a
+        read-only file system, an immutable file, a read-only open): a write that is rolled
+        back leaves the database as it was."""
+        c = self.conn
         try:
-            app = self.conn.execute("PRAGMA application_id").fetchone()[0]
-        except sqlite3.DatabaseError:
-            raise StoreError(f"{self.path}: not a SQLite database") from None
-        if app != APP_ID:
-            raise StoreError(f"{self.path}: not a provisor database")
-        ver = int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'")
-                  .fetchone()[0])
-        if ver > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {ver} is newer than this provisor")
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("UPDATE meta SET value=value WHERE key='schema_version'")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot write the store: {e}") from None
+        finally:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
 
     def _create(self, ring_uuid: str | None) -> None:
         c = self.conn
@@ -246,7 +254,10 @@ class Store:
     def bind_ring(self, ring_uuid: str) -> None:
         """Record the ring UUID in a DB made without one."""
         if not self.ring_uuid:
-            self.conn.execute("UPDATE meta SET value=? WHERE key='ring_uuid'", (ring_uuid,))
+            try:
+                self.conn.execute("UPDATE meta SET value=? WHERE key='ring_uuid'", (ring_uuid,))
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: cannot write the store: {e}") from None
             self.ring_uuid = ring_uuid
 
     def _load(self) -> None:
@@ -260,10 +271,11 @@ class Store:
             cur = an.procs.get(p.tgid)
             if cur is None or cur.id < p.id:
                 an.procs[p.tgid] = p
-        for pid, fd, aid, cloexec in q("SELECT * FROM fds ORDER BY proc_id, fd"):
-            an.proc_by_id[pid].fds[fd] = (aid, cloexec)
+        fds = q("SELECT * FROM fds ORDER BY proc_id, fd").fetchall()
+        for pid, fd, aid, cloexec in fds:
+            self._owner(pid, "fds", f"proc_id={pid} fd={fd}").fds[fd] = (aid, cloexec)
         for pid, pos, node in q("SELECT * FROM proc_used ORDER BY proc_id, pos"):
-            p = an.proc_by_id[pid]
+            p = self._owner(pid, "proc_used", f"proc_id={pid} pos={pos}")
             p.used[node] = pos
             p.used_pos = pos + 1
         for row in q("SELECT * FROM artifacts"):
@@ -271,6 +283,10 @@ class Store:
             an.arts[a.id] = a
             if a.ino:
                 an.by_devino[(a.dev, a.ino)] = a.id
+        for pid, fd, aid, _ in fds:
+            if aid not in an.arts:
+                raise meta.DamagedStore(f"{self.path}: damaged store: fds row proc_id={pid} "
+                                        f"fd={fd} names artifact {aid}, which does not exist")
         current = {a.node: a for a in an.arts.values()}
         pcur = {p.node: p for p in an.proc_by_id.values()}
         for kind, src, dst in q("SELECT kind, src, dst FROM relations WHERE src IN "
@@ -288,6 +304,9 @@ class Store:
                     a.derived.add(dst)
         for nid, aid, path in q("SELECT id, artifact_id, path FROM names "
                                 "WHERE unbind_seq IS NULL ORDER BY id"):
+            if aid not in an.arts:
+                raise meta.DamagedStore(f"{self.path}: damaged store: names row id={nid} "
+                                        f"names artifact {aid}, which does not exist")
             an.by_path[path] = (aid, nid)
         for seq, payload in q("SELECT e.seq, e.payload FROM pending p JOIN events e "
                               "ON e.seq = p.seq ORDER BY e.seq"):
@@ -301,8 +320,30 @@ class Store:
         an.next_node = nxt("SELECT max(id) FROM versions")
         an.next_rel = nxt("SELECT max(id) FROM relations")
         an.next_name = nxt("SELECT max(id) FROM names")
-        self.chain_head = bytes.fromhex(self.meta("chain_head") or chain.GENESIS.hex())
-        self.batches = int(self.meta("batches") or 0)
+        m = meta.read(c, self.path)
+        self.chain_head, self.batches = m.chain_head, m.batches
+        self.encoding = m.chain_encoding
+        if self.encoding not in chain.ENCODINGS:
+            raise StoreError(f"{self.path}: the hash chain uses encoding {self.encoding}; this "
+                             f"provisor writes encodings {', '.join(chain.ENCODINGS)}")
+        self.state: chain.State | None = None
+        if self.encoding != "1":
+            self.state = chain.State.of(c)
+            row = q("SELECT state FROM chain ORDER BY batch DESC LIMIT 1").fetchone()
+            if row is not None and row[0] != self.state.digest():
+                # continuing would chain the edited rows as if the daemon had written them
+                want = chain.split_state(row[0] or b"")
+                bad = [t for t, d in self.state.table_digests().items() if want.get(t) != d]
+                raise meta.DamagedStore(
+                    f"{self.path}: damaged store: the {', '.join(bad)} rows differ from the "
+                    "hash chain's state (edited?); run provisor verify")
+
+    def _owner(self, pid: int, table: str, key: str) -> Proc:
+        p = self.an.proc_by_id.get(pid)
+        if p is None:
+            raise meta.DamagedStore(f"{self.path}: damaged store: {table} row {key} belongs to "
+                                    f"process {pid}, which does not exist")
+        return p
 
     # -- applying --------------------------------------------------------------------------
     def apply(self, records: Sequence[Record], *, ring: str | None = None,
@@ -356,19 +397,66 @@ class Store:
         batch = an.take()
         try:
             self._write(batch, last)
-        except BaseException:
+        except BaseException as e:
             # the transaction rolled back: rebuild the live state from the last commit
             self.an = Analyzer()
             self._load()
+            if isinstance(e, sqlite3.Error | OSError):  # read-only, disk full, I/O error
+                raise StoreError(f"{self.path}: cannot write the store: "
+                                 f"{getattr(e, 'strerror', None) or e}") from None
             raise
         self.applied_seq = last
         return last
 
+    def _state_after(self, b: Batch, new_pending: list[tuple[int]]) -> chain.State:
+        """The chained state once ``b`` is written: each row it rewrites or deletes taken out as
+        stored, each row it writes put in (read inside the transaction, before writing)."""
+        assert self.state is not None
+        st = self.state.copy()
+        q = self.conn.execute
+
+        def stored(sql: str, keys: Sequence[object]) -> list[tuple]:
+            return q(sql + " IN (SELECT value FROM json_each(?))", (json.dumps(keys),)).fetchall()
+
+        if b.procs:
+            ids = list(b.procs)
+            st.remove("processes", stored("SELECT * FROM processes WHERE id", ids))
+            st.add("processes", [p.row() for p in b.procs.values()])
+            st.remove("fds", stored("SELECT * FROM fds WHERE proc_id", ids))
+            st.add("fds", [(p.id, fd, ref[0], ref[1]) for p in b.procs.values()
+                           for fd, ref in p.fds.items()])
+        gone = {(r[0], r[1]): r for r in stored("SELECT * FROM proc_used WHERE proc_id",
+                                                sorted(b.used_clear))} if b.used_clear else {}
+        for pid, pos in b.used_del:
+            row = q("SELECT * FROM proc_used WHERE proc_id=? AND pos=?", (pid, pos)).fetchone()
+            if row is not None:
+                gone[(pid, pos)] = row
+        st.remove("proc_used", gone.values())
+        st.add("proc_used", [(pid, pos, node) for pid, adds in b.used_add.items()
+                             for pos, node in adds if (pid, pos) not in b.used_del])
+        if b.arts:
+            st.remove("artifacts", stored("SELECT * FROM artifacts WHERE id", list(b.arts)))
+            st.add("artifacts", [a.row() for a in b.arts.values()])
+        if b.pending_done:
+            st.remove("pending", stored("SELECT seq FROM pending WHERE seq", b.pending_done))
+        if new_pending:
+            have = {r[0] for r in stored("SELECT seq FROM pending WHERE seq",
+                                         [s for (s,) in new_pending])}
+            st.add("pending", [(s,) for (s,) in new_pending if s not in have])
+        return st
+
     def _write(self, b: Batch, last: int) -> None:
         c = self.conn
-        head = chain.digest(self.chain_head, b.events, b.relations)
+        new_pending = [(s,) for s in self.an.pending if s > self.applied_seq]
         c.execute("BEGIN IMMEDIATE")
         try:
+            if self.state is None:  # encoding 1: events and relations only
+                st, extra = None, None
+            else:
+                st = self._state_after(b, new_pending)
+                extra = chain.Extra(b.versions, [r[:4] for r in b.names_new],
+                                    sorted(b.names_unbound), b.losses, b.notes, st.digest())
+            head = chain.digest(self.chain_head, b.events, b.relations, extra)
             for sql, rows in (
                     ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", b.events),
                     ("INSERT INTO versions VALUES (?,?,?,?,?,?,?)", b.versions),
@@ -401,14 +489,16 @@ class Store:
                               [a.row() for a in b.arts.values()])
             if b.pending_done:
                 c.executemany("DELETE FROM pending WHERE seq=?", [(s,) for s in b.pending_done])
-            new_pending = [(s,) for s in self.an.pending if s > self.applied_seq]
             if new_pending:
                 c.executemany("INSERT OR IGNORE INTO pending VALUES (?)", new_pending)
             first_rel = b.relations[0][0] if b.relations else None
             last_rel = b.relations[-1][0] if b.relations else None
             first_seq = b.events[0][0] if b.events else None
-            c.execute("INSERT INTO chain VALUES (?,?,?,?,?,?)",
-                      (self.batches + 1, first_seq, last, first_rel, last_rel, head))
+            row = (self.batches + 1, first_seq, last, first_rel, last_rel, head)
+            if st is None:
+                c.execute("INSERT INTO chain VALUES (?,?,?,?,?,?)", row)
+            else:
+                c.execute("INSERT INTO chain VALUES (?,?,?,?,?,?,?)", (*row, st.digest()))
             c.executemany("UPDATE meta SET value=? WHERE key=?", [
                 (str(last), "applied_seq"), (head.hex(), "chain_head"),
                 (str(self.batches + 1), "batches")])
@@ -421,6 +511,8 @@ class Store:
             raise
         self.chain_head = head
         self.batches += 1
+        if st is not None:
+            self.state = st
 
     def counts(self) -> dict[str, int]:
         q = self.conn.execute

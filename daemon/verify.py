@@ -2,7 +2,9 @@
 
 The chain (daemon/chain.py, the only definition of a link) covers, per ``chain`` row (one
 applied batch), the events with seq in (previous last_seq, last_seq] and the relations with id
-in [first_rel, last_rel], in key order. A batch is checked against its stored digest starting
+in [first_rel, last_rel], in key order; in chain encoding 2 also the versions, names, losses
+and notes the batch wrote and the state (multiset hashes) of the tables later batches rewrite,
+which are checked against the stored tables at the end. A batch is checked against its stored digest starting
 from the *stored* digest of the batch before, so every batch is judged on its own and the first
 bad one is named. The digest says *that* a batch changed; to say *which row*, the checker then
 looks for evidence, cheapest first:
@@ -12,7 +14,11 @@ looks for evidence, cheapest first:
 * events: each row must equal what the analyzer derives from its own payload (altered column);
 * order: a pair of rows whose exchange restores the digest (reordered);
 * chain: a digest that is wrong while its rows and the next link are right (chain row altered);
-* relations: a replay of the stored events through the analyzer, compared row by row.
+* versions: each carries the seq and time of an event of its batch;
+* relations, versions, names: a replay of the stored events through the analyzer, compared row
+  by row;
+* state (encoding 2): a table that no longer hashes to the last batch's state is compared row
+  by row with a replay of all stored events.
 
 With ``--ring``, every record still readable in the ring image (the unreleased chain, and
 released records not yet overwritten) is compared byte for byte with the stored payload.
@@ -30,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 from daemon import chain
 from daemon.analyzer import Analyzer
+from daemon.analyzer import Batch as ABatch
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 
@@ -45,7 +52,7 @@ class VerifyError(ProvisorError):
 @dataclass
 class Finding:
     what: str  # altered | deleted | inserted | reordered | broken
-    table: str  # events | relations | chain | meta | ring
+    table: str  # events | relations | versions | names | processes | ... | chain | meta | ring
     key: str  # "seq=12", "id=5", "batch=3", "chain_head"
     batch: int | None
     detail: str
@@ -90,14 +97,16 @@ class Batch:
     first_rel: int | None
     last_rel: int | None
     digest: bytes
+    state: bytes | None = None  # encoding 2: chain.State digest after the batch
 
 
-def _batches(conn: sqlite3.Connection, rep: Report) -> list[Batch]:
-    rows = conn.execute("SELECT batch, first_seq, last_seq, first_rel, last_rel, digest "
-                        "FROM chain ORDER BY batch").fetchall()
+def _batches(conn: sqlite3.Connection, rep: Report, encoding: str = "1") -> list[Batch]:
+    state = ", state" if encoding != "1" else ", NULL"
+    rows = conn.execute("SELECT batch, first_seq, last_seq, first_rel, last_rel, digest"
+                        f"{state} FROM chain ORDER BY batch").fetchall()
     out: list[Batch] = []
     prev_hi, prev_rel = None, 0
-    for i, (n, first, last, fr, lr, dg) in enumerate(rows, 1):
+    for i, (n, first, last, fr, lr, dg, st) in enumerate(rows, 1):
         if n != i:
             rep.add("deleted" if n > i else "inserted", "chain", f"batch={i}", i,
                     f"chain rows jump from batch {i - 1} to {n}")
@@ -112,7 +121,8 @@ def _batches(conn: sqlite3.Connection, rep: Report) -> list[Batch]:
                 first, _first_record(conn, last)) - 1
         else:
             lo = prev_hi
-        out.append(Batch(n, lo, last, fr, lr, bytes(dg) if dg is not None else b""))
+        out.append(Batch(n, lo, last, fr, lr, bytes(dg) if dg is not None else b"",
+                         None if encoding == "1" else bytes(st or b"")))
         prev_hi = last if last is not None else prev_hi
         prev_rel = lr if lr is not None else prev_rel
     return out
@@ -132,15 +142,81 @@ def _rows(conn: sqlite3.Connection, b: Batch) -> tuple[list[tuple], list[tuple]]
     return ev, rel
 
 
+class _Stream:
+    """Rows of one table in key order, handed out batch by batch by a sequence column."""
+
+    def __init__(self, conn: sqlite3.Connection, sql: str, seq_at: int) -> None:
+        self.cur = conn.execute(sql)
+        self.seq_at = seq_at
+        self.ahead: tuple | None = None
+
+    def take(self, hi: int) -> list[tuple]:
+        out = []
+        while True:
+            row = self.ahead if self.ahead is not None else self.cur.fetchone()
+            self.ahead = None
+            if row is None:
+                return out
+            if row[self.seq_at] is not None and row[self.seq_at] > hi:
+                self.ahead = row
+                return out
+            out.append(tuple(row))
+
+
+class _Extras:
+    """Encoding 2's per-batch rows (chain.Extra) from the stored tables, one batch after the
+    other: versions and names by id, unbinds by their seq, losses and notes by seq."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.streams = [
+            _Stream(conn, f"SELECT {', '.join(chain.VERSION_COLS)} FROM versions ORDER BY id", 4),
+            _Stream(conn, f"SELECT {', '.join(chain.NAME_COLS)} FROM names ORDER BY id", 3),
+            _Stream(conn, "SELECT unbind_seq, id FROM names WHERE unbind_seq IS NOT NULL "
+                    "ORDER BY unbind_seq, id", 0),
+            _Stream(conn, "SELECT * FROM losses ORDER BY seq", 0),
+            _Stream(conn, "SELECT * FROM notes ORDER BY seq", 0)]
+
+    def take(self, b: Batch) -> chain.Extra:
+        return chain.Extra(*(s.take(b.hi) for s in self.streams), state=b.state or b"")
+
+
+def _batch_rows(conn: sqlite3.Connection, batches: list[Batch], encoding: str
+                ) -> Iterator[tuple[Batch, list[tuple], list[tuple], chain.Extra | None]]:
+    extras = _Extras(conn) if encoding != "1" else None
+    for b in batches:
+        ev, rel = _rows(conn, b)
+        yield b, ev, rel, (extras.take(b) if extras else None)
+
+
+def batch_digest(conn: sqlite3.Connection, n: int) -> bytes:
+    """Batch ``n``'s digest recomputed from the stored rows, chained on the stored digest of
+    batch ``n - 1`` (what an attacker re-chaining one batch would compute)."""
+    enc = conn.execute("SELECT value FROM meta WHERE key='chain_encoding'").fetchone()
+    batches = _batches(conn, Report(""), enc[0] if enc else "1")
+    for b, ev, rel, ex in _batch_rows(conn, batches, enc[0] if enc else "1"):
+        if b.n == n:
+            prev = batches[n - 2].digest if n > 1 else chain.GENESIS
+            return chain.digest(prev, ev, rel, ex)
+    raise KeyError(n)
+
+
 # -- locating a change inside a bad batch --------------------------------------------------
 def _keys(conn: sqlite3.Connection, b: Batch, ev: list[tuple], rel: list[tuple],
-          rep: Report) -> bool:
+          rep: Report, prev: bytes = chain.GENESIS, ex: chain.Extra | None = None) -> bool:
     found = False
     other = {r[0] for r in conn.execute(
         "SELECT seq FROM notes WHERE seq > ? AND seq <= ? UNION SELECT seq FROM losses "
         "WHERE seq > ? AND seq <= ?", (b.lo, b.hi, b.lo, b.hi))}
     have = {r[0] for r in ev}
     for s in sorted(have & other):
+        if ex is not None:  # encoding 2 chains both: the row whose removal restores the digest
+            for t in ("notes", "losses"):
+                rows = getattr(ex, t)
+                if any(r[0] == s for r in rows):
+                    fewer = chain.Extra(**{**ex.__dict__, t: [r for r in rows if r[0] != s]})
+                    if chain.digest(prev, ev, rel, fewer) == b.digest:
+                        rep.add("inserted", t, f"seq={s}", b.n, "an event has this seq")
+                        return True
         rep.add("inserted", "events", f"seq={s}", b.n, "the ring record with this seq was a "
                 "NOTE/LOSS, not an event")
         found = True
@@ -185,7 +261,36 @@ def _events(b: Batch, ev: list[tuple], rep: Report) -> bool:
     return False
 
 
-def _swaps(prev: bytes, ev: list[tuple], rel: list[tuple], want: bytes) -> Iterator[tuple]:
+def _extra_rows(b: Batch, ev: list[tuple], ex: chain.Extra | None, rep: Report) -> bool:
+    """Encoding 2, without an analyzer: a version carries the seq and time of an event of its
+    batch; a name is bound and unbound at an event of its batch."""
+    if ex is None:
+        return False
+    ts = {r[0]: r[1] for r in ev}
+    for v in ex.versions:
+        if v[4] not in ts:
+            rep.add("altered", "versions", f"id={v[0]}", b.n,
+                    f"column seq {v[4]} is no event of the batch")
+            return True
+        if v[5] != ts[v[4]]:
+            rep.add("altered", "versions", f"id={v[0]}", b.n,
+                    f"column ts_ns disagrees with event seq {v[4]}")
+            return True
+    for n in ex.names:
+        if n[3] not in ts:
+            rep.add("altered", "names", f"id={n[0]}", b.n,
+                    f"column bind_seq {n[3]} is no event of the batch")
+            return True
+    for seq, nid in ex.unbinds:
+        if seq not in ts:
+            rep.add("altered", "names", f"id={nid}", b.n,
+                    f"column unbind_seq {seq} is no event of the batch")
+            return True
+    return False
+
+
+def _swaps(prev: bytes, ev: list[tuple], rel: list[tuple], want: bytes,
+           ex: chain.Extra | None = None) -> Iterator[tuple]:
     """Candidate exchanges of two rows, from where timestamps go backwards."""
     for name, rows, ts_i in (("events", ev, 1), ("relations", rel, 6)):
         drops = [i for i in range(1, len(rows)) if (rows[i][ts_i] or 0) < (rows[i - 1][ts_i] or 0)]
@@ -197,14 +302,14 @@ def _swaps(prev: bytes, ev: list[tuple], rel: list[tuple], want: bytes) -> Itera
             swapped[a] = (rows[a][0], *rows[c][1:])
             swapped[c] = (rows[c][0], *rows[a][1:])
             args = (swapped, rel) if name == "events" else (ev, swapped)
-            if chain.digest(prev, *args) == want:
+            if chain.digest(prev, *args, ex) == want:
                 yield name, rows[a][0], rows[c][0]
 
 
-def _replay(conn: sqlite3.Connection, batches: list[Batch], rep: Report) -> bool:
-    """Replay the stored events through a fresh analyzer over ``batches``; compare each
-    batch's relations with what the replay makes of it and report the first difference."""
-    an = Analyzer()
+def _replayed(conn: sqlite3.Connection, batches: list[Batch], an: Analyzer | None = None
+              ) -> Iterator[tuple[Batch, ABatch]]:
+    """The stored events through a fresh analyzer, batch by batch: what the daemon wrote."""
+    an = an or Analyzer()
     for b in batches:
         for (seq, payload) in conn.execute("SELECT seq, payload FROM events WHERE seq > ? AND "
                                            "seq <= ? ORDER BY seq", (b.lo, b.hi)):
@@ -212,7 +317,55 @@ def _replay(conn: sqlite3.Connection, batches: list[Batch], rep: Report) -> bool
                 an.event(decode(payload, seq))
             except EventDecodeError:
                 continue
-        got = an.take().relations
+        yield b, an.take()
+
+
+def _differ(cols: tuple[str, ...], stored: tuple, want: tuple) -> str:
+    diff = [c for c, x, y in zip(cols, stored, want, strict=False) if x != y]
+    return f"column {', '.join(diff) or '?'} differs from a replay of the stored events"
+
+
+def _replay_extra(b: Batch, got: ABatch, ex: chain.Extra, rep: Report) -> bool:
+    """Encoding 2: a batch's versions, names and unbinds against the replay's."""
+    for table, cols, stored, want in (
+            ("versions", chain.VERSION_COLS, ex.versions, [tuple(v) for v in got.versions]),
+            ("names", chain.NAME_COLS, ex.names, [tuple(n[:4]) for n in got.names_new]),
+            ("names", ("unbind_seq", "id"), ex.unbinds, sorted(got.names_unbound))):
+        ident = 1 if cols[0] == "unbind_seq" else 0  # where the name or version id is
+        if cols[0] == "unbind_seq":
+            lost = {r[1] for r in want} - {r[1] for r in stored}
+            extra = {r[1] for r in stored} - {r[1] for r in want}
+            for nid in sorted(lost):
+                rep.add("altered", table, f"id={nid}", b.n, "column unbind_seq: a replay "
+                        "unbinds this name in the batch")
+                return True
+            for nid in sorted(extra):
+                rep.add("altered", table, f"id={nid}", b.n, "column unbind_seq: a replay does "
+                        "not unbind this name in the batch")
+                return True
+        for s, w in zip(stored, want, strict=False):
+            if s != w:
+                rep.add("altered", table, f"id={s[ident]}", b.n, _differ(cols, s, w))
+                return True
+        if len(stored) != len(want):
+            longer = stored if len(stored) > len(want) else want
+            rep.add("inserted" if len(stored) > len(want) else "deleted", table,
+                    f"id={longer[min(len(stored), len(want))][ident]}", b.n,
+                    f"{len(stored)} rows where a replay makes {len(want)}")
+            return True
+    return False
+
+
+def _replay(conn: sqlite3.Connection, batches: list[Batch], rep: Report,
+            encoding: str = "1") -> bool:
+    """Replay the stored events through a fresh analyzer over ``batches``; compare each
+    batch's relations (and, encoding 2, versions and names) with what the replay makes of it
+    and report the first difference."""
+    extras = _Extras(conn) if encoding != "1" else None
+    for b, gb in _replayed(conn, batches):
+        got = gb.relations
+        if extras is not None and _replay_extra(b, gb, extras.take(b), rep):
+            return True
         stored = {r[0]: tuple(r) for r in conn.execute(
             f"{REL_SQL} WHERE id BETWEEN ? AND ?", (b.first_rel or 0, b.last_rel or -1))}
         by_content = {r[1:]: r[0] for r in got}
@@ -245,10 +398,11 @@ def verify(conn: sqlite3.Connection, path: str = "",
     rep = Report(path, checked_at=time.time())
     q = conn.execute
     meta = dict(q("SELECT key, value FROM meta").fetchall())
-    if meta.get("chain_encoding", chain.ENCODING) != chain.ENCODING:
-        raise VerifyError(f"the store's hash chain uses encoding {meta['chain_encoding']}; this "
-                          f"provisor verifies encoding {chain.ENCODING}")
-    batches = _batches(conn, rep)
+    enc = meta.get("chain_encoding", "1")  # stores older than the key are encoding 1
+    if enc not in chain.ENCODINGS:
+        raise VerifyError(f"the store's hash chain uses encoding {enc}; this provisor "
+                          f"verifies encodings {', '.join(chain.ENCODINGS)}")
+    batches = _batches(conn, rep, enc)
     rep.batches = len(batches)
     if str(len(batches)) != meta.get("batches", "0"):
         rep.add("deleted" if len(batches) < int(meta.get("batches") or 0) else "inserted",
@@ -256,21 +410,27 @@ def verify(conn: sqlite3.Connection, path: str = "",
                 f"{len(batches)} chain rows, meta says {meta.get('batches')}")
     prev = chain.GENESIS
     recomputed = chain.GENESIS
-    state = {"replayed": False}
+    state = {"replayed": False, "encoding": enc}
+    rows = _batch_rows(conn, batches, enc)
+    nxt = next(rows, None)
     for i, b in enumerate(batches):
-        ev, rel = _rows(conn, b)
+        assert nxt is not None and nxt[0] is b
+        _, ev, rel, ex = nxt
+        nxt = next(rows, None)  # one batch ahead: a bad digest is judged by the next link
         rep.events += len(ev)
         rep.relations += len(rel)
-        d = chain.digest(prev, ev, rel)
+        d = chain.digest(prev, ev, rel, ex)
         relink = False
         if d != b.digest:
             if len(rep.findings) < MAX_FINDINGS:
-                relink = _locate(conn, batches, i, prev, d, ev, rel, rep, state)
+                relink = _locate(conn, batches, i, prev, d, ev, rel, ex, nxt, rep, state)
             else:
                 rep.bad_batches_unexamined += 1
         recomputed = d
         prev = d if relink else b.digest
         tick(len(ev) + len(rel))
+    if enc != "1" and batches:
+        _check_state(conn, batches, rep)
     head = meta.get("chain_head", "")
     rep.head = head
     if batches and head != batches[-1].digest.hex():
@@ -314,22 +474,25 @@ def verify(conn: sqlite3.Connection, path: str = "",
 
 
 def _locate(conn: sqlite3.Connection, batches: list[Batch], i: int, prev: bytes, got: bytes,
-            ev: list[tuple], rel: list[tuple], rep: Report, state: dict) -> bool:
+            ev: list[tuple], rel: list[tuple], ex: chain.Extra | None, nxt: tuple | None,
+            rep: Report, state: dict) -> bool:
     """Explain batch ``i``'s mismatch; True when its stored digest (not its rows) was altered,
-    so the next batch must be checked against the recomputed one."""
+    so the next batch must be checked against the recomputed one. ``nxt`` is the next batch's
+    (batch, events, relations, extra)."""
     b = batches[i]
     n0 = len(rep.findings)
-    if _keys(conn, b, ev, rel, rep) or _events(b, ev, rep):
+    if _keys(conn, b, ev, rel, rep, prev, ex) or _events(b, ev, rep) or _extra_rows(b, ev, ex,
+                                                                                   rep):
         return False
-    for name, a, c in _swaps(prev, ev, rel, b.digest):
+    for name, a, c in _swaps(prev, ev, rel, b.digest, ex):
         key = "seq" if name == "events" else "id"
         rep.add("reordered", name, f"{key}={a}", b.n, f"exchanged with {key}={c}")
         return False
     # rows intact and the next link (or the head) agrees with them: the digest was altered
     nxt_ok = False
-    if i + 1 < len(batches):
-        ev2, rel2 = _rows(conn, batches[i + 1])
-        nxt_ok = chain.digest(got, ev2, rel2) == batches[i + 1].digest
+    if nxt is not None:
+        b2, ev2, rel2, ex2 = nxt
+        nxt_ok = chain.digest(got, ev2, rel2, ex2) == b2.digest
     else:
         nxt_ok = conn.execute("SELECT value FROM meta WHERE key='chain_head'").fetchone()[0] \
             == got.hex()
@@ -339,15 +502,82 @@ def _locate(conn: sqlite3.Connection, batches: list[Batch], i: int, prev: bytes,
         return True
     if not state["replayed"]:  # a replay is from the start: once per run, not per bad batch
         state["replayed"] = True
-        if _replay(conn, batches[:i + 1], rep):
+        if _replay(conn, batches[:i + 1], rep, state["encoding"]):
             return False
     if len(rep.findings) == n0:
         rep.add("altered", "chain", f"batch={b.n}", b.n,
                 f"digest mismatch over events seq {b.lo + 1}..{b.hi} and relations "
-                f"{b.first_rel}..{b.last_rel}; the row could not be located (an earlier batch "
-                "re-chained, or a payload and its columns changed together? verify --ring "
-                "compares payloads with the ring)")
+                f"{b.first_rel}..{b.last_rel}"
+                + (" (and the batch's versions, names, losses, notes)" if ex else "")
+                + "; the row could not be located (an earlier batch re-chained, or a payload "
+                "and its columns changed together? verify --ring compares payloads with the "
+                "ring)")
     return False
+
+
+# -- encoding 2: the rows later batches rewrite ----------------------------------------------
+def _final_rows(an: Analyzer) -> dict[str, dict[tuple, tuple]]:
+    """What the state tables hold after a replay, by key (as daemon/store.py writes them)."""
+    procs = an.proc_by_id.values()
+    return {
+        "processes": {(p.id,): p.row() for p in procs},
+        "fds": {(p.id, fd): (p.id, fd, a, x) for p in procs for fd, (a, x) in p.fds.items()},
+        "proc_used": {(p.id, pos): (p.id, pos, node) for p in procs
+                      for node, pos in p.used.items()},
+        "artifacts": {(a.id,): a.row() for a in an.arts.values()},
+        "pending": {(s,): (s,) for s in an.pending},
+    }
+
+
+_STATE_KEYS = {"processes": 1, "fds": 2, "proc_used": 2, "artifacts": 1, "pending": 1}
+_STATE_COLS = {"processes": ("id", "tgid", "start_time", "parent_id", "exe", "comm", "cwd",
+                             "cwd_mnt", "uid", "version", "node", "first_seq", "last_seq",
+                             "exit_seq"),
+               "fds": ("proc_id", "fd", "artifact_id", "cloexec"),
+               "proc_used": ("proc_id", "pos", "node"),
+               "artifacts": ("id", "kind", "dev", "ino", "path", "version", "node",
+                             "created_seq"),
+               "pending": ("seq",)}
+
+
+def _check_state(conn: sqlite3.Connection, batches: list[Batch], rep: Report) -> None:
+    """The rows of the rewritten tables, as stored now, must hash to the state the last batch
+    chained; a table that does not is located by a replay of the stored events."""
+    last = batches[-1]
+    want = chain.split_state(last.state or b"")
+    have = chain.State.of(conn).table_digests()
+    bad = [t for t, d in have.items() if want.get(t) != d]
+    if not bad:
+        return
+    an = Analyzer()
+    for _ in _replayed(conn, batches, an):
+        pass
+    final = _final_rows(an)
+    for t in bad:
+        k = _STATE_KEYS[t]
+        stored = {tuple(r[:k]): tuple(r) for r in conn.execute(chain.STATE_TABLES[t])}
+        exp = final[t]
+        keyname = _STATE_COLS[t][:k]
+
+        def key(kv: tuple, names: tuple[str, ...] = keyname) -> str:
+            return " ".join(f"{n}={v}" for n, v in zip(names, kv, strict=True))
+
+        found = False
+        for kv in sorted(set(stored) | set(exp), key=repr):
+            s, w = stored.get(kv), exp.get(kv)
+            if s == w:
+                continue
+            if s is None:
+                rep.add("deleted", t, key(kv), last.n, "a replay of the stored events has it")
+            elif w is None:
+                rep.add("inserted", t, key(kv), last.n, "not produced by a replay")
+            else:
+                rep.add("altered", t, key(kv), last.n, _differ(_STATE_COLS[t], s, w))
+            found = True
+            break
+        if not found:
+            rep.add("altered", t, "", last.n, f"the {t} rows do not hash to the state chained "
+                    f"by batch {last.n}; the row could not be located (a replay agrees)")
 
 
 # -- the ring --------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import click
 
 from provisor import files
 from provisor.errors import ProvisorError
+from provisor.params import Finite
 
 Log = Callable[[str], None]
 INIT_TEMPLATE = Path(__file__).resolve().parent.parent / "config" / "guest" / "init.sh"
@@ -473,7 +474,8 @@ def guest_build_cmd(cfg: dict[str, Any], workload: str, include: str | None, out
 @click.option("--workload", required=True, type=click.Path(dir_okay=False), help="Shell script to run.")
 @click.option("--include", type=click.Path(file_okay=False), help="Directory copied to the initramfs root.")
 @click.option("--nokaslr", is_flag=True, help="Boot with nokaslr.")
-@click.option("--timeout", default=180.0, show_default=True, help="Seconds before giving up.")
+@click.option("--timeout", default=180.0, show_default=True, type=Finite(0, 86400, min_open=True),
+              help="Seconds before giving up.")
 @click.pass_obj
 def guest_boot_cmd(cfg: dict[str, Any], workload: str, include: str | None, nokaslr: bool,
                    timeout: float) -> None:

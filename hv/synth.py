@@ -93,6 +93,7 @@ from provisor.events import (
     encode,
 )
 from provisor.guesttext import unescape
+from provisor.params import Finite
 from provisor.syscalls import BY_NAME, BY_NR, Arg, Trait
 
 U64 = 1 << 64
@@ -1580,14 +1581,15 @@ def iter_payloads(n: int, seed: int = 0, *, start_seq: int = 1, crash_tail: int 
 @click.option("--events", "n", required=True, type=click.IntRange(min=0),
               help="How many events (records) to write.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same payloads.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="At most this many events per second (default: as fast as possible).")
-@click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1),
+@click.option("--rate", type=Finite(1e-3, 1e9), default=None,
+              help="At most this many events per second, 0.001 to 1e9 (default: as fast as "
+              "possible).")
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(1, 1 << 20),
               help="Records per persist (append_many); 1 appends one by one.")
 @click.option("--crash-tail", default=0, show_default=True, type=click.IntRange(min=0),
               help="Leave the last K entries without exits, as a crash would.")
 @click.option("--file-fraction", default=0.85, show_default=True,
-              type=click.FloatRange(0, 1), help="Share of events carrying file identities.")
+              type=Finite(0, 1), help="Share of events carrying file identities.")
 @click.option("--policy", type=click.Choice(["block", "drop", "fail"]), default=None,
               help="Ring-full policy (default: config [ring] full_policy).")
 @click.pass_obj

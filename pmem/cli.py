@@ -137,7 +137,8 @@ def ring_info(path: str, as_json: bool) -> None:
 @ring.command("dump")
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--from", "from_seq", type=int, default=None, help="First sequence number.")
+@click.option("--from", "from_seq", type=click.IntRange(min=0), default=None,
+              help="First sequence number.")
 def ring_dump(path: str, as_json: bool, from_seq: int | None) -> None:
     """Print the valid records of PATH after its checkpoint.
 
@@ -182,12 +183,15 @@ def ring_dump(path: str, as_json: bool, from_seq: int | None) -> None:
 def ring_append(cfg: dict, path: str, policy: str | None) -> None:
     """Append each stdin line as a NOTE record; print each acknowledged sequence number.
 
+    A line's bytes are the payload exactly as read (without the newline), whatever their
+    encoding.
+
     Example: printf 'a\\nb\\n' | provisor ring append /dev/shm/p.ring
     """
     with Producer.open(path, policy or cfg["ring"]["full_policy"]) as prod:
         out = sys.stdout
-        for line in sys.stdin:
-            seq = prod.note(line.rstrip("\n"))
+        for line in sys.stdin.buffer:
+            seq = prod.append(L.RecType.NOTE, line.removesuffix(b"\n"))
             out.write(f"{seq}\n" if seq is not None else "dropped\n")
             out.flush()
 

@@ -30,6 +30,7 @@ ALIGN = 32
 REC_HDR = 32
 MIN_DATA = 64 * 1024
 MAX_PAYLOAD = 16 * 1024 * 1024
+SEQ_LIMIT = 1 << 63  # sequence numbers are below 2^63: they fit SQLite's signed INTEGER
 
 _HDR = struct.Struct("<8sII16sIIQQQQQQQ28x")  # 124 bytes, then u32 crc
 _PROD = struct.Struct("<4sIQQQ28x")  # 60 bytes, then u32 crc
@@ -94,6 +95,8 @@ def unpack_header(raw: bytes) -> Header | str:
         return "bad geometry"
     if coff >= data_size or coff % ALIGN:
         return "bad checkpoint offset"
+    if cseq >= SEQ_LIMIT:
+        return f"checkpoint sequence number {cseq} out of range (must be below 2^63)"
     return Header(uid, data_size, gen, cseq, coff, ring_id, created, usc, version)
 
 
@@ -107,7 +110,8 @@ def read_header(buf) -> tuple[Header, int]:
                for i in (0, 1)]
     valid = [(h, i) for i, h in enumerate(results) if isinstance(h, Header)]
     if not valid:
-        newer = [r for r in results if isinstance(r, str) and r.startswith("newer")]
+        newer = [r for r in results if isinstance(r, str) and (
+            r.startswith("newer") or "out of range" in r)]
         if newer:
             raise FormatError(newer[0])
         if all(r == "bad magic" for r in results):
@@ -186,6 +190,7 @@ class End:
     STALE = "stale lap"
     CHECKSUM = "checksum mismatch"
     FULL = "ring full"  # the chain came all the way round to its own start
+    EXHAUSTED = "sequence numbers exhausted"  # the next one would be 2^63
 
 
 @dataclass
@@ -239,6 +244,8 @@ def scan(buf, hdr: Header, start_seq: int | None = None, start_off: int | None =
     while True:
         if limit is not None and n >= limit:
             return ChainEnd("limit", off, expect)
+        if expect >= SEQ_LIMIT:
+            return ChainEnd(End.EXHAUSTED, off, expect)
         rec = read_record(buf, hdr.uuid, size, off, expect)
         if isinstance(rec, str):
             return ChainEnd(rec, off, expect)

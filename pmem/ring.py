@@ -350,6 +350,7 @@ class Producer(_RingBase):
     def append(self, rtype: int, payload: bytes) -> int | None:
         """Append one record; returns its sequence number once it is persistent, or None when
         the ``drop`` policy dropped it (counted persistently, reported by a LOSS record)."""
+        self._check_seq(1)
         if self.state.lost_total != self.state.lost_reported:
             self._report_loss()
         nbytes = L.padded(len(payload))
@@ -365,6 +366,7 @@ class Producer(_RingBase):
     def append_many(self, items: Sequence[tuple[int, bytes]]) -> list[int | None]:
         """Append a batch with one persist; the returned sequence numbers are acknowledged
         together. Under ``drop``, records from the first that does not fit come back None."""
+        self._check_seq(len(items))
         if self.state.lost_total != self.state.lost_reported:
             self._report_loss()
             if self.state.lost_total != self.state.lost_reported and items:
@@ -401,6 +403,14 @@ class Producer(_RingBase):
         if dropped:
             self._drop(dropped)
         return out
+
+    def _check_seq(self, n: int) -> None:
+        """Refuse, before writing anything, records whose sequence numbers (with a LOSS report
+        ahead of them) would reach 2^63 (docs/FORMAT.md)."""
+        loss = 1 if self.state.lost_total != self.state.lost_reported else 0
+        if self.next_seq + n + loss > L.SEQ_LIMIT:
+            raise RingError(f"sequence numbers exhausted: the ring is at {self.next_seq}, "
+                            "and sequence numbers must stay below 2^63")
 
     def note(self, text: str) -> int | None:
         return self.append(RecType.NOTE, text.encode())

@@ -1,13 +1,17 @@
 """The ``provisor`` command: a thin click layer over the packages.
 
 Each package contributes its commands (``COMMANDS`` in its ``cli`` module). Every user-facing
-failure is a ProvisorError and becomes one line on stderr and exit status 2; anything else is a
-bug, reported on one line with exit status 70 (set PROVISOR_DEBUG=1 for the traceback).
+failure is a ProvisorError and becomes one line on stderr and exit status 2. An OSError or
+sqlite3 error that no layer closer to the file reported (a full disk, a read-only store, an I/O
+error, stdout on /dev/full) is the environment, not a bug: also one line and exit status 2.
+Anything else is a bug, reported on one line with exit status 70 (set PROVISOR_DEBUG=1 for the
+traceback).
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 
 import click
@@ -54,9 +58,24 @@ def _register() -> None:
 _register()
 
 
+def _stdout_broken() -> bool:
+    """True when stdout cannot take its buffered output (a full disk, /dev/full); then stdout
+    is pointed at /dev/null, so that the interpreter's own flush at exit prints nothing more."""
+    try:
+        sys.stdout.flush()
+        return False
+    except OSError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return True
+
+
 def main() -> None:
     try:
         rv = cli.main(standalone_mode=False)
+        sys.stdout.flush()  # here, where a failure is still ours to report
     except click.exceptions.Abort:
         click.echo("provisor: aborted", err=True)
         sys.exit(130)
@@ -68,12 +87,22 @@ def main() -> None:
         click.echo(f"provisor: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except ProvisorError as e:
+        _stdout_broken()  # output that cannot be written must not add a second message
         click.echo(f"provisor: error: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:  # the environment: no space, read-only, I/O error
+        where = e.filename if e.filename is not None else (
+            "stdout" if _stdout_broken() else None)
+        click.echo(f"provisor: error: {f'{where}: ' if where else ''}{e.strerror or e}",
+                   err=True)
+        sys.exit(2)
+    except sqlite3.Error as e:
+        click.echo(f"provisor: error: database error: {e}", err=True)
+        sys.exit(2)
     except Exception as e:  # a bug: still one line unless asked for more
         if os.environ.get("PROVISOR_DEBUG"):
             raise

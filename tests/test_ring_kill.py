@@ -32,8 +32,11 @@ from provisor.cli import cli
 
 RUNS = int(os.environ.get("PROVISOR_KILL_RUNS", "50"))
 SIZE = L.DATA_OFFSET + L.MIN_DATA
+# the command line is read from the binary stdin, as `ring append` reads its lines: a text-mode
+# readline would buffer ahead and keep the first lines from it
 ZYGOTE = ("import sys\nimport provisor.cli as c\n"
-          "sys.argv = ['provisor', *sys.stdin.readline().rstrip('\\n').split('\\0')]\n"
+          "sys.argv = ['provisor', *sys.stdin.buffer.readline().decode().rstrip('\\n')"
+          ".split('\\0')]\n"
           "c.main()\n")
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
 

@@ -17,6 +17,7 @@ from daemon.query import connect
 from daemon.store import Store
 from pmem import layout as L
 from pmem.layout import Record, RecType
+from provisor.errors import ProvisorError
 from provisor.events import decode, encode
 
 
@@ -200,6 +201,31 @@ def _set_meta(c: sqlite3.Connection, **kv: object) -> None:
     c.executemany("UPDATE meta SET value=? WHERE key=?", [(str(v), k) for k, v in kv.items()])
 
 
+def truncate_consistently(c: sqlite3.Connection, n: int) -> None:
+    """Make the store what it was after batch ``n - 1``, as whoever can write the file (and
+    run the analyzer) can: the last batch's events, relations, versions, names, notes and
+    losses gone, unbinds undone, the rewritten tables replaced by a replay's (chain encoding
+    2 chains their state), the chain row deleted and meta rewritten to match."""
+    lo, last_rel, digest = c.execute("SELECT last_seq, coalesce(last_rel, 0), digest FROM chain "
+                                     "WHERE batch=?", (n - 1,)).fetchone()
+    batches = V._batches(c, V.Report(""), "2")[:n - 1]
+    an = V.Analyzer()
+    for _ in V._replayed(c, batches, an):
+        pass
+    c.execute("DELETE FROM chain WHERE batch=?", (n,))
+    for t in ("events", "notes", "losses", "versions"):
+        c.execute(f"DELETE FROM {t} WHERE seq > ?", (lo,))
+    c.execute("DELETE FROM relations WHERE id > ?", (last_rel,))
+    c.execute("DELETE FROM names WHERE bind_seq > ?", (lo,))
+    c.execute("UPDATE names SET unbind_seq=NULL WHERE unbind_seq > ?", (lo,))
+    for t, rows in V._final_rows(an).items():
+        c.execute(f"DELETE FROM {t}")
+        if rows:
+            marks = ",".join("?" * len(next(iter(rows.values()))))
+            c.executemany(f"INSERT INTO {t} VALUES ({marks})", list(rows.values()))
+    _set_meta(c, applied_seq=lo, batches=n - 1, chain_head=bytes(digest).hex())
+
+
 def test_deleted_chain_row_and_head(db, pristine, tmp_path):
     """Chain rows deleted with the head (and meta) made to agree. A row from the middle is
     found by the batch numbering; the last row by meta.batches; a consistent truncation
@@ -226,13 +252,13 @@ def test_deleted_chain_row_and_head(db, pristine, tmp_path):
     keys = [(f.what, f.table, f.key) for f in check(path).findings]
     assert ("deleted", "chain", f"batch={n - 1}") in keys, keys
     assert ("altered", "meta", "chain_head") not in keys  # the head does agree
-    # 3. ... and everything else made consistent: the batch's events and relations deleted,
-    # applied_seq and batches rewritten
-    last_seq, last_rel = c.execute("SELECT last_seq, last_rel FROM chain WHERE batch=?",
-                                   (n - 1,)).fetchone()
-    assert c.execute("DELETE FROM events WHERE seq > ?", (last_seq,)).rowcount > 0
-    assert c.execute("DELETE FROM relations WHERE id > ?", (last_rel,)).rowcount > 0
-    _set_meta(c, applied_seq=last_seq, batches=n - 1)
+    # 3. ... and everything else made consistent: the batch's rows deleted, the rewritten
+    # tables as they were, applied_seq and batches rewritten
+    path = str(tmp_path / "truncated.db")
+    shutil.copy(pristine[0], path)
+    c3 = sqlite3.connect(path, isolation_level=None)
+    truncate_consistently(c3, n)
+    c3.close()
     rep = check(path)
     assert rep.ok and rep.head == digest[n - 1] != head0, [str(f) for f in rep.findings]
     conn = connect(path)
@@ -258,13 +284,7 @@ def test_rechained_batch_is_still_located(db):
     b = rel_batch(c, 150)
     c.execute("UPDATE relations SET kind='used' WHERE id=150 AND kind != 'used'")
     c.execute("UPDATE relations SET kind='wasDerivedFrom' WHERE id=150 AND kind = 'used'")
-    lo = c.execute("SELECT last_seq FROM chain WHERE batch=?", (b - 1,)).fetchone()[0]
-    row = c.execute("SELECT last_seq, first_rel, last_rel FROM chain WHERE batch=?",
-                    (b,)).fetchone()
-    prev = c.execute("SELECT digest FROM chain WHERE batch=?", (b - 1,)).fetchone()[0]
-    ev = c.execute(f"{V.EV_SQL} WHERE seq > ? AND seq <= ? ORDER BY seq", (lo, row[0])).fetchall()
-    rel = c.execute(f"{V.REL_SQL} WHERE id BETWEEN ? AND ? ORDER BY id", row[1:]).fetchall()
-    c.execute("UPDATE chain SET digest=? WHERE batch=?", (chain.digest(prev, ev, rel), b))
+    c.execute("UPDATE chain SET digest=? WHERE batch=?", (V.batch_digest(c, b), b))
     f = first(check(path))
     assert (f.what, f.table, f.key, f.batch) == ("altered", "relations", "id=150", b)
 
@@ -342,15 +362,8 @@ def test_ring_exposes_a_consistent_truncation_of_the_store(ringdb):
     rpath, dpath = ringdb
     c = sqlite3.connect(dpath, isolation_level=None)
     n = c.execute("SELECT max(batch) FROM chain").fetchone()[0]
-    lo, digest = c.execute("SELECT last_seq, digest FROM chain WHERE batch=?",
-                           (n - 1,)).fetchone()
-    last_rel = c.execute("SELECT coalesce(last_rel, 0) FROM chain WHERE batch=?",
-                         (n - 1,)).fetchone()[0]
-    c.execute("DELETE FROM chain WHERE batch=?", (n,))
-    for t in ("events", "notes", "losses"):
-        c.execute(f"DELETE FROM {t} WHERE seq > ?", (lo,))
-    c.execute("DELETE FROM relations WHERE id > ?", (last_rel,))
-    _set_meta(c, applied_seq=lo, batches=n - 1, chain_head=bytes(digest).hex())
+    lo = c.execute("SELECT last_seq FROM chain WHERE batch=?", (n - 1,)).fetchone()[0]
+    truncate_consistently(c, n)
     c.close()
     assert check(dpath).ok  # self-consistent without the ring
     rep = V.run(dpath, rpath)
@@ -405,3 +418,102 @@ def test_unknown_chain_encoding_is_refused(tmp_path):
     with pytest.raises(VerifyError, match="encoding 99"):
         verify(s.conn, str(tmp_path / "e.db"))
     s.close()
+
+
+# -- encoding 2: the rows outside events and relations are chained too ------------------------
+def _some(c: sqlite3.Connection, sql: str) -> int:
+    row = c.execute(sql).fetchone()
+    assert row is not None and row[0] is not None, sql
+    return row[0]
+
+
+# (edit, the table and key the first finding must name); each edit must change a value
+TAMPER = {
+    "artifacts.path": ("UPDATE artifacts SET path='/forged' WHERE id={a}", "artifacts", "id={a}"),
+    "artifacts.ino": ("UPDATE artifacts SET ino=ino+1 WHERE id={ai}", "artifacts", "id={ai}"),
+    "names.path": ("UPDATE names SET path='/forged' WHERE id={n}", "names", "id={n}"),
+    "names.unbind_seq": ("UPDATE names SET unbind_seq=NULL WHERE id={u}", "names", "id={u}"),
+    "processes.exe": ("UPDATE processes SET exe='/bin/forged' WHERE id={p}", "processes",
+                      "id={p}"),
+    "processes.uid": ("UPDATE processes SET uid=uid+1000 WHERE id={p}", "processes", "id={p}"),
+    "versions.ts_ns": ("UPDATE versions SET ts_ns=ts_ns+1 WHERE id={v}", "versions", "id={v}"),
+    "versions.reason": ("UPDATE versions SET reason='forged' WHERE id={v}", "versions",
+                        "id={v}"),
+    "fds.artifact_id": ("UPDATE fds SET artifact_id=artifact_id+1 WHERE proc_id={fp} AND "
+                        "fd={fd}", "fds", "proc_id={fp} fd={fd}"),
+    "proc_used": ("DELETE FROM proc_used WHERE proc_id={up} AND pos={upos}", "proc_used",
+                  "proc_id={up} pos={upos}"),
+    "pending": ("INSERT INTO pending VALUES (5)", "pending", "seq=5"),
+    "losses": ("INSERT INTO losses VALUES (3, 1, 1)", "losses", "seq=3"),
+}
+
+
+def _keys_of(c: sqlite3.Connection) -> dict[str, int]:
+    fp, fd = c.execute("SELECT proc_id, fd FROM fds ORDER BY proc_id, fd LIMIT 1").fetchone()
+    up, upos = c.execute("SELECT proc_id, pos FROM proc_used LIMIT 1").fetchone()
+    return {"a": _some(c, "SELECT min(id) FROM artifacts WHERE path IS NOT NULL"),
+            "ai": _some(c, "SELECT min(id) FROM artifacts WHERE ino IS NOT NULL"),
+            "n": _some(c, "SELECT max(id) FROM names"),
+            "u": _some(c, "SELECT min(id) FROM names WHERE unbind_seq IS NOT NULL"),
+            "p": _some(c, "SELECT max(id) FROM processes"),
+            "v": _some(c, "SELECT max(id) / 2 FROM versions"),
+            "fp": fp, "fd": fd, "up": up, "upos": upos}
+
+
+@pytest.mark.parametrize("name", list(TAMPER))
+def test_every_stored_column_is_under_the_chain(db, name):
+    """docs/TAMPER.md: an edit to any row of versions, names, processes, artifacts, fds,
+    proc_used, pending or losses fails verify, which names the table and the row."""
+    path, c, _ = db
+    assert c.execute("SELECT value FROM meta WHERE key='chain_encoding'").fetchone()[0] == "2"
+    sql, table, key = TAMPER[name]
+    k = _keys_of(c)
+    assert c.execute(sql.format(**k)).rowcount == 1
+    r = _cli("verify", "--db", path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    first_line = r.stdout.splitlines()[0]
+    assert first_line.startswith("TAMPERED: ") and f" {table} {key.format(**k)} " in first_line, \
+        first_line
+
+
+def test_an_edited_note_is_caught_in_its_batch(db):
+    path, c, notes = db
+    c.execute("UPDATE notes SET text='forged' WHERE seq=?", (notes[0],))
+    f = first(check(path))
+    assert (f.what, f.table, f.batch) == ("altered", "chain", batch_of(c, notes[0]))
+
+
+def test_the_daemon_does_not_chain_edited_state(db):
+    """Resuming on edited state would chain the forgery as the daemon's own: the writer
+    refuses, and verify still names the row."""
+    path, c, _ = db
+    k = _keys_of(c)
+    c.execute("UPDATE processes SET exe='/bin/forged' WHERE id=?", (k["p"],))
+    with pytest.raises(ProvisorError, match=r"damaged store: the processes rows differ"):
+        Store(path, "test-ring")
+    f = first(check(path))
+    assert (f.table, f.key) == ("processes", f"id={k['p']}")
+
+
+def test_an_encoding_1_store_still_verifies_and_grows_in_encoding_1(tmp_path):
+    """Stores made before encoding 2 keep their chain: verify checks it as it was made (events
+    and relations), the daemon extends it the same way."""
+    from hv.synth import Guest
+
+    path = str(tmp_path / "old.db")
+    s = Store(path, "r")
+    s.conn.execute("ALTER TABLE chain DROP COLUMN state")
+    s.conn.execute("UPDATE meta SET value='1' WHERE key='chain_encoding'")
+    s.close()
+    recs = [Record(e.seq, RecType.EVENT, 0, encode(e)) for e in Guest(2).events(400)]
+    for i in range(0, 400, 100):
+        s = Store(path, "r")
+        s.apply(recs[i:i + 100])
+        s.close()
+    rep = check(path)
+    assert rep.ok and rep.batches == 4, [str(f) for f in rep.findings]
+    c = sqlite3.connect(path)
+    c.execute("UPDATE relations SET dst=dst+1 WHERE id=5")
+    c.commit()
+    c.close()
+    assert first(check(path)).table == "relations"
