@@ -153,7 +153,7 @@ class Region:
             if target != path:
                 os.rename(target, path)
                 region.path = path
-            _sync_dir(parent)
+            files.sync_dir(parent)
         except BaseException:
             if region is not None:
                 region.close()
@@ -233,19 +233,6 @@ def _devdax_size(path: str) -> int:
 def _fd_path(fd: int, path: str) -> str:
     p = f"/proc/self/fd/{fd}"
     return p if os.path.exists(p) else path
-
-
-def _sync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_space(parent: str, size: int) -> None:

@@ -284,7 +284,7 @@ def output(path: str, *, binary: bool = False) -> Iterator[IO]:
         except OSError:
             pass
         raise
-    _sync_dir(parent)
+    sync_dir(parent)
 
 
 def _keep_mode(fd: int, st: os.stat_result) -> None:
@@ -315,7 +315,8 @@ def _close(f: IO) -> None:
         pass  # only after a failed write or flush, which is what is reported
 
 
-def _sync_dir(d: str) -> None:
+def sync_dir(d: str) -> None:
+    """Make a rename or creation in ``d`` durable (best effort)."""
     try:
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
