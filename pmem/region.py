@@ -123,12 +123,8 @@ class Region:
         if st is not None:
             if stat.S_ISDIR(st.st_mode):
                 raise RegionError(f"{path}: is a directory")
-            if stat.S_ISCHR(st.st_mode) and is_devdax(path):
+            if check_existing(path, st):
                 return cls._create_devdax(path, size, init)
-            try:
-                files.check_ours(path, st)
-            except files.FileError as e:
-                raise RegionError(str(e)) from None
             if not replace:
                 raise RegionError(f"{path}: already exists (refusing to reuse a file provisor "
                                   "did not just create)")
@@ -218,6 +214,19 @@ class Region:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_existing(path: str, st: os.stat_result) -> bool:
+    """Check that the existing image at ``path`` (its lstat ``st``) may be re-created: True for
+    a devdax device (initialised in place), False for our own regular file (replaced by
+    rename); a symlink, a FIFO or another user's file is a RegionError."""
+    if stat.S_ISCHR(st.st_mode) and is_devdax(path):
+        return True
+    try:
+        files.check_ours(path, st)
+    except files.FileError as e:
+        raise RegionError(str(e)) from None
+    return False
 
 
 def is_devdax(path: str) -> bool:

@@ -8,7 +8,6 @@ write-ahead rule). ``Consumer.read`` returns the valid chain after the checkpoin
 from __future__ import annotations
 
 import os
-import stat
 import time
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
@@ -16,8 +15,8 @@ from enum import StrEnum
 
 from pmem import layout as L
 from pmem.layout import FormatError, Header, ProducerState, Record, RecType
-from pmem.region import Region, RegionError, is_devdax
-from provisor import faults, files, locks
+from pmem.region import Region, RegionError, check_existing
+from provisor import faults, locks
 from provisor.errors import ProvisorError
 
 
@@ -73,12 +72,10 @@ def create(path: str, size: int, *, ring_id: int = 0, region_cls=Region,
 
     held: list[locks.Lock] = []
     if issubclass(region_cls, Region) and os.path.lexists(path):
-        st = os.lstat(path)
-        if not (stat.S_ISCHR(st.st_mode) and is_devdax(path)):
-            try:  # a symlink, a FIFO, another user's file: refused whatever the flags say
-                files.check_ours(path, st)
-            except files.FileError as e:
-                raise RingError(str(e)) from None
+        try:  # a symlink, a FIFO, another user's file: refused whatever the flags say
+            check_existing(path, os.lstat(path))
+        except RegionError as e:
+            raise RingError(str(e)) from None
         if not overwrite:
             raise RingError(f"{path}: already exists (re-creating a ring discards its records: "
                             "use --overwrite to do so)")
