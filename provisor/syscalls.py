@@ -12,12 +12,17 @@ hv/plugin/syscalls.h (``python -m provisor.syscalls --c-header OUT``).
 
 Adding a syscall is one row in ``_TABLE`` (and at most one handler, for a new family)::
 
-    _row(295, "preadv", "fd iovec int offset", Family.DATA_READ, Trait.READS_DATA),
+    _row(295, "preadv", "fd iovec int offset", Family.DATA_READ, Trait.READS_DATA, nr32=333),
 
-then ``make hv/plugin/syscalls.h``. Derived per row: ``path_pairs`` (each ``PATH`` with the
-``DIRFD`` just before it, in argument order, which is the order of the event's paths),
-``flags_arg`` (the ``FLAGS`` argument), ``fd_arg`` (the first ``FD``) and ``entry_reads`` (the
-arguments a producer follows at entry).
+then ``make hv/plugin/syscalls.h``. ``nr32`` is the i386 (32-bit compat: ``int 0x80``,
+``sysenter``, compat-mode ``syscall``) number of the same call, or of its i386 variant with the
+same argument kinds in the same order (mmap2, fcntl64, sendfile64); leave it out (None) when
+i386 has no such call (accept: only through socketcall). Take it from
+``/usr/include/x86_64-linux-gnu/asm/unistd_32.h``; tests/test_syscalls.py checks it there.
+Derived per row: ``path_pairs`` (each ``PATH`` with the ``DIRFD`` just before it, in argument
+order, which is the order of the event's paths), ``flags_arg`` (the ``FLAGS`` argument),
+``fd_arg`` (the first ``FD``) and ``entry_reads`` (the arguments a producer follows at entry).
+``BY_NR32`` maps an i386 number to its row.
 """
 
 from __future__ import annotations
@@ -110,6 +115,9 @@ class Syscall:
     traits: Trait = NO_TRAITS
     implied_flags: int | None = None  # the O_* flags of a call without a FLAGS argument (creat)
     xfer: tuple[int, int] | None = None  # TRANSFER: argument positions of the (in, out) fds
+    # the i386 number of the call with the same argument kinds in the same order, None: none.
+    # A 32-bit caller passes them in ebx, ecx, edx, esi, edi, ebp, pointers 32 bits wide.
+    nr32: int | None = None
     # derived from ``args``
     path_pairs: tuple[tuple[int | None, int], ...] = field(init=False)  # (dirfd, path) indexes
     flags_arg: int | None = field(init=False)
@@ -144,64 +152,73 @@ def _row(nr: int, name: str, args: str, family: Family = Family.NONE, traits: Tr
 
 
 _F, _T = Family, Trait
+# nr32 notes (i386 arguments in the same kinds and order, not always the same widths):
+# pread64/pwrite64 split their 64-bit offset over two registers (low half at the OFFSET
+# position); mmap is i386 mmap2, whose offset is in 4096-byte pages (i386 mmap, 90, takes a
+# pointer to a struct); fcntl is fcntl64 (221, what glibc calls; plain fcntl is 55);
+# sendfile is sendfile64 (239: a loff_t offset; plain sendfile is 187); truncate/ftruncate
+# are the 32-bit-length calls (truncate64/ftruncate64, 193/194, take a split length);
+# clone's i386 order of tls and child_tid differs, both PTR.
 _TABLE = (
-    _row(0, "read", "fd buf size", _F.DATA_READ, _T.READS_DATA),
-    _row(1, "write", "fd buf size", _F.DATA_WRITE, _T.WRITES_DATA),
-    _row(2, "open", "path flags mode", _F.OPEN, _T.RETURNS_FD),
-    _row(3, "close", "fd", _F.CLOSE),
+    _row(0, "read", "fd buf size", _F.DATA_READ, _T.READS_DATA, nr32=3),
+    _row(1, "write", "fd buf size", _F.DATA_WRITE, _T.WRITES_DATA, nr32=4),
+    _row(2, "open", "path flags mode", _F.OPEN, _T.RETURNS_FD, nr32=5),
+    _row(3, "close", "fd", _F.CLOSE, nr32=6),
     _row(9, "mmap", "ptr size prot map_flags fd offset", _F.MMAP,
-         _T.READS_DATA | _T.WRITES_DATA),
-    _row(17, "pread64", "fd buf size offset", _F.DATA_READ, _T.READS_DATA),
-    _row(18, "pwrite64", "fd buf size offset", _F.DATA_WRITE, _T.WRITES_DATA),
-    _row(19, "readv", "fd iovec int", _F.DATA_READ, _T.READS_DATA),
-    _row(20, "writev", "fd iovec int", _F.DATA_WRITE, _T.WRITES_DATA),
-    _row(22, "pipe", "fdpair", _F.PIPE),
-    _row(32, "dup", "fd", _F.DUP, _T.RETURNS_FD),
-    _row(33, "dup2", "fd newfd", _F.DUP, _T.RETURNS_FD),
+         _T.READS_DATA | _T.WRITES_DATA, nr32=192),
+    _row(17, "pread64", "fd buf size offset", _F.DATA_READ, _T.READS_DATA, nr32=180),
+    _row(18, "pwrite64", "fd buf size offset", _F.DATA_WRITE, _T.WRITES_DATA, nr32=181),
+    _row(19, "readv", "fd iovec int", _F.DATA_READ, _T.READS_DATA, nr32=145),
+    _row(20, "writev", "fd iovec int", _F.DATA_WRITE, _T.WRITES_DATA, nr32=146),
+    _row(22, "pipe", "fdpair", _F.PIPE, nr32=42),
+    _row(32, "dup", "fd", _F.DUP, _T.RETURNS_FD, nr32=41),
+    _row(33, "dup2", "fd newfd", _F.DUP, _T.RETURNS_FD, nr32=63),
     _row(40, "sendfile", "fd fd ptr size", _F.TRANSFER, _T.READS_DATA | _T.WRITES_DATA,
-         xfer=(1, 0)),
-    _row(41, "socket", "int int int", _F.SOCKET, _T.RETURNS_FD),
-    _row(42, "connect", "fd sockaddr size"),
+         xfer=(1, 0), nr32=239),
+    _row(41, "socket", "int int int", _F.SOCKET, _T.RETURNS_FD, nr32=359),
+    _row(42, "connect", "fd sockaddr size", nr32=362),
     _row(43, "accept", "fd sockaddr ptr", _F.SOCKET, _T.RETURNS_FD),
-    _row(49, "bind", "fd sockaddr size"),
-    _row(56, "clone", "clone_flags ptr ptr ptr ptr", _F.FORK),
-    _row(57, "fork", "", _F.FORK),
-    _row(58, "vfork", "", _F.FORK),
-    _row(59, "execve", "path argv envp", _F.EXEC, _T.EXECS),
-    _row(60, "exit", "int", _F.EXIT, _T.NO_RETURN),
-    _row(72, "fcntl", "fd fcntl_cmd int", _F.FCNTL),
-    _row(76, "truncate", "path size", _F.TRUNCATE, _T.WRITES_DATA),
-    _row(77, "ftruncate", "fd size", _F.TRUNCATE, _T.WRITES_DATA),
-    _row(80, "chdir", "path", _F.CHDIR, _T.CHANGES_CWD),
-    _row(81, "fchdir", "fd", _F.CHDIR, _T.CHANGES_CWD),
-    _row(82, "rename", "path path", _F.RENAME, _T.MOVES_NAME),
-    _row(83, "mkdir", "path mode"),
-    _row(84, "rmdir", "path", _F.UNLINK),
+    _row(49, "bind", "fd sockaddr size", nr32=361),
+    _row(56, "clone", "clone_flags ptr ptr ptr ptr", _F.FORK, nr32=120),
+    _row(57, "fork", "", _F.FORK, nr32=2),
+    _row(58, "vfork", "", _F.FORK, nr32=190),
+    _row(59, "execve", "path argv envp", _F.EXEC, _T.EXECS, nr32=11),
+    _row(60, "exit", "int", _F.EXIT, _T.NO_RETURN, nr32=1),
+    _row(72, "fcntl", "fd fcntl_cmd int", _F.FCNTL, nr32=221),
+    _row(76, "truncate", "path size", _F.TRUNCATE, _T.WRITES_DATA, nr32=92),
+    _row(77, "ftruncate", "fd size", _F.TRUNCATE, _T.WRITES_DATA, nr32=93),
+    _row(80, "chdir", "path", _F.CHDIR, _T.CHANGES_CWD, nr32=12),
+    _row(81, "fchdir", "fd", _F.CHDIR, _T.CHANGES_CWD, nr32=133),
+    _row(82, "rename", "path path", _F.RENAME, _T.MOVES_NAME, nr32=38),
+    _row(83, "mkdir", "path mode", nr32=39),
+    _row(84, "rmdir", "path", _F.UNLINK, nr32=40),
     _row(85, "creat", "path mode", _F.OPEN, _T.RETURNS_FD,
-         implied_flags=O_CREAT | O_WRONLY | O_TRUNC),
-    _row(86, "link", "path path", _F.LINK),
-    _row(87, "unlink", "path", _F.UNLINK),
-    _row(88, "symlink", "path path", _F.SYMLINK),
-    _row(231, "exit_group", "int", _F.EXIT_GROUP, _T.NO_RETURN),
-    _row(257, "openat", "dirfd path flags mode", _F.OPEN, _T.RETURNS_FD),
-    _row(258, "mkdirat", "dirfd path mode"),
-    _row(263, "unlinkat", "dirfd path at_flags", _F.UNLINK),
-    _row(264, "renameat", "dirfd path dirfd path", _F.RENAME, _T.MOVES_NAME),
-    _row(265, "linkat", "dirfd path dirfd path at_flags", _F.LINK),
-    _row(266, "symlinkat", "path dirfd path", _F.SYMLINK),
+         implied_flags=O_CREAT | O_WRONLY | O_TRUNC, nr32=8),
+    _row(86, "link", "path path", _F.LINK, nr32=9),
+    _row(87, "unlink", "path", _F.UNLINK, nr32=10),
+    _row(88, "symlink", "path path", _F.SYMLINK, nr32=83),
+    _row(231, "exit_group", "int", _F.EXIT_GROUP, _T.NO_RETURN, nr32=252),
+    _row(257, "openat", "dirfd path flags mode", _F.OPEN, _T.RETURNS_FD, nr32=295),
+    _row(258, "mkdirat", "dirfd path mode", nr32=296),
+    _row(263, "unlinkat", "dirfd path at_flags", _F.UNLINK, nr32=301),
+    _row(264, "renameat", "dirfd path dirfd path", _F.RENAME, _T.MOVES_NAME, nr32=302),
+    _row(265, "linkat", "dirfd path dirfd path at_flags", _F.LINK, nr32=303),
+    _row(266, "symlinkat", "path dirfd path", _F.SYMLINK, nr32=304),
     _row(275, "splice", "fd ptr fd ptr size splice_flags", _F.TRANSFER,
-         _T.READS_DATA | _T.WRITES_DATA, xfer=(0, 2)),
+         _T.READS_DATA | _T.WRITES_DATA, xfer=(0, 2), nr32=313),
     _row(276, "tee", "fd fd size splice_flags", _F.TRANSFER, _T.READS_DATA | _T.WRITES_DATA,
-         xfer=(0, 1)),
-    _row(292, "dup3", "fd newfd flags", _F.DUP, _T.RETURNS_FD),
-    _row(293, "pipe2", "fdpair flags", _F.PIPE),
-    _row(316, "renameat2", "dirfd path dirfd path rename_flags", _F.RENAME, _T.MOVES_NAME),
-    _row(322, "execveat", "dirfd path argv envp at_flags", _F.EXEC, _T.EXECS),
-    _row(435, "clone3", "clone_args size", _F.FORK),
+         xfer=(0, 1), nr32=315),
+    _row(292, "dup3", "fd newfd flags", _F.DUP, _T.RETURNS_FD, nr32=330),
+    _row(293, "pipe2", "fdpair flags", _F.PIPE, nr32=331),
+    _row(316, "renameat2", "dirfd path dirfd path rename_flags", _F.RENAME, _T.MOVES_NAME,
+         nr32=353),
+    _row(322, "execveat", "dirfd path argv envp at_flags", _F.EXEC, _T.EXECS, nr32=358),
+    _row(435, "clone3", "clone_args size", _F.FORK, nr32=435),
 )
 
 BY_NR: dict[int, Syscall] = {s.nr: s for s in _TABLE}
 BY_NAME: dict[str, Syscall] = {s.name: s for s in _TABLE}
+BY_NR32: dict[int, Syscall] = {s.nr32: s for s in _TABLE if s.nr32 is not None}
 PROVENANCE_SET: frozenset[str] = frozenset(BY_NAME)
 
 
@@ -249,6 +266,7 @@ def c_header(table: tuple[Syscall, ...] | list[Syscall] = _TABLE) -> str:
         "",
         "struct pv_syscall {",
         "    uint16_t nr;",
+        "    int16_t nr32;                        /* i386 number, -1: none */",
         "    const char *name;",
         "    uint8_t nargs;",
         "    uint8_t args[PV_MAX_ARGS];           /* enum pv_arg */",
@@ -266,12 +284,14 @@ def c_header(table: tuple[Syscall, ...] | list[Syscall] = _TABLE) -> str:
     for s in table:
         if len(s.args) > MAX_ARGS or len(s.path_pairs) > MAX_PATHS:
             raise ValueError(f"{s.name}: too many arguments or paths for the C table")
+        if s.nr32 is not None and not 0 <= s.nr32 < 1 << 15:
+            raise ValueError(f"{s.name}: nr32 {s.nr32} does not fit the C table's int16_t")
         args = ", ".join(f"PV_ARG_{a.name}" for a in s.args) or "0"
         traits = " | ".join(f"PV_TRAIT_{t.name}" for t in Trait if t in s.traits) or "0"
         paths = ", ".join(f"{{{c_int(d)}, {p}}}" for d, p in s.path_pairs) or "{-1, -1}"
         xin, xout = s.xfer or (None, None)
         out.append(
-            f"    {{{s.nr}, \"{s.name}\", {len(s.args)}, {{{args}}}, PV_FAMILY_{s.family.name}, "
+            f"    {{{s.nr}, {c_int(s.nr32)}, \"{s.name}\", {len(s.args)}, {{{args}}}, PV_FAMILY_{s.family.name}, "
             f"{traits}, {len(s.path_pairs)}, {{{paths}}}, {c_int(s.flags_arg)}, "
             f"{c_int(s.implied_flags)}, {c_int(xin)}, {c_int(xout)}}},")
     out += ["};", "", "#endif /* PROVISOR_SYSCALLS_H */", ""]

@@ -5,6 +5,7 @@ new row needs no code."""
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,10 +19,11 @@ from hv import eventbuild
 from provisor import events as E
 from provisor import syscalls as S
 from provisor.abi import AT_FDCWD, O_CLOEXEC, O_CREAT, O_TRUNC, O_WRONLY, to_signed
-from provisor.syscalls import BY_NAME, BY_NR, Arg, Family, Syscall, Trait
+from provisor.syscalls import BY_NAME, BY_NR, BY_NR32, Arg, Family, Syscall, Trait
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = ROOT / "hv" / "plugin" / "syscalls.h"
+ASM = Path("/usr/include/x86_64-linux-gnu/asm")  # Debian's linux-libc-dev
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -32,6 +34,40 @@ def test_rows_are_unique_and_fit_the_registers() -> None:
         assert BY_NR[s.nr] is BY_NAME[s.name] is s
         assert S.name_of(s.nr) == s.name and S.nr_of(s.name) == s.nr
     assert S.name_of(999) == "syscall_999"
+
+
+def test_nr32_rows_are_unique_and_indexed() -> None:
+    with32 = [s for s in S._TABLE if s.nr32 is not None]
+    assert len({s.nr32 for s in with32}) == len(with32), "two rows share an nr32"
+    assert len(BY_NR32) == len(with32)
+    for s in with32:
+        assert BY_NR32[s.nr32] is s, s.name
+    assert BY_NAME["accept"].nr32 is None  # i386 has it only through socketcall
+    assert BY_NAME["read"].nr32 == 3 and BY_NAME["mmap"].nr32 == 192
+
+
+# the i386 call a row's nr32 names when it is not the x86-64 name: same kinds, same order
+_I386_NAME = {"mmap": "mmap2", "fcntl": "fcntl64", "sendfile": "sendfile64"}
+
+
+def _unistd(path: Path) -> dict[str, int]:
+    return {m[1]: int(m[2]) for m in
+            re.finditer(r"^#define __NR_(\w+)\s+(\d+)\s*$", path.read_text(), re.M)}
+
+
+@pytest.mark.skipif(not (ASM / "unistd_32.h").exists() or not (ASM / "unistd_64.h").exists(),
+                    reason=f"needs {ASM}/unistd_32.h and unistd_64.h (linux-libc-dev)")
+def test_numbers_match_the_kernel_headers() -> None:
+    nr64, nr32 = _unistd(ASM / "unistd_64.h"), _unistd(ASM / "unistd_32.h")
+    assert nr64["read"] == 0 and nr32["read"] == 3  # the headers parsed
+    for s in S._TABLE:
+        assert nr64.get(s.name) == s.nr, f"{s.name}: nr {s.nr}, unistd_64.h {nr64.get(s.name)}"
+        name32 = _I386_NAME.get(s.name, s.name)
+        if s.nr32 is None:  # none only when i386 has no call of that name
+            assert name32 not in nr32, f"{s.name}: i386 has __NR_{name32} {nr32[name32]}"
+        else:
+            assert nr32.get(name32) == s.nr32, \
+                f"{s.name}: nr32 {s.nr32}, unistd_32.h __NR_{name32} {nr32.get(name32)}"
 
 
 def test_path_pairs_are_derived_from_the_kinds() -> None:
@@ -129,7 +165,8 @@ def test_compiled_header_agrees_with_the_table(tmp_path) -> None:
 int main(void) {
     for (int i = 0; i < PV_SYSCALL_COUNT; i++) {
         const struct pv_syscall *s = &pv_syscalls[i];
-        printf("%u %s %u %u %u", s->nr, s->name, s->family, s->traits, s->nargs);
+        printf("%u %d %s %u %u %u", s->nr, s->nr32, s->name, s->family, s->traits,
+               s->nargs);
         for (int j = 0; j < s->nargs; j++) printf(" a%u", s->args[j]);
         for (int j = 0; j < s->npaths; j++) printf(" p%d:%d", s->paths[j].dirfd, s->paths[j].path);
         printf(" f%d i%lld x%d:%d\n", s->flags_arg, (long long)s->implied_flags, s->xfer_in,
@@ -150,7 +187,7 @@ int main(void) {
     for s in S._TABLE:
         xin, xout = s.xfer or (None, None)
         want.append(" ".join([
-            f"{s.nr} {s.name} {s.family.value} {s.traits.value} {len(s.args)}",
+            f"{s.nr} {c(s.nr32)} {s.name} {s.family.value} {s.traits.value} {len(s.args)}",
             *(f"a{a.value}" for a in s.args),
             *(f"p{c(d)}:{p}" for d, p in s.path_pairs),
             f"f{c(s.flags_arg)} i{c(s.implied_flags)} x{c(xin)}:{c(xout)}"]) + "\n")
