@@ -611,3 +611,43 @@ def profile_build_cmd(vmlinux: str, system_map: str | None, output: str) -> None
     meta = prof["metadata"]["linux"]
     click.echo(f"{output}: {meta['release'] or 'unknown release'}, {len(prof['user_types'])} types, "
                f"{len(prof['symbols'])} symbols, {time.monotonic() - t0:.1f}s")
+
+
+# ------------------------------------------------------------------- the plugin's offsets file
+
+# What the native plugin reads (hv/plugin/offsets.c parses exactly these keys; a test compares).
+PLUGIN_MEMBERS = (
+    "task_struct.pid", "task_struct.tgid", "task_struct.comm", "task_struct.real_parent",
+    "task_struct.cred", "task_struct.start_time", "task_struct.fs", "task_struct.files",
+    "task_struct.mm", "cred.uid", "fs_struct.pwd", "fs_struct.root", "path.mnt", "path.dentry",
+    "dentry.d_name", "dentry.d_parent", "dentry.d_inode", "qstr.name", "qstr.len",
+    "inode.i_ino", "inode.i_sb", "super_block.s_dev", "files_struct.fdt", "fdtable.max_fds",
+    "fdtable.fd", "file.f_path", "file.f_inode", "mount.mnt", "mount.mnt_parent",
+    "mount.mnt_mountpoint", "mount.mnt_id", "vfsmount.mnt_root",
+)
+PLUGIN_OPTIONAL = ("mm_struct.exe_file",)
+OFFSETS_VERSION = 1
+
+
+def plugin_offsets(profile: Profile) -> str:
+    """The compact offsets file of the native plugin (docs/HYPERVISORS.md): the member offsets
+    it reads, the per-cpu offset of ``current_task``, and ``linux_banner``'s link address and
+    bytes (the plugin finds the KASLR slide, and checks the profile, by finding them)."""
+    banner = profile.banner_bytes
+    if not banner:
+        raise ProfileError(f"{profile.path or 'profile'}: no kernel banner in the profile")
+    if len(banner) > 512:
+        banner = banner[:512]
+    lines = [f"provisor-offsets {OFFSETS_VERSION}",
+             f"# {profile.release or 'unknown release'}; written by provisor {__version__}",
+             f"current_task {profile.symbol('current_task')}",
+             f"linux_banner {profile.symbol('linux_banner')}",
+             f"banner {banner.hex()}"]
+    for m in PLUGIN_MEMBERS:
+        lines.append(f"{m} {profile.offset(m)}")
+    for m in PLUGIN_OPTIONAL:
+        try:
+            lines.append(f"{m} {profile.offset(m)}")
+        except ProfileLookupError:
+            pass
+    return "\n".join(lines) + "\n"

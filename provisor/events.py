@@ -33,6 +33,7 @@ F_ARGV_UNREADABLE = 1 << 3
 F_TASK_UNREADABLE = 1 << 4
 F_FILE_UNREADABLE = 1 << 5
 F_TRUNCATED = 1 << 6  # a string or list hit its bound
+F_COMPAT = 1 << 7  # entered through the 32-bit ABI (int 0x80, sysenter, compat syscall)
 
 _FIXED = struct.Struct("<BBHHHQQIIIIQqQ6Q")
 _TLV = struct.Struct("<BH")

@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 
-from provisor.abi import O_CREAT, O_TRUNC, O_WRONLY
+from provisor.abi import AT_FDCWD, F_DUPFD, F_DUPFD_CLOEXEC, O_CREAT, O_TRUNC, O_WRONLY
 
 
 class Arg(IntEnum):
@@ -255,6 +255,11 @@ def c_header(table: tuple[Syscall, ...] | list[Syscall] = _TABLE) -> str:
         f"#define PV_MAX_ARGS {MAX_ARGS}",
         f"#define PV_MAX_PATHS {MAX_PATHS}",
         f"#define PV_SYSCALL_COUNT {len(table)}",
+        "",
+        "/* the ABI constants a producer acts on (provisor/abi.py) */",
+        f"#define PV_AT_FDCWD ({AT_FDCWD})",
+        f"#define PV_F_DUPFD {F_DUPFD}",
+        f"#define PV_F_DUPFD_CLOEXEC {F_DUPFD_CLOEXEC}",
         "",
         *enum("pv_arg", "PV_ARG_", [("NONE", "0"), *((a.name, str(a.value)) for a in Arg)]),
         *enum("pv_family", "PV_FAMILY_", [(f.name, str(f.value)) for f in Family]),

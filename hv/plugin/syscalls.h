@@ -9,6 +9,11 @@
 #define PV_MAX_PATHS 2
 #define PV_SYSCALL_COUNT 48
 
+/* the ABI constants a producer acts on (provisor/abi.py) */
+#define PV_AT_FDCWD (-100)
+#define PV_F_DUPFD 0
+#define PV_F_DUPFD_CLOEXEC 1030
+
 enum pv_arg {
     PV_ARG_NONE = 0,
     PV_ARG_FD = 1,

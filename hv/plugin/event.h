@@ -1,0 +1,62 @@
+/* The EVENT payload of provisor/events.py (version 1), built in place: the fixed 112-byte
+ * struct, then tagged, length-prefixed fields in the order events.encode writes them (comm,
+ * cwd, paths, argv, envp, files, out fds). Guest strings are copied as the guest's bytes. */
+#ifndef PV_EVENT_H
+#define PV_EVENT_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define PV_EV_FIXED 112u
+#define PV_EV_MAX_FIELD 0xFFFFu
+
+enum { PV_ENTRY = 0, PV_EXIT = 1 };
+
+/* flags (provisor/events.py) */
+#define PV_F_HAS_RET (1u << 0)
+#define PV_F_CWD_UNREADABLE (1u << 1)
+#define PV_F_PATH_UNREADABLE (1u << 2)
+#define PV_F_ARGV_UNREADABLE (1u << 3)
+#define PV_F_TASK_UNREADABLE (1u << 4)
+#define PV_F_FILE_UNREADABLE (1u << 5)
+#define PV_F_TRUNCATED (1u << 6)
+#define PV_F_COMPAT (1u << 7)
+
+enum { PV_T_COMM = 1, PV_T_CWD, PV_T_PATH, PV_T_ARGV, PV_T_ENVP, PV_T_FILE, PV_T_OUTFD };
+#define PV_N_SECTIONS 8 /* indexed by tag; 0 unused */
+
+/* One growable-but-bounded byte section per tag, joined at the end. */
+struct pv_sect {
+    uint8_t *buf;
+    uint32_t len, cap;
+};
+
+struct pv_event {
+    uint8_t phase;
+    uint16_t vcpu, nr, flags;
+    uint64_t entry_seq, ts_ns;
+    uint32_t tgid, pid, ppid, uid;
+    uint64_t start_time;
+    int has_ret;
+    int64_t ret;
+    uint64_t cwd_mnt;
+    uint64_t args[6];
+    struct pv_sect sect[PV_N_SECTIONS];
+};
+
+/* Allocate the sections (caps in bytes, per tag); 0 or -1. */
+int pv_event_init(struct pv_event *e);
+void pv_event_free(struct pv_event *e);
+/* Clear for a new event (keeps the buffers). */
+void pv_event_reset(struct pv_event *e);
+/* Add a field; a value longer than 65535 bytes is cut (PV_F_TRUNCATED), and a field that does
+ * not fit its section is left out with PV_F_TRUNCATED. The FILE field is dev, ino, path. */
+void pv_event_put(struct pv_event *e, int tag, const void *data, size_t n);
+void pv_event_put_file(struct pv_event *e, uint64_t dev, uint64_t ino, const void *path,
+                       size_t n);
+void pv_event_put_fd(struct pv_event *e, int32_t fd);
+/* Encode into out (capacity cap); returns the payload length. */
+size_t pv_event_encode(struct pv_event *e, uint8_t *out, size_t cap);
+/* The largest payload pv_event_encode can produce. */
+size_t pv_event_max(void);
+
+#endif

@@ -1,0 +1,91 @@
+/* The Linux layer of the plugin: the calling task's identity, CWD, open files and user strings
+ * read from guest memory, the C twin of hv/linux.py (same walks, same bounds, same results).
+ *
+ * Guest memory is hostile input. Every read goes through the pv_mem seam (QEMU's
+ * qemu_plugin_read_memory_vaddr in the plugin, garbage in the fuzzer); a failed read is a
+ * normal outcome that makes the field unreadable, never a guess. Every loop is bounded
+ * (string bytes, dentry depth, mount crossings, argv count and bytes, fd numbers), every
+ * pointer is checked to be a kernel or user pointer before it is followed, and path walks
+ * detect cycles. */
+#ifndef PV_LINUX_H
+#define PV_LINUX_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "offsets.h"
+
+#define PV_MAX_STR 4096
+#define PV_MAX_DEPTH 64
+#define PV_MAX_MOUNTS 16
+#define PV_MAX_ARGV 256
+#define PV_MAX_ARGV_BYTES (32 * 1024)
+#define PV_MAX_NAME 255
+#define PV_MAX_FDS (1 << 20)
+#define PV_MAX_PATH (PV_MAX_DEPTH * (PV_MAX_NAME + 1) + 64)
+#define PV_PATH_CACHE 512
+
+struct pv_mem {
+    /* read n bytes of guest virtual memory at va into buf: true, or false if unreadable */
+    bool (*read)(void *ctx, uint64_t va, void *buf, size_t n);
+    void *ctx;
+    uint64_t reads, failed;
+};
+
+struct pv_task {
+    uint64_t addr;
+    uint32_t pid, tgid, ppid, uid;
+    uint64_t start_time;
+    uint8_t comm[16];
+    uint32_t comm_len;
+    uint64_t fs, files, mm;
+    bool ok;
+};
+
+struct pv_path_entry {
+    uint64_t mnt, dentry, root, gen;
+    uint8_t key[32];   /* the dentry's parent pointer and name, when cached */
+    uint32_t key_len, len, mnt_id;
+    uint8_t *path;     /* malloc'd, len bytes */
+};
+
+/* Per-vCPU state of the layer: the memory seam, scratch, the path cache. */
+struct pv_linux {
+    const struct pv_offsets *o;
+    struct pv_mem mem;
+    const volatile uint64_t *path_gen; /* bumped by whoever renames: cached paths expire */
+    struct pv_path_entry cache[PV_PATH_CACHE];
+    uint64_t task_lo, task_len, dkey_lo, dkey_len;
+    uint8_t scratch[PV_MAX_STR + 1];
+};
+
+void pv_linux_init(struct pv_linux *lx, const struct pv_offsets *o,
+                   const volatile uint64_t *path_gen);
+void pv_linux_free(struct pv_linux *lx);
+
+bool pv_kernel_ptr(uint64_t v);
+bool pv_user_ptr(uint64_t v);
+bool pv_read_u64(struct pv_linux *lx, uint64_t va, uint64_t *out);
+bool pv_read_u32(struct pv_linux *lx, uint64_t va, uint32_t *out);
+
+/* The running task: *(percpu + current_task); false if unreadable. */
+bool pv_current_task(struct pv_linux *lx, uint64_t percpu, uint64_t *task);
+/* Identity of a task; t->ok false when its memory cannot be read. */
+void pv_task_read(struct pv_linux *lx, uint64_t addr, struct pv_task *t);
+/* Absolute path of (vfsmount, dentry) into out (cap >= PV_MAX_PATH): its length, or -1
+ * (unreadable, too deep, a cycle). *mnt_id gets the mount's id. */
+int pv_path_of(struct pv_linux *lx, uint64_t mnt, uint64_t dentry, uint64_t root_mount,
+               bool have_root, uint8_t *out, uint32_t *mnt_id);
+/* The CWD path of a task (as pv_path_of). */
+int pv_cwd(struct pv_linux *lx, const struct pv_task *t, uint8_t *out, uint32_t *mnt_id);
+/* The file open as fd: 1 (dev, ino, path), 0 not open, -1 unreadable. */
+int pv_fd_file(struct pv_linux *lx, const struct pv_task *t, int64_t fd, uint64_t *dev,
+               uint64_t *ino, uint8_t *path, uint32_t *plen);
+/* The task's executable (mm->exe_file, re-read): 1, 0 (none or unknown), -1 unreadable. */
+int pv_exe_file(struct pv_linux *lx, const struct pv_task *t, uint64_t *dev, uint64_t *ino,
+                uint8_t *path, uint32_t *plen);
+/* A NUL-terminated user string: its length (bytes in out, at most limit), or -1 if
+ * unreadable; *trunc when the limit cut it. */
+int pv_user_string(struct pv_linux *lx, uint64_t va, uint8_t *out, uint32_t limit, bool *trunc);
+
+#endif

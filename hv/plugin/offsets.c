@@ -1,0 +1,191 @@
+/* See offsets.h. The file is text: a first line "provisor-offsets 1", then "key value" lines
+ * (value decimal or 0x hex; "banner" a hex string), '#' comments. Every key is required but
+ * mm_struct.exe_file; an unknown key, a repeated key or a bad value is an error. */
+#include "offsets.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_FILE (64 * 1024)
+
+static void fail(char *err, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, n, fmt, ap);
+    va_end(ap);
+}
+
+#define M(key, field, req) {key, offsetof(struct pv_offsets, field), req}
+static const struct {
+    const char *key;
+    size_t off;
+    int required;
+} keys[] = {
+    M("task_struct.pid", task_pid, 1), M("task_struct.tgid", task_tgid, 1),
+    M("task_struct.comm", task_comm, 1), M("task_struct.real_parent", task_real_parent, 1),
+    M("task_struct.cred", task_cred, 1), M("task_struct.start_time", task_start_time, 1),
+    M("task_struct.fs", task_fs, 1), M("task_struct.files", task_files, 1),
+    M("task_struct.mm", task_mm, 1), M("cred.uid", cred_uid, 1),
+    M("fs_struct.pwd", fs_pwd, 1), M("fs_struct.root", fs_root, 1),
+    M("path.mnt", path_mnt, 1), M("path.dentry", path_dentry, 1),
+    M("dentry.d_name", dentry_d_name, 1), M("dentry.d_parent", dentry_d_parent, 1),
+    M("dentry.d_inode", dentry_d_inode, 1), M("qstr.name", qstr_name, 1),
+    M("qstr.len", qstr_len, 1), M("inode.i_ino", inode_i_ino, 1),
+    M("inode.i_sb", inode_i_sb, 1), M("super_block.s_dev", sb_s_dev, 1),
+    M("files_struct.fdt", files_fdt, 1), M("fdtable.max_fds", fdt_max_fds, 1),
+    M("fdtable.fd", fdt_fd, 1), M("file.f_path", file_f_path, 1),
+    M("file.f_inode", file_f_inode, 1), M("mount.mnt", mount_mnt, 1),
+    M("mount.mnt_parent", mount_mnt_parent, 1),
+    M("mount.mnt_mountpoint", mount_mnt_mountpoint, 1), M("mount.mnt_id", mount_mnt_id, 1),
+    M("vfsmount.mnt_root", vfsmount_mnt_root, 1), M("mm_struct.exe_file", mm_exe_file, 0),
+};
+#define NKEYS (sizeof keys / sizeof keys[0])
+#define MAX_MEMBER_OFFSET 0x10000 /* no member we read lies further into its struct */
+
+static int hexval(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+           c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int pv_offsets_parse(struct pv_offsets *o, const char *text, size_t n, char *err, size_t errlen)
+{
+    memset(o, 0, sizeof *o);
+    char seen[NKEYS] = {0};
+    int have_ct = 0, have_lb = 0, have_banner = 0, lineno = 0, header = 0;
+    size_t i = 0;
+    while (i < n) {
+        char line[1200];
+        size_t j = 0;
+        lineno++;
+        while (i < n && text[i] != '\n') {
+            if (j + 1 >= sizeof line) {
+                fail(err, errlen, "offsets line %d too long", lineno);
+                return -1;
+            }
+            line[j++] = text[i++];
+        }
+        i++;
+        line[j] = 0;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = 0;
+        char *key = strtok(line, " \t\r");
+        if (!key)
+            continue;
+        char *val = strtok(NULL, " \t\r");
+        if (!val || strtok(NULL, " \t\r")) {
+            fail(err, errlen, "offsets line %d: want \"key value\"", lineno);
+            return -1;
+        }
+        if (!header) {
+            if (strcmp(key, "provisor-offsets") || strcmp(val, "1")) {
+                fail(err, errlen, "not a provisor offsets file (version 1)");
+                return -1;
+            }
+            header = 1;
+            continue;
+        }
+        if (!strcmp(key, "banner")) {
+            size_t h = strlen(val);
+            if (h % 2 || h / 2 > sizeof o->banner || h == 0) {
+                fail(err, errlen, "offsets line %d: bad banner", lineno);
+                return -1;
+            }
+            for (size_t k = 0; k < h / 2; k++) {
+                int a = hexval(val[2 * k]), b = hexval(val[2 * k + 1]);
+                if (a < 0 || b < 0) {
+                    fail(err, errlen, "offsets line %d: bad banner", lineno);
+                    return -1;
+                }
+                o->banner[k] = (uint8_t)(a << 4 | b);
+            }
+            o->banner_len = (uint32_t)(h / 2);
+            have_banner = 1;
+            continue;
+        }
+        errno = 0;
+        char *end;
+        unsigned long long v = strtoull(val, &end, 0);
+        if (errno || *end || val[0] == '-') {
+            fail(err, errlen, "offsets line %d: bad value %.40s", lineno, val);
+            return -1;
+        }
+        if (!strcmp(key, "current_task")) {
+            o->current_task = v, have_ct = 1;
+            continue;
+        }
+        if (!strcmp(key, "linux_banner")) {
+            o->linux_banner = v, have_lb = 1;
+            continue;
+        }
+        size_t k = 0;
+        while (k < NKEYS && strcmp(keys[k].key, key))
+            k++;
+        if (k == NKEYS) {
+            fail(err, errlen, "offsets line %d: unknown key %.60s", lineno, key);
+            return -1;
+        }
+        if (seen[k]) {
+            fail(err, errlen, "offsets line %d: %s given twice", lineno, key);
+            return -1;
+        }
+        if (v > MAX_MEMBER_OFFSET) {
+            fail(err, errlen, "offsets line %d: %s offset %llu out of range", lineno, key, v);
+            return -1;
+        }
+        seen[k] = 1;
+        *(int64_t *)((char *)o + keys[k].off) = (int64_t)v;
+    }
+    if (!header) {
+        fail(err, errlen, "empty offsets file");
+        return -1;
+    }
+    if (!have_ct || !have_lb || !have_banner) {
+        fail(err, errlen, "offsets file lacks %s", !have_ct ? "current_task" :
+             !have_lb ? "linux_banner" : "banner");
+        return -1;
+    }
+    for (size_t k = 0; k < NKEYS; k++) {
+        if (seen[k])
+            continue;
+        if (keys[k].required) {
+            fail(err, errlen, "offsets file lacks %s", keys[k].key);
+            return -1;
+        }
+        *(int64_t *)((char *)o + keys[k].off) = -1;
+    }
+    return 0;
+}
+
+int pv_offsets_load(struct pv_offsets *o, const char *path, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        fail(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    char *buf = malloc(MAX_FILE + 1);
+    ssize_t n = buf ? read(fd, buf, MAX_FILE + 1) : -1;
+    close(fd);
+    if (n < 0 || n > MAX_FILE) {
+        fail(err, errlen, "%s: %s", path, n < 0 ? "cannot read" : "too large for an offsets file");
+        free(buf);
+        return -1;
+    }
+    int rc = pv_offsets_parse(o, buf, (size_t)n, err, errlen);
+    if (rc) {
+        char why[200];
+        snprintf(why, sizeof why, "%s", err);
+        fail(err, errlen, "%s: %s", path, why);
+    }
+    free(buf);
+    return rc;
+}
