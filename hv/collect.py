@@ -64,10 +64,18 @@ class Summary:
     db: dict[str, int] = field(default_factory=dict)
     by_name: dict[str, int] = field(default_factory=dict)
     serial_log: str = ""
+    trap: str = ""
+    plugin: dict = field(default_factory=dict)  # the native plugin's final stats
 
     def lines(self) -> list[str]:
         d = self.db
-        out = [f"events       {self.events} ({self.syscalls} syscalls traced, {self.stops} stops)"]
+        if self.trap == "plugin":
+            p = self.plugin
+            out = [f"events       {self.events} ({self.syscalls} syscalls traced by the native "
+                   f"plugin, {p.get('vcpus', 1)} vCPU(s); dropped {p.get('dropped', 0)})"]
+        else:
+            out = [f"events       {self.events} ({self.syscalls} syscalls traced, "
+                   f"{self.stops} stops)"]
         if d:
             out += [f"processes    {d.get('processes', 0)}",
                     f"files        {d.get('artifacts', 0)} ({d.get('versions', 0)} versions)",
@@ -75,7 +83,9 @@ class Summary:
         else:
             out.append("store        (no daemon: events left in the ring)")
         out += [f"elapsed      {self.elapsed:.1f}s (guest run {self.guest_s:.1f}s)",
-                f"per syscall  {self.us_per_syscall:.0f} us in the collector (entry+exit)",
+                (f"per syscall  {self.us_per_syscall:.1f} us in the plugin (entry+exit: decode "
+                 "and persist)" if self.trap == "plugin" else
+                 f"per syscall  {self.us_per_syscall:.0f} us in the collector (entry+exit)"),
                 f"ring hwm     {self.ring_hwm * 100:.1f}%",
                 f"kaslr slide  {self.slide:#x}",
                 f"serial log   {self.serial_log}"]
@@ -149,12 +159,136 @@ def db_counts(db: str) -> dict[str, int]:
 
 def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
             ring_path: str | None = None, db: str | None = None, *, kaslr: bool = True,
-            mode: str = "entry-exit", trap: str = "watch", run_daemon: bool = True,
+            mode: str = "entry-exit", trap: str = "plugin", run_daemon: bool = True,
             serial_log: str | None = None, timeout: float = 600.0, mem: str = "file",
-            log=_echo) -> Summary:
-    """Boot, trace until poweroff, stop the daemon; ``mem="gdb"`` reads guest memory with
-    'm' packets instead of the RAM file (slow; the fallback, nokaslr only)."""
+            smp: int = 1, log=_echo) -> Summary:
+    """Boot, trace until poweroff, stop the daemon. ``trap="plugin"`` (the default): QEMU 10's
+    native plugin writes the ring (hv/native.py); ``"watch"``/``"break"``: the gdbstub
+    interceptor (hv/interceptor.py), where ``mem="gdb"`` reads guest memory with 'm' packets
+    instead of the RAM file (slow; the fallback, nokaslr only)."""
     from hv import guest
+    from hv.profile import Profile
+    from pmem import ring
+    from provisor.config import parse_size
+
+    t0 = time.monotonic()
+    if trap not in ("plugin", "watch", "break"):
+        raise CollectError(f"unknown trap {trap!r}")
+    if trap == "plugin" and mode != "entry-exit":
+        raise CollectError("--exit-only is a gdbstub mode: the plugin always records entries "
+                           "write-ahead")
+    if trap != "plugin" and smp != 1:
+        raise CollectError("the gdbstub trap traces one vCPU: --smp needs the plugin")
+    if mem not in ("file", "gdb"):
+        raise CollectError(f"unknown memory access {mem!r}")
+    if mem == "gdb" and kaslr:
+        raise CollectError("KASLR detection reads the RAM file: use --nokaslr with --mem gdb")
+    if not Path(workload).is_file():
+        raise CollectError(f"{workload}: no such workload script")
+    if trap == "plugin":  # fail before the kit and the initramfs when QEMU 10 or the build lacks
+        from hv import native
+
+        native.qemu_version()
+        native.plugin_path()
+    kit = guest.kit(cfg, log)
+    initrd = guest.build_initramfs(cfg, workload, include, log=log)
+    profile = Profile.load(kit.profile)
+
+    ring_path = ring_path or cfg["ring"]["path"]
+    db = db or cfg["daemon"]["db"]
+    if not os.path.exists(ring_path):
+        ring.create(ring_path, parse_size(cfg["ring"]["size"]))
+    serial_log = serial_log or f"{ring_path}.serial.log"
+    append = "console=ttyS0 quiet panic=-1" + ("" if kaslr else " nokaslr")
+    policy = cfg["ring"].get("full_policy", "block")
+    record_envp = bool(cfg.get("daemon", {}).get("record_envp", False))
+    s = Summary(serial_log=serial_log)
+    if trap == "plugin":
+        _check_producer_free(ring_path)
+    producer = None if trap == "plugin" else ring.Producer.open(ring_path, policy)
+    dproc = None
+    try:
+        if run_daemon:
+            if daemon_available():
+                dproc = start_daemon(ring_path, db, f"{db}.daemon.log")
+            else:
+                log("no `provisor daemon` in this build: events stay in the ring")
+        if trap == "plugin":
+            _run_native(s, kit, str(initrd), append, ring_path, profile, policy, record_envp,
+                        smp, kaslr, dproc, db, max(10.0, timeout - (time.monotonic() - t0)), log)
+        else:
+            _run_gdb(s, kit, str(initrd), append, producer, profile, trap, mode, mem,
+                     record_envp, kaslr, dproc, db, max(10.0, timeout - (time.monotonic() - t0)),
+                     log)
+    finally:
+        if producer is not None:
+            producer.close()
+        if dproc is not None:
+            rc = stop_daemon(dproc)
+            if rc != 0:
+                log(f"the daemon exited with status {rc}: {_last_line(f'{db}.daemon.log')}")
+    if dproc is not None:
+        s.db = db_counts(db)
+    s.elapsed = time.monotonic() - t0
+    return s
+
+
+def _check_producer_free(ring_path: str) -> None:
+    """Refuse, with the holder's pid, a ring another producer writes (the plugin would refuse
+    it too, without the pid)."""
+    from provisor import locks
+
+    try:
+        locks.acquire(ring_path, locks.RING_PRODUCER, "ring producer").release()
+    except locks.LockError as e:
+        who = f"pid {e.holder}" if e.holder else "another process"
+        raise CollectError(f"{ring_path}: ring producer already running ({who}); one ring "
+                           "producer at a time") from None
+
+
+def _run_native(s: Summary, kit, initrd: str, append: str, ring_path: str, profile, policy: str,
+                record_envp: bool, smp: int, kaslr: bool, dproc, db: str, timeout: float,
+                log) -> None:
+    from hv import native
+
+    vm = native.PluginGuest(str(kit.kernel), initrd, append, ring_path, profile, smp=smp,
+                            policy=policy, envp=record_envp, serial_log=s.serial_log)
+    try:
+        log(f"booting {kit.release} under QEMU {'.'.join(map(str, vm.qemu_version))} (TCG, "
+            f"{smp} vCPU{'s' if smp > 1 else ''}){'' if kaslr else ', nokaslr'}; native plugin")
+        t_vm = time.monotonic()
+        vm.start()
+
+        def watch() -> None:  # a daemon that died leaves the guest filling the ring for nobody
+            if dproc is not None and dproc.poll() is not None:
+                when = "at start" if time.monotonic() - t_vm < 10 else "while collecting"
+                raise CollectError(f"the daemon exited {when}: "
+                                   f"{_last_line(f'{db}.daemon.log')}")
+
+        def progress(st) -> None:
+            s.ring_hwm = max(s.ring_hwm, st.fill)
+            log(f"{st.records} events, {st.entries} syscalls")
+
+        try:
+            st = vm.run(timeout, progress, watch=watch)
+            watch()
+        except native.NativeError as e:
+            raise CollectError(str(e)) from None
+        s.vm_s = s.guest_s = time.monotonic() - t_vm
+        s.ring_hwm = max(s.ring_hwm, st.fill)
+        s.events, s.syscalls, s.stops = st.records, st.entries, 0
+        s.slide = int(st.slide)
+        s.us_per_syscall = (st.decode_ns + st.persist_ns) / 1000 / max(1, st.entries)
+        s.by_name = dict(st.by_name)
+        s.trap = "plugin"
+        s.plugin = st.raw
+    finally:
+        vm.close()
+
+
+def _run_gdb(s: Summary, kit, initrd: str, append: str, producer, profile, trap: str, mode: str,
+             mem: str, record_envp: bool, kaslr: bool, dproc, db: str, timeout: float,
+             log) -> None:
     from hv.interceptor import (
         Interceptor,
         KernelView,
@@ -165,44 +299,15 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
     )
     from hv.linux import Linux
     from hv.memory import GdbVirtual, Virtual
-    from hv.profile import Profile
-    from pmem import ring
-    from provisor.config import parse_size
 
-    t0 = time.monotonic()
-    if mem not in ("file", "gdb"):
-        raise CollectError(f"unknown memory access {mem!r}")
-    if mem == "gdb" and kaslr:
-        raise CollectError("KASLR detection reads the RAM file: use --nokaslr with --mem gdb")
-    if not Path(workload).is_file():
-        raise CollectError(f"{workload}: no such workload script")
-    kit = guest.kit(cfg, log)
-    initrd = guest.build_initramfs(cfg, workload, include, log=log)
-    profile = Profile.load(kit.profile)
     syms = kernel_symbols(profile, kit.system_map)
     for need in ("kernel_init", "current_task", "system_state", "__per_cpu_offset") + (
             ("kstack_offset", "cpu_current_top_of_stack", "cpu_tss_rw", "entry_SYSCALL_64")
             if trap == "watch" else ()):
         if need not in syms:
             raise CollectError(f"kernel symbol {need} not found in the profile or System.map")
-
-    ring_path = ring_path or cfg["ring"]["path"]
-    db = db or cfg["daemon"]["db"]
-    if not os.path.exists(ring_path):
-        ring.create(ring_path, parse_size(cfg["ring"]["size"]))
-    producer = ring.Producer.open(ring_path, cfg["ring"].get("full_policy", "block"))
-    dproc = None
-    if run_daemon:
-        if daemon_available():
-            dproc = start_daemon(ring_path, db, f"{db}.daemon.log")
-        else:
-            log("no `provisor daemon` in this build: events stay in the ring")
-    serial_log = serial_log or f"{ring_path}.serial.log"
-    append = "console=ttyS0 quiet panic=-1" + ("" if kaslr else " nokaslr")
-    vm = QemuGuest(str(kit.kernel), str(initrd), append, serial_log=serial_log,
+    vm = QemuGuest(str(kit.kernel), initrd, append, serial_log=s.serial_log,
                    ram_file=mem == "file")
-    s = Summary(serial_log=serial_log)
-    hwm = [0.0]
     try:
         log(f"booting {kit.release} under QEMU (TCG){'' if kaslr else ', nokaslr'}")
         t_vm = time.monotonic()
@@ -230,35 +335,25 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
         log(f"kernel at slide {s.slide:#x}; tracing from {bp.how} ({trap} trap, {mode})")
 
         def progress(st) -> None:
-            hwm[0] = max(hwm[0], _ring_fill(producer))
+            s.ring_hwm = max(s.ring_hwm, _ring_fill(producer))
             log(f"{st.events} events, {st.syscalls} syscalls")
 
         ic = Interceptor(gdb, vmem, lx, producer, kv, trap=trap, entry=sites, mode=mode,
-                         record_envp=bool(cfg.get("daemon", {}).get("record_envp", False)),
-                         progress=progress)
+                         record_envp=record_envp, progress=progress)
         if dproc is not None and dproc.poll() is not None:
             raise CollectError(f"the daemon exited at start: {_last_line(f'{db}.daemon.log')}")
         ic.install()
-        st = ic.run(timeout=max(10.0, timeout - (time.monotonic() - t0)))
-        hwm[0] = max(hwm[0], _ring_fill(producer))
+        st = ic.run(timeout=timeout)
+        s.ring_hwm = max(s.ring_hwm, _ring_fill(producer))
         vm.wait(10)
         s.vm_s = time.monotonic() - t_vm
         s.events, s.syscalls, s.stops = st.events, st.syscalls, st.stops
         s.guest_s = st.run_ns / 1e9
         s.us_per_syscall = st.us_per_syscall
         s.by_name = dict(st.by_name)
+        s.trap = trap
     finally:
         vm.close()
-        producer.close()
-        if dproc is not None:
-            rc = stop_daemon(dproc)
-            if rc != 0:
-                log(f"the daemon exited with status {rc}: {_last_line(f'{db}.daemon.log')}")
-    s.ring_hwm = hwm[0]
-    if dproc is not None:
-        s.db = db_counts(db)
-    s.elapsed = time.monotonic() - t0
-    return s
 
 
 def _last_line(path: str) -> str:
@@ -311,16 +406,20 @@ def _check_banner(mem, profile, syms: dict[str, int], slide: int) -> None:
 @click.option("--nokaslr", is_flag=True, help="Boot the guest with nokaslr.")
 @click.option("--exit-only", is_flag=True,
               help="One event per syscall, after it ran (weaker: not write-ahead).")
-@click.option("--trap", type=click.Choice(["watch", "break"]), default="watch",
-              show_default=True, help="watch: kstack_offset read watchpoint; break: breakpoints.")
+@click.option("--trap", type=click.Choice(["plugin", "gdb", "watch", "break"]), default="plugin",
+              show_default=True,
+              help="plugin: QEMU 10's native plugin writes the ring; gdb (= watch): the gdbstub "
+                   "interceptor with watchpoints; break: the gdbstub with breakpoints.")
+@click.option("--smp", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="vCPUs of the guest (more than one needs the plugin).")
 @click.option("--no-daemon", is_flag=True, help="Only produce into the ring.")
 @click.option("--serial-log", help="Guest console log (default: RING.serial.log).")
 @click.option("--mem", type=click.Choice(["file", "gdb"]), default="file", show_default=True,
               help="Guest memory from QEMU's RAM file, or through gdbstub 'm' packets (slow).")
 @click.pass_obj
 def collect_cmd(cfg: dict[str, Any], workload: str, include: str | None, ring_path: str | None,
-                db: str | None, nokaslr: bool, exit_only: bool, trap: str, no_daemon: bool,
-                serial_log: str | None, mem: str) -> None:
+                db: str | None, nokaslr: bool, exit_only: bool, trap: str, smp: int,
+                no_daemon: bool, serial_log: str | None, mem: str) -> None:
     """Run WORKLOAD in a QEMU guest, trace its syscalls from outside into the ring, and store
     them with the daemon; print a summary when the guest powers off.
 
@@ -329,7 +428,8 @@ def collect_cmd(cfg: dict[str, Any], workload: str, include: str | None, ring_pa
       provisor collect --workload config/guest/workloads/demo.sh --include out/
     """
     s = collect(cfg, workload, include, ring_path, db, kaslr=not nokaslr,
-                mode="exit-only" if exit_only else "entry-exit", trap=trap,
+                mode="exit-only" if exit_only else "entry-exit",
+                trap="watch" if trap == "gdb" else trap, smp=smp,
                 run_daemon=not no_daemon, serial_log=serial_log, mem=mem)
     for line in s.lines():
         click.echo(line)

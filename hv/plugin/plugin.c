@@ -85,6 +85,7 @@ static atomic_int npending;
 static struct {
     uint64_t hooks, entries, exits, dropped, unmatched, stale, evicted, returns;
     uint64_t reads, failed, decode_ns, persist_ns;
+    uint64_t by_row[PV_SYSCALL_COUNT]; /* entries per table row */
 } st; /* updated with relaxed atomic adds */
 #define ADD(field, n) __atomic_fetch_add(&st.field, (n), __ATOMIC_RELAXED)
 static uint64_t last_stats_ns;
@@ -192,7 +193,12 @@ static void write_stats(bool final)
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return;
-    char buf[2048];
+    char buf[8192], rows[4096] = "";
+    size_t r = 0;
+    for (int i = 0; i < PV_SYSCALL_COUNT && r < sizeof rows - 64; i++)
+        if (st.by_row[i])
+            r += (size_t)snprintf(rows + r, sizeof rows - r, "%s\"%s\": %" PRIu64, r ? ", " : "",
+                                  pv_syscalls[i].name, st.by_row[i]);
     int n = snprintf(buf, sizeof buf,
         "{\"final\": %s, \"vcpus\": %u, \"hooks\": %" PRIu64 ", \"entries\": %" PRIu64
         ", \"exits\": %" PRIu64 ", \"returns\": %" PRIu64 ", \"dropped\": %" PRIu64
@@ -201,11 +207,12 @@ static void write_stats(bool final)
         ", \"decode_ns\": %" PRIu64 ", \"persist_ns\": %" PRIu64
         ", \"records\": %" PRIu64 ", \"next_seq\": %" PRIu64 ", \"persists\": %" PRIu64
         ", \"blocked_ns\": %" PRIu64 ", \"is_pmem\": %d, \"banner\": %s, \"slide\": %" PRIu64
-        ", \"pid\": %d}\n",
+        ", \"ring_free\": %" PRIu64 ", \"ring_size\": %" PRIu64 ", \"pid\": %d, \"by_name\": {%s}}\n",
         final ? "true" : "false", nvcpus, st.hooks, st.entries, st.exits, st.returns, st.dropped,
         st.unmatched, st.stale, st.evicted, st.reads, st.failed, st.decode_ns, st.persist_ns,
         ring.appended, ring.next_seq, ring.persists, ring.blocked_ns, ring.is_pmem,
-        banner_state == 1 ? "true" : "false", slide, (int)getpid());
+        banner_state == 1 ? "true" : "false", slide,
+        opt.hook_only ? 0 : pv_ring_free(&ring), ring.size, (int)getpid(), rows);
     bool ok = n > 0 && write(fd, buf, (size_t)n) == n;
     close(fd);
     if (ok)
@@ -485,6 +492,7 @@ static void on_entry(unsigned int idx, void *udata)
     e->ts_ns = now_ns(CLOCK_REALTIME);
     int64_t seq = append_locked(v);
     ADD(entries, 1);
+    ADD(by_row[row], 1);
     if (seq > 0 && t.ok && !(sc->traits & PV_TRAIT_NO_RETURN)) {
         struct pending p = {.seq = (uint64_t)seq, .start_time = t.start_time, .pid = t.pid,
                             .row = row, .compat = compat};
