@@ -67,7 +67,7 @@ def bzimage_version(kernel: str | Path) -> str | None:
     '6.1.0-47-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP ... Debian 6.1.170-3 (...)'."""
     try:
         with open(kernel, "rb") as f:
-            head = f.read(0x4000)
+            head = f.read(0x10000)  # the setup code (kernel_version points into it)
     except OSError:
         return None
     if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
