@@ -233,6 +233,34 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
     return s
 
 
+def wait_drained(ring_path: str, last_seq: int, dproc: subprocess.Popen | None,
+                 timeout: float = 120.0, log=None) -> bool:
+    """After the guest powered off: wait until the daemon has stored and released everything up
+    to ``last_seq`` (the ring's checkpoint reaches it), so that stopping it loses no time to a
+    backlog; False if the daemon died or ``timeout`` passed (the rest stays in the ring)."""
+    from pmem import ring
+
+    deadline = time.monotonic() + timeout
+    nxt = time.monotonic() + 2
+    while True:
+        try:
+            c = ring.Consumer.open(ring_path, readonly=True)
+            try:
+                done = c.checkpoint
+            finally:
+                c.close()
+        except ProvisorError:
+            return False
+        if done >= last_seq:
+            return True
+        if dproc is None or dproc.poll() is not None or time.monotonic() > deadline:
+            return False
+        if log and time.monotonic() > nxt:
+            nxt = time.monotonic() + 2
+            log(f"daemon draining the ring: {done} of {last_seq} records stored")
+        time.sleep(0.02)
+
+
 def _check_producer_free(ring_path: str) -> None:
     """Refuse, with the holder's pid, a ring another producer writes (the plugin would refuse
     it too, without the pid)."""
@@ -276,6 +304,8 @@ def _run_native(s: Summary, kit, initrd: str, append: str, ring_path: str, profi
             raise CollectError(str(e)) from None
         s.vm_s = s.guest_s = time.monotonic() - t_vm
         s.ring_hwm = max(s.ring_hwm, st.fill)
+        if dproc is not None:
+            wait_drained(ring_path, int(st.next_seq) - 1, dproc, log=log)
         s.events, s.syscalls, s.stops = st.records, st.entries, 0
         s.slide = int(st.slide)
         s.us_per_syscall = (st.decode_ns + st.persist_ns) / 1000 / max(1, st.entries)
@@ -346,6 +376,8 @@ def _run_gdb(s: Summary, kit, initrd: str, append: str, producer, profile, trap:
         st = ic.run(timeout=timeout)
         s.ring_hwm = max(s.ring_hwm, _ring_fill(producer))
         vm.wait(10)
+        if dproc is not None:
+            wait_drained(producer.region.path, producer.next_seq - 1, dproc, log=log)
         s.vm_s = time.monotonic() - t_vm
         s.events, s.syscalls, s.stops = st.events, st.syscalls, st.stops
         s.guest_s = st.run_ns / 1e9

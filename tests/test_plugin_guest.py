@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hv import native
+from hv.collect import wait_drained
 from pmem import layout as L
 from pmem import ring
 from provisor import events as E
@@ -294,3 +295,71 @@ def test_bzimage_check_catches_a_wrong_pairing(tmp_path) -> None:
 
     with pytest.raises(native.NativeError, match="does not describe"):
         native.check_kernel(Other(), kit.kernel)
+
+
+BUSY = """#!/bin/sh
+i=0
+while [ $i -lt 300 ]; do echo $i > /root/p_$i; i=$((i+1)); done
+"""
+
+
+@pytest.mark.parametrize("policy", ["block", "drop", "fail"])
+def test_ring_full_policies_in_a_guest(shm_dir, tmp_path, policy) -> None:
+    """A ring far too small for the workload. block: the daemon drains it while the vCPU waits,
+    and everything is stored; drop: the guest runs on, the loss is counted and reported by a
+    LOSS record; fail: QEMU stops with one line, and what it acknowledged is intact."""
+    cfg, kit, profile = _kit()
+    initrd = _initrd(cfg, tmp_path, BUSY)
+    rp, db = str(shm_dir / "full.ring"), str(shm_dir / "full.db")
+    ring.create(rp, L.DATA_OFFSET + L.MIN_DATA)
+    dproc = None
+    if policy == "block":
+        dproc = subprocess.Popen([sys.executable, "-m", "provisor.cli", "daemon", "--ring", rp,
+                                  "--db", db, "-q"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    try:
+        with native.PluginGuest(str(kit.kernel), initrd, "console=ttyS0 quiet panic=-1", rp,
+                                profile, policy=policy) as vm:
+            if policy == "fail":
+                with pytest.raises(native.NativeError) as ei:
+                    vm.run(300)
+                assert "ring full" in str(ei.value) and "policy: fail" in str(ei.value)
+                st = vm.stats()
+            else:
+                st = vm.run(300)
+        if dproc is not None:
+            assert wait_drained(rp, int(st.next_seq) - 1, dproc)
+    finally:
+        if dproc is not None:
+            dproc.send_signal(signal.SIGTERM)
+            assert dproc.wait(60) == 0
+    if policy == "block":
+        con = sqlite3.connect(db)
+        try:
+            n = con.execute("SELECT count(*) FROM events").fetchone()[0]
+            opens = con.execute("SELECT count(*) FROM events WHERE name = 'openat' AND "
+                                "phase = 'entry' AND paths LIKE '/root/p_%'").fetchone()[0]
+        finally:
+            con.close()
+        assert (n, st.dropped, opens) == (st.records, 0, 300), st.raw
+        assert st.blocked_ns > 0, st.raw  # the vCPU did wait for the daemon
+        return
+    c = ring.Consumer.open(rp, readonly=True)
+    try:
+        recs = c.read(100_000)
+        end = c.last_end
+    finally:
+        c.close()
+    assert [r.seq for r in recs] == list(range(1, len(recs) + 1))
+    assert end.reason in (L.End.CLEAN, L.End.FULL, L.End.STALE)
+    if policy == "drop":
+        assert st.dropped > 0
+        with open(rp, "rb") as f:
+            state = L.read_producer_state(f.read(L.DATA_OFFSET + L.MIN_DATA))
+        assert state.lost_total == st.dropped  # counted persistently, as pmem/ring.py does
+        for r in recs:  # a LOSS record (when a small one still fitted) reports running totals
+            if r.type == L.RecType.LOSS:
+                assert int.from_bytes(r.payload[8:16], "little") <= state.lost_total
+        assert ring_events(rp)  # what fitted is intact
+    else:
+        assert st is not None and st.dropped == 0 and len(recs) >= 1
