@@ -242,9 +242,8 @@ class Interceptor:
         self._user_cr3_ok = True
         try:
             taddr = self.linux.current_task(regs["gs_base"])
-        except Unreadable:
-            self.stats.spurious += 1
-            return []
+        except Unreadable:  # still recorded, flagged F_TASK_UNREADABLE (as the plugin does)
+            taddr = 0
         args = normalize_args(sc, tuple(regs[r] for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9")))
         if self.mode == "exit-only" and not sc.has(Trait.NO_RETURN):
             task = self.linux.task(taddr)

@@ -223,9 +223,10 @@ class Linux:
         Returns (path or None, mnt_id of ``mnt``'s mount). Bounded and cycle-safe; a path
         on a mount outside the namespace tree (pipes, sockets) comes back as 'fs:[ino]'.
 
-        Results are cached per (mount, dentry) and reused only while the dentry still has
-        the same parent and name; the interceptor drops the cache after every rename (the
-        one syscall that moves a dentry's ancestors), so a cached path is a current path."""
+        Results (but pseudo names) are cached per (mount, dentry) and reused only while the
+        dentry still has the same parent and name; the interceptor drops the cache after every
+        rename (the one syscall that moves a dentry's ancestors), so a cached path is a current
+        path."""
         key = (mnt, dentry, root_mount)
         hit = self._paths.get(key)
         if hit is not None:
@@ -235,7 +236,9 @@ class Linux:
             except Unreadable:
                 pass
         path, mnt_id = self._path_of(mnt, dentry, root_mount)
-        if path is not None:
+        # only real paths: a pseudo name ('anon:[ino]') comes from the inode, and a freed
+        # pipe or socket dentry reused at the same address keeps its parent and empty name
+        if path is not None and path.startswith("/"):
             try:
                 if len(self._paths) > 4096:
                     self._paths.clear()

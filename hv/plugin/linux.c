@@ -231,7 +231,9 @@ int pv_path_of(struct pv_linux *lx, uint64_t mnt, uint64_t dentry, uint64_t root
         return (int)e->len;
     }
     int n = walk(lx, mnt, dentry, root_mount, have_root, out, mnt_id);
-    if (n >= 0 && have_key) {
+    /* only real paths: a pseudo name ("anon:[ino]") comes from the inode, and a freed pipe or
+     * socket dentry reused at the same address keeps its parent and empty name */
+    if (n > 0 && out[0] == '/' && have_key) {
         uint8_t *copy = realloc(e->path, (size_t)n + 1);
         if (copy) {
             memcpy(copy, out, (size_t)n);
