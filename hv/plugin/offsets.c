@@ -1,6 +1,6 @@
 /* See offsets.h. The file is text: a first line "provisor-offsets 1", then "key value" lines
  * (value decimal or 0x hex; "banner" a hex string), '#' comments. Every key is required but
- * mm_struct.exe_file; an unknown key, a repeated key or a bad value is an error. */
+ * mm_struct.exe_file; an unknown key, a repeated key, a bad value or a NUL byte is an error. */
 #include "offsets.h"
 
 #include <errno.h>
@@ -55,12 +55,32 @@ static int hexval(int c)
            c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
+/* a value as hv/profile.py writes it: decimal without leading zeros, or 0x hex. strtoull's
+ * base 0 alone would also take octal ("010" is 8), a sign or leading blanks. */
+static int number(const char *s, unsigned long long *v)
+{
+    int hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+    const char *d = hex ? s + 2 : s;
+    if (!*d || (!hex && d[0] == '0' && d[1]))
+        return -1;
+    for (const char *c = d; *c; c++)
+        if (hex ? hexval(*c) < 0 : (*c < '0' || *c > '9'))
+            return -1;
+    errno = 0;
+    *v = strtoull(d, NULL, hex ? 16 : 10);
+    return errno ? -1 : 0;
+}
+
 int pv_offsets_parse(struct pv_offsets *o, const char *text, size_t n, char *err, size_t errlen)
 {
     memset(o, 0, sizeof *o);
     char seen[NKEYS] = {0};
     int have_ct = 0, have_lb = 0, have_banner = 0, lineno = 0, header = 0;
     size_t i = 0;
+    if (memchr(text, 0, n)) { /* a NUL would silently end a line early */
+        fail(err, errlen, "not a provisor offsets file (binary data)");
+        return -1;
+    }
     while (i < n) {
         char line[1200];
         size_t j = 0;
@@ -93,6 +113,12 @@ int pv_offsets_parse(struct pv_offsets *o, const char *text, size_t n, char *err
             header = 1;
             continue;
         }
+        if ((!strcmp(key, "banner") && have_banner) ||
+            (!strcmp(key, "current_task") && have_ct) ||
+            (!strcmp(key, "linux_banner") && have_lb)) {
+            fail(err, errlen, "offsets line %d: %s given twice", lineno, key);
+            return -1;
+        }
         if (!strcmp(key, "banner")) {
             size_t h = strlen(val);
             if (h % 2 || h / 2 > sizeof o->banner || h == 0) {
@@ -111,10 +137,8 @@ int pv_offsets_parse(struct pv_offsets *o, const char *text, size_t n, char *err
             have_banner = 1;
             continue;
         }
-        errno = 0;
-        char *end;
-        unsigned long long v = strtoull(val, &end, 0);
-        if (errno || *end || val[0] == '-') {
+        unsigned long long v;
+        if (number(val, &v)) {
             fail(err, errlen, "offsets line %d: bad value %.40s", lineno, val);
             return -1;
         }
