@@ -68,7 +68,7 @@ $(PLUGIN_BUILD)/pv-fuzz: $(PLUGIN_DIR)/fuzz.c $(PLUGIN_LIB_SRC) $(PLUGIN_HDRS)
 	gcc $(CFLAGS_PV) -fsanitize=address,undefined -fno-sanitize-recover=all \
 	  $(PLUGIN_DIR)/fuzz.c $(PLUGIN_LIB_SRC) -o $@ -lpmem
 
-plugin: deps $(PLUGIN) $(if $(wildcard $(PLUGIN_DIR)/ringtool.c),$(PLUGIN_BUILD)/pv-ringtool) $(if $(wildcard $(PLUGIN_DIR)/fuzz.c),$(PLUGIN_BUILD)/pv-fuzz)
+plugin: deps $(PLUGIN) $(PLUGIN_BUILD)/pv-ringtool $(PLUGIN_BUILD)/pv-fuzz
 
 $(BIN)/provisor: pyproject.toml
 	$(PY) -m venv $(VENV)
