@@ -83,7 +83,7 @@ static struct pending pend[PENDING_CAP];
 static atomic_int npending;
 
 static struct {
-    uint64_t hooks, entries, exits, dropped, unmatched, stale, evicted, returns;
+    uint64_t entries, exits, dropped, unmatched, stale, evicted, returns;
     uint64_t reads, failed, decode_ns, persist_ns;
     uint64_t by_row[PV_SYSCALL_COUNT]; /* entries per table row */
 } st; /* updated with relaxed atomic adds */
@@ -94,6 +94,7 @@ static uint64_t last_stats_ns;
 
 struct vcpu {
     bool ready;
+    uint64_t hooks; /* syscall instructions trapped on this vCPU (no shared cache line) */
     GByteArray *reg, *mem;
     struct qemu_plugin_register *rax, *rbx, *rcx, *rdx, *rsi, *rdi, *rbp, *rsp, *r8, *r9, *r10,
         *cs, *kgs;
@@ -184,6 +185,14 @@ static bool pending_take(uint64_t task, struct pending *out)
 
 /* ---------------------------------------------------------------------------- stats */
 
+static uint64_t hooks_total(void)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < nvcpus; i++)
+        n += __atomic_load_n(&vcpus[i].hooks, __ATOMIC_RELAXED);
+    return n;
+}
+
 static void write_stats(bool final)
 {
     if (!opt.stats[0])
@@ -208,7 +217,7 @@ static void write_stats(bool final)
         ", \"records\": %" PRIu64 ", \"next_seq\": %" PRIu64 ", \"persists\": %" PRIu64
         ", \"blocked_ns\": %" PRIu64 ", \"is_pmem\": %d, \"banner\": %s, \"slide\": %" PRIu64
         ", \"ring_free\": %" PRIu64 ", \"ring_size\": %" PRIu64 ", \"pid\": %d, \"by_name\": {%s}}\n",
-        final ? "true" : "false", nvcpus, st.hooks, st.entries, st.exits, st.returns, st.dropped,
+        final ? "true" : "false", nvcpus, hooks_total(), st.entries, st.exits, st.returns, st.dropped,
         st.unmatched, st.stale, st.evicted, st.reads, st.failed, st.decode_ns, st.persist_ns,
         ring.appended, ring.next_seq, ring.persists, ring.blocked_ns, ring.is_pmem,
         banner_state == 1 ? "true" : "false", slide,
@@ -248,7 +257,7 @@ static void check_banner(struct vcpu *v)
         any = true;
         if (!memcmp(buf, off.banner, n)) {
             slide = s;
-            banner_state = 1;
+            __atomic_store_n(&banner_state, 1, __ATOMIC_RELEASE);
             return;
         }
     }
@@ -433,7 +442,7 @@ static void on_entry(unsigned int idx, void *udata)
     if (idx >= nvcpus || !vcpus[idx].ready)
         return;
     struct vcpu *v = &vcpus[idx];
-    ADD(hooks, 1);
+    __atomic_store_n(&v->hooks, v->hooks + 1, __ATOMIC_RELAXED); /* only this vCPU writes */
     uint64_t nr = reg(v, v->rax);
     bool compat = site != SITE_SYSCALL || (reg(v, v->cs) & 0xFFFF) == USER32_CS;
     if (compat)
@@ -464,7 +473,7 @@ static void on_entry(unsigned int idx, void *udata)
         if (sc->args[i] == PV_ARG_FD || sc->args[i] == PV_ARG_DIRFD || sc->args[i] == PV_ARG_NEWFD)
             a[i] = (uint64_t)(int64_t)(int32_t)(uint32_t)a[i];
 
-    if (banner_state == 0) {
+    if (__atomic_load_n(&banner_state, __ATOMIC_ACQUIRE) == 0) {
         pthread_mutex_lock(&lock);
         if (banner_state == 0)
             check_banner(v);
