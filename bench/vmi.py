@@ -423,8 +423,10 @@ def table(doc: dict) -> str:
                 f"{wl:11} {c:9} {r['guest_s']:8.3f} {r['min_s']:6.3f} {r['max_s']:6.3f} "
                 f"{r['slowdown']:7.2f}x {_f(r.get('us_per_traced_syscall'), '8.1f'):>8} "
                 f"{_f(r.get('us_per_traced_syscall_min'), '7.1f'):>7}  {note}")
+        u = w["configs"]["untraced"]
         lines.append(f"{'':11} one repetition: {w['traced_syscalls']} traced syscalls, "
-                     f"{w['trapped_syscalls']} syscall instructions trapped")
+                     f"{w['trapped_syscalls']} syscall instructions trapped; untraced samples "
+                     f"spread {(u['max_s'] / u['min_s'] - 1) * 100:.0f}% (max/min)")
     lines += ["", "the plugin, parts apart (its own counters over the whole boot; a record is "
               "one entry or one exit):"]
     hdr = (f"{'workload':11} {'config':8} {'hook us':>8} {'decode us':>9} {'persist us':>10} "
@@ -446,9 +448,12 @@ def table(doc: dict) -> str:
               "blocked: the producer's wait for ring space (0: the ring never filled)"]
     for wl, w in doc["workloads"].items():
         r = w["configs"].get("trace", {})
-        for x in r.get("ring_checks", []):
+        checks = r.get("ring_checks", [])
+        uniq = [x for i, x in enumerate(checks) if x not in checks[:i]]
+        for x in uniq:
             lines.append(
-                f"{wl} ring check: {x['entries_found']}/{x['expected']} loop syscalls with a "
+                f"{wl} ring check ({checks.count(x)} of {len(checks)} boots): "
+                f"{x['entries_found']}/{x['expected']} loop syscalls with a "
                 f"unique path (openat, rename) found once, {x['exits_found']} with their exit, "
                 f"{x['duplicates']} twice, {x['loss_records']} LOSS records; vCPUs seen "
                 f"{x['vcpus_seen']} (loop a on {x['vcpus_per_loop'].get('a')}, b on "
