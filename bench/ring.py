@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.daemon import cpu_model  # noqa: E402
 from pmem import layout as L  # noqa: E402
 from pmem import ring  # noqa: E402
 from pmem.layout import RecType  # noqa: E402
@@ -26,16 +27,6 @@ from pmem.region import Region  # noqa: E402
 
 BATCH = 64
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for row in f:
-                if row.startswith("model name"):
-                    return row.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(seconds: float, step: Callable[[], int]) -> float:

@@ -58,6 +58,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.daemon import cpu_model  # noqa: E402
 from hv import guest, native  # noqa: E402
 from hv.collect import collect  # noqa: E402
 from hv.profile import Profile  # noqa: E402
@@ -119,16 +120,6 @@ class BenchError(Exception):
 
 
 # ----------------------------------------------------------------------------------- machine
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for row in f:
-                if row.startswith("model name"):
-                    return row.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def loadavg() -> list[float]:
