@@ -134,16 +134,22 @@ static bool qmem(void *ctx, uint64_t va, void *buf, size_t n)
     return true;
 }
 
+/* one "provisor: ..." line on stderr: what collect shows of a refusal or a stop */
+static void say(const char *fmt, va_list ap)
+{
+    fputs("provisor: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+}
+
 static void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void fatal(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("provisor: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say(fmt, ap);
     va_end(ap);
-    fflush(stderr);
     _exit(3); /* write-ahead: the guest may not run on unrecorded; what is acked stays */
 }
 
@@ -692,9 +698,7 @@ static int bad(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("provisor: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say(fmt, ap);
     va_end(ap);
     return -1;
 }
