@@ -61,6 +61,12 @@ class Arg(IntEnum):
     BUF = 22  # a data buffer (never read)
     IOVEC = 23  # an array of buffers (never read)
     SOCKADDR = 24  # a socket address (not read yet)
+    UID = 25  # a user id (-1: unchanged)
+    GID = 26  # a group id (-1: unchanged)
+    PID = 27  # a process (or, for tkill/tgkill, thread) id a signal is sent to
+    SIGNAL = 28  # a signal number (0: only a permission probe)
+    DEV = 29  # a device number (mknod)
+    SOCK_FLAGS = 30  # MSG_* flags of a send or receive
 
 
 class Family(IntEnum):
@@ -87,6 +93,12 @@ class Family(IntEnum):
     UNLINK = 18
     CHDIR = 19  # to a path, or to an fd's directory
     SOCKET = 20  # a new socket fd
+    CHMOD = 21  # a path's or fd's file gets new permission bits
+    CHOWN = 22  # a path's or fd's file gets a new owner and/or group
+    MKNOD = 23  # a new named FIFO, device node or socket file (no fd)
+    CRED = 24  # the calling process's credentials change (read back at exit)
+    SIGNAL = 25  # a signal from the caller to another process (or thread)
+    SOCKETPAIR = 26  # two connected sockets at once (an FDPAIR, like pipe)
 
 
 class Trait(IntFlag):
@@ -214,6 +226,47 @@ _TABLE = (
          nr32=353),
     _row(322, "execveat", "dirfd path argv envp at_flags", _F.EXEC, _T.EXECS, nr32=358),
     _row(435, "clone3", "clone_args size", _F.FORK, nr32=435),
+    # sockets beyond socket/connect/accept/bind
+    _row(44, "sendto", "fd buf size sock_flags sockaddr size", _F.DATA_WRITE, _T.WRITES_DATA,
+         nr32=369),
+    _row(45, "recvfrom", "fd buf size sock_flags sockaddr ptr", _F.DATA_READ, _T.READS_DATA,
+         nr32=371),
+    _row(46, "sendmsg", "fd ptr sock_flags", _F.DATA_WRITE, _T.WRITES_DATA, nr32=370),
+    _row(47, "recvmsg", "fd ptr sock_flags", _F.DATA_READ, _T.READS_DATA, nr32=372),
+    _row(50, "listen", "fd int", nr32=363),
+    _row(53, "socketpair", "int int int fdpair", _F.SOCKETPAIR, nr32=360),
+    _row(288, "accept4", "fd sockaddr ptr flags", _F.SOCKET, _T.RETURNS_FD, nr32=364),
+    # more data calls
+    _row(295, "preadv", "fd iovec int offset", _F.DATA_READ, _T.READS_DATA, nr32=333),
+    _row(296, "pwritev", "fd iovec int offset", _F.DATA_WRITE, _T.WRITES_DATA, nr32=334),
+    _row(326, "copy_file_range", "fd ptr fd ptr size int", _F.TRANSFER,
+         _T.READS_DATA | _T.WRITES_DATA, xfer=(0, 2), nr32=377),
+    # attributes: permissions and ownership (i386: the 32-bit-id chown32 family)
+    _row(90, "chmod", "path mode", _F.CHMOD, nr32=15),
+    _row(91, "fchmod", "fd mode", _F.CHMOD, nr32=94),
+    _row(268, "fchmodat", "dirfd path mode", _F.CHMOD, nr32=306),
+    _row(92, "chown", "path uid gid", _F.CHOWN, nr32=212),
+    _row(93, "fchown", "fd uid gid", _F.CHOWN, nr32=207),
+    _row(94, "lchown", "path uid gid", _F.CHOWN, nr32=198),
+    _row(260, "fchownat", "dirfd path uid gid at_flags", _F.CHOWN, nr32=298),
+    # special files
+    _row(133, "mknod", "path mode dev", _F.MKNOD, nr32=14),
+    _row(259, "mknodat", "dirfd path mode dev", _F.MKNOD, nr32=297),
+    # credentials (i386: the 32-bit-id set*id32 calls)
+    _row(105, "setuid", "uid", _F.CRED, nr32=213),
+    _row(106, "setgid", "gid", _F.CRED, nr32=214),
+    _row(113, "setreuid", "uid uid", _F.CRED, nr32=203),
+    _row(114, "setregid", "gid gid", _F.CRED, nr32=204),
+    _row(117, "setresuid", "uid uid uid", _F.CRED, nr32=208),
+    _row(119, "setresgid", "gid gid gid", _F.CRED, nr32=210),
+    _row(122, "setfsuid", "uid", _F.CRED, nr32=215),
+    _row(123, "setfsgid", "gid", _F.CRED, nr32=216),
+    # signals: sender -> receiver
+    _row(62, "kill", "pid signal", _F.SIGNAL, nr32=37),
+    _row(200, "tkill", "pid signal", _F.SIGNAL, nr32=238),
+    _row(234, "tgkill", "pid pid signal", _F.SIGNAL, nr32=270),
+    _row(129, "rt_sigqueueinfo", "pid signal ptr", _F.SIGNAL, nr32=178),
+    _row(297, "rt_tgsigqueueinfo", "pid pid signal ptr", _F.SIGNAL, nr32=335),
 )
 
 BY_NR: dict[int, Syscall] = {s.nr: s for s in _TABLE}

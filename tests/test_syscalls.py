@@ -28,7 +28,7 @@ ASM = Path("/usr/include/x86_64-linux-gnu/asm")  # Debian's linux-libc-dev
 
 # -- the table ---------------------------------------------------------------------------------
 def test_rows_are_unique_and_fit_the_registers() -> None:
-    assert len(BY_NR) == len(BY_NAME) == len(S._TABLE) == 48
+    assert len(BY_NR) == len(BY_NAME) == len(S._TABLE) == 80
     for s in S._TABLE:
         assert len(s.args) <= 6, s.name
         assert BY_NR[s.nr] is BY_NAME[s.name] is s
@@ -47,7 +47,10 @@ def test_nr32_rows_are_unique_and_indexed() -> None:
 
 
 # the i386 call a row's nr32 names when it is not the x86-64 name: same kinds, same order
-_I386_NAME = {"mmap": "mmap2", "fcntl": "fcntl64", "sendfile": "sendfile64"}
+_I386_NAME = {"mmap": "mmap2", "fcntl": "fcntl64", "sendfile": "sendfile64",
+              **{n: n + "32" for n in ("chown", "fchown", "lchown", "setuid", "setgid",
+                                      "setreuid", "setregid", "setresuid", "setresgid",
+                                      "setfsuid", "setfsgid")}}
 
 
 def _unistd(path: Path) -> dict[str, int]:
@@ -111,6 +114,14 @@ _NEEDS = {
     Family.CHDIR: lambda s: (bool(s.path_pairs) or s.fd_arg is not None)
     and s.has(Trait.CHANGES_CWD),
     Family.SOCKET: lambda s: s.has(Trait.RETURNS_FD),
+    Family.CHMOD: lambda s: (bool(s.path_pairs) or s.fd_arg is not None)
+    and s.at(Arg.MODE) is not None,
+    Family.CHOWN: lambda s: (bool(s.path_pairs) or s.fd_arg is not None)
+    and None not in (s.at(Arg.UID), s.at(Arg.GID)),
+    Family.MKNOD: lambda s: len(s.path_pairs) == 1 and s.at(Arg.MODE) is not None,
+    Family.CRED: lambda s: s.at(Arg.UID) is not None or s.at(Arg.GID) is not None,
+    Family.SIGNAL: lambda s: None not in (s.at(Arg.PID), s.at(Arg.SIGNAL)),
+    Family.SOCKETPAIR: lambda s: s.at(Arg.FDPAIR) is not None,
     Family.NONE: lambda s: True,
 }
 

@@ -7,7 +7,7 @@
 
 #define PV_MAX_ARGS 6
 #define PV_MAX_PATHS 2
-#define PV_SYSCALL_COUNT 48
+#define PV_SYSCALL_COUNT 80
 
 /* the ABI constants a producer acts on (provisor/abi.py) */
 #define PV_AT_FDCWD (-100)
@@ -40,6 +40,12 @@ enum pv_arg {
     PV_ARG_BUF = 22,
     PV_ARG_IOVEC = 23,
     PV_ARG_SOCKADDR = 24,
+    PV_ARG_UID = 25,
+    PV_ARG_GID = 26,
+    PV_ARG_PID = 27,
+    PV_ARG_SIGNAL = 28,
+    PV_ARG_DEV = 29,
+    PV_ARG_SOCK_FLAGS = 30,
 };
 
 enum pv_family {
@@ -64,6 +70,12 @@ enum pv_family {
     PV_FAMILY_UNLINK = 18,
     PV_FAMILY_CHDIR = 19,
     PV_FAMILY_SOCKET = 20,
+    PV_FAMILY_CHMOD = 21,
+    PV_FAMILY_CHOWN = 22,
+    PV_FAMILY_MKNOD = 23,
+    PV_FAMILY_CRED = 24,
+    PV_FAMILY_SIGNAL = 25,
+    PV_FAMILY_SOCKETPAIR = 26,
 };
 
 enum pv_trait {
@@ -145,6 +157,38 @@ static const struct pv_syscall pv_syscalls[PV_SYSCALL_COUNT] = {
     {316, 353, "renameat2", 5, {PV_ARG_DIRFD, PV_ARG_PATH, PV_ARG_DIRFD, PV_ARG_PATH, PV_ARG_RENAME_FLAGS}, PV_FAMILY_RENAME, PV_TRAIT_MOVES_NAME, 2, {{0, 1}, {2, 3}}, -1, -1, -1, -1},
     {322, 358, "execveat", 5, {PV_ARG_DIRFD, PV_ARG_PATH, PV_ARG_ARGV, PV_ARG_ENVP, PV_ARG_AT_FLAGS}, PV_FAMILY_EXEC, PV_TRAIT_EXECS, 1, {{0, 1}}, -1, -1, -1, -1},
     {435, 435, "clone3", 2, {PV_ARG_CLONE_ARGS, PV_ARG_SIZE}, PV_FAMILY_FORK, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {44, 369, "sendto", 6, {PV_ARG_FD, PV_ARG_BUF, PV_ARG_SIZE, PV_ARG_SOCK_FLAGS, PV_ARG_SOCKADDR, PV_ARG_SIZE}, PV_FAMILY_DATA_WRITE, PV_TRAIT_WRITES_DATA, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {45, 371, "recvfrom", 6, {PV_ARG_FD, PV_ARG_BUF, PV_ARG_SIZE, PV_ARG_SOCK_FLAGS, PV_ARG_SOCKADDR, PV_ARG_PTR}, PV_FAMILY_DATA_READ, PV_TRAIT_READS_DATA, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {46, 370, "sendmsg", 3, {PV_ARG_FD, PV_ARG_PTR, PV_ARG_SOCK_FLAGS}, PV_FAMILY_DATA_WRITE, PV_TRAIT_WRITES_DATA, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {47, 372, "recvmsg", 3, {PV_ARG_FD, PV_ARG_PTR, PV_ARG_SOCK_FLAGS}, PV_FAMILY_DATA_READ, PV_TRAIT_READS_DATA, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {50, 363, "listen", 2, {PV_ARG_FD, PV_ARG_INT}, PV_FAMILY_NONE, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {53, 360, "socketpair", 4, {PV_ARG_INT, PV_ARG_INT, PV_ARG_INT, PV_ARG_FDPAIR}, PV_FAMILY_SOCKETPAIR, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {288, 364, "accept4", 4, {PV_ARG_FD, PV_ARG_SOCKADDR, PV_ARG_PTR, PV_ARG_FLAGS}, PV_FAMILY_SOCKET, PV_TRAIT_RETURNS_FD, 0, {{-1, -1}}, 3, -1, -1, -1},
+    {295, 333, "preadv", 4, {PV_ARG_FD, PV_ARG_IOVEC, PV_ARG_INT, PV_ARG_OFFSET}, PV_FAMILY_DATA_READ, PV_TRAIT_READS_DATA, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {296, 334, "pwritev", 4, {PV_ARG_FD, PV_ARG_IOVEC, PV_ARG_INT, PV_ARG_OFFSET}, PV_FAMILY_DATA_WRITE, PV_TRAIT_WRITES_DATA, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {326, 377, "copy_file_range", 6, {PV_ARG_FD, PV_ARG_PTR, PV_ARG_FD, PV_ARG_PTR, PV_ARG_SIZE, PV_ARG_INT}, PV_FAMILY_TRANSFER, PV_TRAIT_READS_DATA | PV_TRAIT_WRITES_DATA, 0, {{-1, -1}}, -1, -1, 0, 2},
+    {90, 15, "chmod", 2, {PV_ARG_PATH, PV_ARG_MODE}, PV_FAMILY_CHMOD, 0, 1, {{-1, 0}}, -1, -1, -1, -1},
+    {91, 94, "fchmod", 2, {PV_ARG_FD, PV_ARG_MODE}, PV_FAMILY_CHMOD, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {268, 306, "fchmodat", 3, {PV_ARG_DIRFD, PV_ARG_PATH, PV_ARG_MODE}, PV_FAMILY_CHMOD, 0, 1, {{0, 1}}, -1, -1, -1, -1},
+    {92, 212, "chown", 3, {PV_ARG_PATH, PV_ARG_UID, PV_ARG_GID}, PV_FAMILY_CHOWN, 0, 1, {{-1, 0}}, -1, -1, -1, -1},
+    {93, 207, "fchown", 3, {PV_ARG_FD, PV_ARG_UID, PV_ARG_GID}, PV_FAMILY_CHOWN, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {94, 198, "lchown", 3, {PV_ARG_PATH, PV_ARG_UID, PV_ARG_GID}, PV_FAMILY_CHOWN, 0, 1, {{-1, 0}}, -1, -1, -1, -1},
+    {260, 298, "fchownat", 5, {PV_ARG_DIRFD, PV_ARG_PATH, PV_ARG_UID, PV_ARG_GID, PV_ARG_AT_FLAGS}, PV_FAMILY_CHOWN, 0, 1, {{0, 1}}, -1, -1, -1, -1},
+    {133, 14, "mknod", 3, {PV_ARG_PATH, PV_ARG_MODE, PV_ARG_DEV}, PV_FAMILY_MKNOD, 0, 1, {{-1, 0}}, -1, -1, -1, -1},
+    {259, 297, "mknodat", 4, {PV_ARG_DIRFD, PV_ARG_PATH, PV_ARG_MODE, PV_ARG_DEV}, PV_FAMILY_MKNOD, 0, 1, {{0, 1}}, -1, -1, -1, -1},
+    {105, 213, "setuid", 1, {PV_ARG_UID}, PV_FAMILY_CRED, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {106, 214, "setgid", 1, {PV_ARG_GID}, PV_FAMILY_CRED, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {113, 203, "setreuid", 2, {PV_ARG_UID, PV_ARG_UID}, PV_FAMILY_CRED, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {114, 204, "setregid", 2, {PV_ARG_GID, PV_ARG_GID}, PV_FAMILY_CRED, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {117, 208, "setresuid", 3, {PV_ARG_UID, PV_ARG_UID, PV_ARG_UID}, PV_FAMILY_CRED, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {119, 210, "setresgid", 3, {PV_ARG_GID, PV_ARG_GID, PV_ARG_GID}, PV_FAMILY_CRED, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {122, 215, "setfsuid", 1, {PV_ARG_UID}, PV_FAMILY_CRED, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {123, 216, "setfsgid", 1, {PV_ARG_GID}, PV_FAMILY_CRED, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {62, 37, "kill", 2, {PV_ARG_PID, PV_ARG_SIGNAL}, PV_FAMILY_SIGNAL, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {200, 238, "tkill", 2, {PV_ARG_PID, PV_ARG_SIGNAL}, PV_FAMILY_SIGNAL, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {234, 270, "tgkill", 3, {PV_ARG_PID, PV_ARG_PID, PV_ARG_SIGNAL}, PV_FAMILY_SIGNAL, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {129, 178, "rt_sigqueueinfo", 3, {PV_ARG_PID, PV_ARG_SIGNAL, PV_ARG_PTR}, PV_FAMILY_SIGNAL, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
+    {297, 335, "rt_tgsigqueueinfo", 4, {PV_ARG_PID, PV_ARG_PID, PV_ARG_SIGNAL, PV_ARG_PTR}, PV_FAMILY_SIGNAL, 0, 0, {{-1, -1}}, -1, -1, -1, -1},
 };
 
 #endif /* PROVISOR_SYSCALLS_H */
