@@ -17,6 +17,7 @@ transaction that advances the applied sequence number.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,11 +30,17 @@ from provisor.abi import (
     FD_CLOEXEC,
     MAP_SHARED,
     O_CLOEXEC,
+    O_CREAT,
     O_RDWR,
     O_TRUNC,
     O_WRONLY,
     PROT_READ,
     PROT_WRITE,
+    S_IFBLK,
+    S_IFCHR,
+    S_IFIFO,
+    S_IFMT,
+    S_IFSOCK,
     to_signed,
 )
 from provisor.events import ENTRY, Event, FileId
@@ -42,6 +49,9 @@ from provisor.syscalls import BY_NR, Arg, Family, Syscall, Trait, name_of
 USED_CAP = 4096  # bound on the per-process set of versions read since exec
 
 USED, GENERATED, INFORMED, DERIVED = "used", "wasGeneratedBy", "wasInformedBy", "wasDerivedFrom"
+# the attrs keys of a process version's credentials, in Event.cred order
+CRED_KEYS = ("uid", "gid", "suid", "sgid", "euid", "egid", "fsuid", "fsgid")
+_FILE_TYPES = {S_IFIFO: "fifo", S_IFCHR: "chr", S_IFBLK: "blk", S_IFSOCK: "sock"}
 
 
 @dataclass
@@ -101,6 +111,7 @@ class Batch:
     names_unbound: list[tuple] = field(default_factory=list)  # (unbind_seq, name_id)
     losses: list[tuple] = field(default_factory=list)
     notes: list[tuple] = field(default_factory=list)
+    attrs: list[tuple] = field(default_factory=list)  # (node, key, value, seq)
     procs: dict[int, Proc] = field(default_factory=dict)
     arts: dict[int, Art] = field(default_factory=dict)
     pending_done: list[int] = field(default_factory=list)
@@ -119,6 +130,11 @@ class Analyzer:
         self.by_devino: dict[tuple[int, int], int] = {}
         self.by_path: dict[str, tuple[int, int]] = {}  # path -> (artifact, name id)
         self.pending: dict[int, Event] = {}  # entry seq -> entry event awaiting its exit
+        self.names_of: dict[int, set[str]] = {}  # artifact -> the paths bound to it now
+        self.peer: dict[int, set[int]] = {}  # socket endpoint artifact -> its peers' (UDP: many)
+        self.by_endpoint: dict[tuple, int] = {}  # (family, type, local, remote) -> artifact
+        self.by_sk: dict[int, int] = {}  # AF_UNIX: kernel struct sock address -> artifact
+        self.endpoint_of: dict[int, tuple] = {}  # artifact -> its last endpoint key, sk
         self.next_proc = 1
         self.next_art = 1
         self.next_node = 1
@@ -137,6 +153,20 @@ class Analyzer:
         self.b.relations.append((self.next_rel, kind, src, dst, entry_seq, ev.seq, ev.ts_ns))
         self.next_rel += 1
 
+    def _attr(self, node: int, key: str, value: object, ev: Event) -> None:
+        """An attribute of a version node (the attrs table): text, set by event ``ev``."""
+        self.b.attrs.append((node, key, value if isinstance(value, str) else str(value), ev.seq))
+
+    def _cred_attrs(self, node: int, ev: Event) -> None:
+        cred = getattr(ev, "cred", None)
+        if cred:
+            for k, v in zip(CRED_KEYS, cred, strict=False):
+                self._attr(node, k, v, ev)
+
+    def _fd_event(self, p: Proc, ev: Event, text: str) -> None:
+        """A call that changed only the fd table (no data flow): found on the process."""
+        self._attr(p.node, "fd_event", text, ev)
+
     def _dirty_p(self, p: Proc) -> None:
         self.b.procs[p.id] = p
 
@@ -151,6 +181,7 @@ class Analyzer:
         p = Proc(pid, tgid, start_time, parent.id if parent else None, 0,
                  first_seq=ev.seq, last_seq=ev.seq)
         p.node = self._node("process", pid, 1, ev, reason)
+        self._cred_attrs(p.node, ev)
         if parent is not None:
             p.exe, p.comm, p.cwd, p.cwd_mnt, p.uid = (parent.exe, parent.comm, parent.cwd,
                                                      parent.cwd_mnt, parent.uid)
@@ -199,6 +230,16 @@ class Analyzer:
             self._dirty_p(p)
         return p.node
 
+    def _new_version_p(self, p: Proc, ev: Event, reason: str, eseq: int | None) -> int:
+        """A new version of ``p`` (execve, credentials, a signal) informed by its previous."""
+        prev = p.node
+        p.version += 1
+        p.node = self._node("process", p.id, p.version, ev, reason)
+        p.frozen = False
+        self._rel(INFORMED, p.node, prev, ev, eseq)
+        self._dirty_p(p)
+        return prev
+
     # -- artifacts -------------------------------------------------------------------------
     def _new_art(self, ev: Event, kind: str, fid: FileId | None, path: str | None) -> Art:
         aid = self.next_art
@@ -221,6 +262,7 @@ class Analyzer:
         nid = self.next_name
         self.next_name += 1
         self.by_path[path] = (aid, nid)
+        self.names_of.setdefault(aid, set()).add(path)
         self.b.names_new.append((nid, aid, path, ev.seq, None))
         a = self.arts[aid]
         a.path = path
@@ -230,6 +272,11 @@ class Analyzer:
         cur = self.by_path.pop(path, None)
         if cur is None:
             return None
+        names = self.names_of.get(cur[0])
+        if names is not None:
+            names.discard(path)
+            if not names:
+                del self.names_of[cur[0]]
         self.b.names_unbound.append((ev.seq, cur[1]))
         return cur[0]
 
@@ -302,10 +349,99 @@ class Analyzer:
                 a.derived.add(src)
         self._dirty_a(a)
 
+    def _meta_version(self, p: Proc, a: Art, ev: Event, eseq: int | None, reason: str) -> None:
+        """A change to an artifact's names or attributes (rename, link, unlink, chmod, chown):
+        a new version derived from the previous one and generated by ``p``; not derived from
+        what ``p`` read (no data moved)."""
+        prev = a.node
+        a.version += 1
+        a.node = self._node(a.kind, a.id, a.version, ev, reason)
+        a.frozen = False
+        a.gens, a.derived = {p.node}, {prev}
+        self._rel(DERIVED, a.node, prev, ev, eseq)
+        self._rel(GENERATED, a.node, p.node, ev, eseq)
+        p.frozen = True
+        self._dirty_a(a)
+
+    def _created(self, p: Proc, a: Art, ev: Event, eseq: int | None) -> None:
+        """``a`` came into existence by ``p`` (a pipe, socket, FIFO, symlink, new file):
+        generated by it, derived from nothing."""
+        if p.node not in a.gens:
+            self._rel(GENERATED, a.node, p.node, ev, eseq)
+            a.gens.add(p.node)
+            p.frozen = True
+            self._dirty_a(a)
+
+    def _flow(self, src: Art, dst: Art, ev: Event, eseq: int | None) -> None:
+        """Data from one socket endpoint reached its peer: ``dst`` derives from what was last
+        written to ``src`` (a new version of ``dst`` when its current one was already used)."""
+        if not src.gens or src.node in dst.derived:
+            return
+        if dst.frozen:
+            prev = dst.node
+            dst.version += 1
+            dst.node = self._node(dst.kind, dst.id, dst.version, ev, "received after use")
+            dst.frozen = False
+            dst.gens, dst.derived = set(), {prev}
+            self._rel(DERIVED, dst.node, prev, ev, eseq)
+        self._rel(DERIVED, dst.node, src.node, ev, eseq)
+        dst.derived.add(src.node)
+        src.frozen = True
+        self._dirty_a(dst)
+
+    def _pair(self, a: Art, b: Art, ev: Event) -> None:
+        """Two socket endpoints found connected (recorded as attrs ``peer``, for a restart)."""
+        for x, y in ((a, b), (b, a)):
+            peers = self.peer.setdefault(x.id, set())
+            if y.id not in peers:
+                peers.add(y.id)
+                self._attr(x.node, "peer", f"{y.kind}:{y.id}", ev)
+
+    def _endpoints(self, ev: Event) -> None:
+        """Socket endpoint addresses the producer read: recorded on the socket's version when
+        they change, and connected endpoints paired (inet: local/remote; AF_UNIX: the kernel's
+        peer pointer)."""
+        for ep in getattr(ev, "endpoints", None) or ():
+            if not 0 <= ep.file < len(ev.files):
+                continue
+            f = ev.files[ep.file]
+            aid = self.by_devino.get((f.dev, f.ino)) if f.ino else None
+            if aid is None:
+                continue
+            a = self.arts[aid]
+            key = (ep.family, ep.type, ep.local, ep.remote)
+            if self.endpoint_of.get(aid) != (key, ep.sk):
+                self.endpoint_of[aid] = (key, ep.sk)
+                for k, v in (("endpoint_family", ep.family), ("endpoint_type", ep.type),
+                             ("endpoint_local", ep.local), ("endpoint_remote", ep.remote),
+                             ("endpoint_sk", f"{ep.sk:#x}"), ("endpoint_peer", f"{ep.peer:#x}")):
+                    self._attr(a.node, k, v, ev)
+                self._register_endpoint(aid, key, ep.sk)
+            other = None
+            if ep.peer:
+                other = self.by_sk.get(ep.peer)
+            elif ep.remote:  # the connected peer, else a bound unconnected one (a UDP server)
+                other = self.by_endpoint.get((ep.family, ep.type, ep.remote, ep.local))
+                if other is None:
+                    other = self.by_endpoint.get((ep.family, ep.type, ep.remote, ""))
+            if other is not None and other != aid:
+                self._pair(a, self.arts[other], ev)
+
+    def _register_endpoint(self, aid: int, key: tuple, sk: int) -> None:
+        if key[2] or key[3]:
+            self.by_endpoint[key] = aid
+        if sk:
+            self.by_sk[sk] = aid
+
     # -- paths and fds ---------------------------------------------------------------------
-    def _abspath(self, p: Proc, path: str, dirfd: int = AT_FDCWD) -> str:
+    def _abspath(self, p: Proc, path: str, dirfd: int = AT_FDCWD,
+                 dir_file: FileId | None = None) -> str:
+        """``path`` made absolute: against the directory fd (the kernel's own path of it, as
+        the producer read it, else the fd table's artifact), or the cwd."""
         if path.startswith("/"):
             base = ""
+        elif dirfd != AT_FDCWD and dir_file is not None and dir_file.path.startswith("/"):
+            base = dir_file.path
         elif dirfd != AT_FDCWD and dirfd in p.fds:
             base = self.arts[p.fds[dirfd][0]].path or ""
         else:
@@ -342,8 +478,12 @@ class Analyzer:
         if ev.phase == ENTRY:
             if sc is None or not sc.has(Trait.NO_RETURN):
                 self.pending[ev.seq] = ev
-            elif sc.family is Family.EXIT_GROUP or ev.pid == ev.tgid:
-                p.exit_seq = ev.seq
+            else:
+                if sc.family is Family.EXIT_GROUP or ev.pid == ev.tgid:
+                    p.exit_seq = ev.seq
+                    self._attr(p.node, "exit_status", ev.args[0] & 0xFF, ev)
+            if ev.files:
+                self._endpoints(ev)
             return
         entry = self.pending.pop(ev.entry_seq, None)
         if entry is not None:
@@ -351,25 +491,45 @@ class Analyzer:
         if ev.ret is None or ev.ret < 0:
             return  # a failed call is an event, never a relation
         self._exit(p, ev, entry or ev, sc)
+        if ev.files:
+            self._endpoints(ev)
 
     def _exit(self, p: Proc, ev: Event, en: Event, sc: Syscall | None) -> None:
         """A successful call's effect: the handler of its row's family (``_HANDLERS``)."""
-        handler = _HANDLERS.get(sc.family) if sc is not None else None
+        if sc is None:
+            return
+        handler = _HANDLERS.get(sc.family)
+        files = _arg_files(sc, en) if en is not ev else {}
         if handler is not None:
-            fid = ev.files[0] if ev.files else (en.files[0] if en.files else None)
+            # the file a handler acts on: what the call made (a returned fd, the new image),
+            # else the file of its FD argument; never a DIRFD's (that is the directory)
+            fid = ev.files[0] if ev.files else files.get(sc.fd_arg) if sc.fd_arg is not None \
+                else None
             handler(self, _Call(p, ev, en, sc, en.seq if en is not ev else None, fid,
-                                en.paths or ev.paths))
+                                en.paths or ev.paths, files))
+        elif sc.fd_arg is not None:  # bind, connect, listen: the fd's file stays as it was
+            self._fd_event(p, ev, f"{sc.name} fd={to_signed(en.args[sc.fd_arg])}")
         self._dirty_p(p)
 
     # -- the handlers of successful calls, one per family (provisor/syscalls.py) ----------
     def _pair_path(self, c: _Call, k: int) -> str:
         """The absolute form of the event's ``k``-th path, against its row's dirfd."""
         d = c.sc.path_pairs[k][0]
-        return self._abspath(c.p, c.paths[k], AT_FDCWD if d is None else c.arg(d))
+        if d is None:
+            return self._abspath(c.p, c.paths[k])
+        return self._abspath(c.p, c.paths[k], c.arg(d), c.files.get(d))
+
+    def _target(self, c: _Call) -> Art | None:
+        """The file a path-or-fd call (chmod/fchmod, truncate/ftruncate, ...) acts on."""
+        if c.sc.path_pairs:
+            return self._file(c.ev, self._pair_path(c, 0), None) if c.paths else None
+        return self._fd_art(c.p, c.arg(c.sc.fd_arg), c.fid, c.ev)
 
     def _data_read(self, c: _Call) -> None:
         a = self._fd_art(c.p, c.arg(c.sc.fd_arg), c.fid, c.ev)
         if a is not None:
+            for peer in sorted(self.peer.get(a.id, ())):
+                self._flow(self.arts[peer], a, c.ev, c.eseq)
             self._use(c.p, a, c.ev, c.eseq)
 
     def _data_write(self, c: _Call) -> None:
@@ -380,19 +540,33 @@ class Analyzer:
     def _open(self, c: _Call) -> None:
         if not c.paths:
             return
-        flags = c.flags()
-        a = self._file(c.ev, self._pair_path(c, 0), c.fid)
+        flags, fid, user = c.flags(), c.fid, self._pair_path(c, 0)
+        # the kernel's path of what was opened: through a symlink, the target's
+        real = fid.path if fid is not None and fid.path.startswith("/") else user
+        known = ((fid is not None and fid.ino and (fid.dev, fid.ino) in self.by_devino)
+                 or real in self.by_path)
+        a = self._file(c.ev, real, fid)
+        link = self.by_path.get(user) if real != user else None
+        if link is not None and self.arts[link[0]].kind == "symlink":
+            self._use(c.p, self.arts[link[0]], c.ev, c.eseq)  # the kernel read the link
         c.p.fds[c.ev.ret] = (a.id, 1 if flags & O_CLOEXEC else 0)
         if flags & O_TRUNC and flags & (O_WRONLY | O_RDWR):
             self._generate(c.p, a, c.ev, c.eseq, truncate=True)
+        elif flags & O_CREAT and not known:
+            self._created(c.p, a, c.ev, c.eseq)
+        self._fd_event(c.p, c.ev, f"{c.sc.name} fd={c.ev.ret} {real}")
 
     def _close(self, c: _Call) -> None:
-        c.p.fds.pop(c.arg(c.sc.fd_arg), None)
+        fd = c.arg(c.sc.fd_arg)
+        ref = c.p.fds.pop(fd, None)
+        what = f" {self.arts[ref[0]].path or self.arts[ref[0]].kind}" if ref else ""
+        self._fd_event(c.p, c.ev, f"close fd={fd}{what}")
 
     def _dup(self, c: _Call) -> None:
         fds, old, new = c.p.fds, c.arg(c.sc.fd_arg), c.sc.at(Arg.NEWFD)
         if old in fds and (new is None or c.arg(new) != old):
             fds[c.ev.ret] = (fds[old][0], 1 if c.flags() & O_CLOEXEC else 0)
+        self._fd_event(c.p, c.ev, f"{c.sc.name} fd={old} -> fd={c.ev.ret}")
 
     def _fcntl(self, c: _Call) -> None:
         fds, fd, cmd = c.p.fds, c.arg(c.sc.fd_arg), c.arg(c.sc.at(Arg.FCNTL_CMD))
@@ -400,14 +574,33 @@ class Analyzer:
             return
         if cmd in (F_DUPFD, F_DUPFD_CLOEXEC):
             fds[c.ev.ret] = (fds[fd][0], 1 if cmd == F_DUPFD_CLOEXEC else 0)
+            self._fd_event(c.p, c.ev, f"fcntl F_DUPFD fd={fd} -> fd={c.ev.ret}")
         elif cmd == F_SETFD:
             fds[fd] = (fds[fd][0], c.arg(c.sc.at(Arg.INT)) & FD_CLOEXEC)
 
     def _pipe(self, c: _Call) -> None:
         fds = c.ev.out_fds
         if len(fds) == 2:
-            ref = (self._new_art(c.ev, "pipe", c.fid, None).id, 1 if c.flags() & O_CLOEXEC else 0)
+            a = self._new_art(c.ev, "pipe", c.fid, None)
+            self._created(c.p, a, c.ev, c.eseq)
+            ref = (a.id, 1 if c.flags() & O_CLOEXEC else 0)
             c.p.fds[fds[0]] = c.p.fds[fds[1]] = ref
+            self._fd_event(c.p, c.ev, f"{c.sc.name} fd={fds[0]},{fds[1]}")
+
+    def _socketpair(self, c: _Call) -> None:
+        """Two endpoints, connected from birth: an artifact each, paired."""
+        fds = c.ev.out_fds
+        if len(fds) != 2:
+            return
+        ends = []
+        for i, fd in enumerate(fds):
+            f = c.ev.files[i] if i < len(c.ev.files) else None
+            a = self._new_art(c.ev, "socket", f, None)
+            self._created(c.p, a, c.ev, c.eseq)
+            c.p.fds[fd] = (a.id, 0)
+            ends.append(a)
+        self._pair(ends[0], ends[1], c.ev)
+        self._fd_event(c.p, c.ev, f"socketpair fd={fds[0]},{fds[1]}")
 
     def _fork(self, c: _Call) -> None:
         sc, ret = c.sc, c.ev.ret
@@ -435,15 +628,9 @@ class Analyzer:
 
     def _truncate(self, c: _Call) -> None:
         """truncate (a path) or ftruncate (an fd); to length 0 starts a version from nothing."""
-        if c.sc.path_pairs:
-            if not c.paths:
-                return
-            a = self._file(c.ev, self._pair_path(c, 0), c.fid)
-        else:
-            a = self._fd_art(c.p, c.arg(c.sc.fd_arg), c.fid, c.ev)
-            if a is None:
-                return
-        self._generate(c.p, a, c.ev, c.eseq, truncate=c.arg(c.sc.at(Arg.SIZE)) == 0)
+        a = self._target(c)
+        if a is not None:
+            self._generate(c.p, a, c.ev, c.eseq, truncate=c.arg(c.sc.at(Arg.SIZE)) == 0)
 
     def _transfer(self, c: _Call) -> None:
         i, o = c.sc.xfer or (0, 0)
@@ -453,28 +640,109 @@ class Analyzer:
         if dst:
             self._generate(c.p, self.arts[dst[0]], c.ev, c.eseq)
 
+    def _named(self, c: _Call, path: str) -> Art:
+        """The artifact bound to ``path`` (a path-only call: no file identity to go by)."""
+        cur = self.by_path.get(path)
+        return self.arts[cur[0]] if cur is not None else self._file(c.ev, path, None)
+
     def _rename(self, c: _Call) -> None:
+        """A new version of the renamed artifact under its new name; a file it replaced loses
+        that name (a version too: ``unlinked``)."""
         if len(c.paths) < 2:
             return
         old, new = self._pair_path(c, 0), self._pair_path(c, 1)
-        aid = self._unbind(old, c.ev)
-        if aid is None:
-            aid = self._file(c.ev, old, c.fid).id
-            self._unbind(old, c.ev)
-        self._bind(new, aid, c.ev)
+        a = self._named(c, old)
+        cur = self.by_path.get(new)
+        if cur is not None and cur[0] != a.id:
+            self._unbind(new, c.ev)
+            self._unnamed(c, self.arts[cur[0]], new)
+        self._unbind(old, c.ev)
+        self._bind(new, a.id, c.ev)
+        self._meta_version(c.p, a, c.ev, c.eseq, "renamed")
 
     def _link(self, c: _Call) -> None:
         if len(c.paths) >= 2:
-            a = self._file(c.ev, self._pair_path(c, 0), c.fid)
+            a = self._named(c, self._pair_path(c, 0))
             self._bind(self._pair_path(c, 1), a.id, c.ev)
+            self._meta_version(c.p, a, c.ev, c.eseq, "linked")
 
     def _symlink(self, c: _Call) -> None:
         if len(c.paths) >= 2:  # the first path is the link's text, the second its name
-            self._bound_new(c.ev, "symlink", None, self._pair_path(c, 1))
+            a = self._bound_new(c.ev, "symlink", None, self._pair_path(c, 1))
+            self._attr(a.node, "link_target", c.paths[0], c.ev)
+            self._created(c.p, a, c.ev, c.eseq)
 
     def _unlink(self, c: _Call) -> None:
         if c.paths:
-            self._unbind(self._pair_path(c, 0), c.ev)
+            path = self._pair_path(c, 0)
+            a = self._named(c, path)
+            self._unbind(path, c.ev)
+            self._unnamed(c, a, path)
+
+    def _unnamed(self, c: _Call, a: Art, path: str) -> None:
+        """``path`` no longer names ``a`` (unlink, rmdir, replaced by a rename): attributes of
+        its current version, not a new one (nothing of it changed; what derived from it still
+        does). Its last name gone, it is invalidated by the caller (PROV wasInvalidatedBy)."""
+        self._attr(a.node, "unlinked", path, c.ev)
+        if a.id not in self.names_of:
+            self._attr(a.node, "invalidated_by", c.p.node, c.ev)
+
+    def _chmod(self, c: _Call) -> None:
+        a = self._target(c)
+        if a is not None:
+            self._meta_version(c.p, a, c.ev, c.eseq, "chmod")
+            self._attr(a.node, "mode", f"{c.arg(c.sc.at(Arg.MODE)) & 0o7777:04o}", c.ev)
+
+    def _chown(self, c: _Call) -> None:
+        a = self._target(c)
+        if a is None:
+            return
+        self._meta_version(c.p, a, c.ev, c.eseq, "chown")
+        for kind, key in ((Arg.UID, "owner_uid"), (Arg.GID, "owner_gid")):
+            v = to_signed(c.en.args[c.sc.at(kind)] & 0xFFFFFFFF, 32)
+            if v != -1:  # -1: left as it was
+                self._attr(a.node, key, v, c.ev)
+
+    def _mknod(self, c: _Call) -> None:
+        """A FIFO, device node or socket file: a new artifact generated by the caller (its
+        identity is adopted when it is first opened)."""
+        if not c.paths:
+            return
+        mode = c.arg(c.sc.at(Arg.MODE))
+        ftype = _FILE_TYPES.get(mode & S_IFMT, "reg")
+        a = self._bound_new(c.ev, "fifo" if ftype == "fifo" else "file", None,
+                            self._pair_path(c, 0))
+        self._attr(a.node, "file_type", ftype, c.ev)
+        self._attr(a.node, "mode", f"{mode & 0o7777:04o}", c.ev)
+        self._created(c.p, a, c.ev, c.eseq)
+
+    def _cred(self, c: _Call) -> None:
+        """A credential change: a new process version carrying the credentials read at the
+        exit (when the producer read them and they did not change: no version)."""
+        before, after = getattr(c.en, "cred", None), getattr(c.ev, "cred", None)
+        if before and after and before == after:
+            return
+        self._new_version_p(c.p, c.ev, "credentials", c.eseq)
+        self._cred_attrs(c.p.node, c.ev)
+        args = ", ".join(str(to_signed(c.en.args[i] & 0xFFFFFFFF, 32))
+                         for i in range(len(c.sc.args)))
+        self._attr(c.p.node, "cred_call", f"{c.sc.name}({args})", c.ev)
+
+    def _signal(self, c: _Call) -> None:
+        """A signal delivered to another live process: the receiver's new version was
+        informed by the sender. Groups (pid <= 0), probes (signal 0), unknown receivers: the
+        sender's attribute only."""
+        sc = c.sc
+        target, sig = c.arg(sc.at(Arg.PID)), c.arg(sc.at(Arg.SIGNAL))
+        self._attr(c.p.node, "signal_sent", f"{sc.name}({target}, {sig})", c.ev)
+        recv = self.procs.get(target) if target > 0 and sig > 0 else None
+        if recv is None or recv.exit_seq is not None:
+            return
+        self._new_version_p(recv, c.ev, "signalled", c.eseq)
+        if recv is not c.p:
+            self._rel(INFORMED, recv.node, c.p.node, c.ev, c.eseq)
+            c.p.frozen = True
+        self._attr(recv.node, "signal", sig, c.ev)
 
     def _chdir(self, c: _Call) -> None:
         """chdir (a path) or fchdir (an fd), when the producer could not read the new cwd."""
@@ -489,27 +757,31 @@ class Analyzer:
             c.p.cwd = self.arts[ref[0]].path or c.p.cwd
 
     def _socket(self, c: _Call) -> None:
-        c.p.fds[c.ev.ret] = (self._new_art(c.ev, "socket", c.fid, None).id, 0)
+        """socket, accept, accept4: a new endpoint artifact, generated by the caller."""
+        a = self._new_art(c.ev, "socket", c.fid, None)
+        self._created(c.p, a, c.ev, c.eseq)
+        c.p.fds[c.ev.ret] = (a.id, 0)
+        self._fd_event(c.p, c.ev, f"{c.sc.name} fd={c.ev.ret}")
 
     def _exec(self, p: Proc, ev: Event, en: Event, paths: list[str]) -> None:
         """execve replaces the process image: a new process version that used the binary (and
         interpreter); close-on-exec fds go; what the old image read no longer counts."""
-        prev = p.node
-        p.version += 1
-        p.node = self._node("process", p.id, p.version, ev, "execve")
-        p.frozen = False
-        self._rel(INFORMED, p.node, prev, ev, en.seq if en is not ev else None)
+        self._new_version_p(p, ev, "execve", en.seq if en is not ev else None)
         p.used = {}
         self.b.used_clear.add(p.id)
         self.b.used_add.pop(p.id, None)
         p.fds = {fd: ref for fd, ref in p.fds.items() if not ref[1]}
-        files = ev.files or en.files
+        files = ev.files  # the exit's: the new image (the entry's are execveat's dirfd)
         if files and files[0].path.startswith("/"):
             p.exe = files[0].path  # the kernel's resolution (/proc/self/exe -> the binary)
         elif paths:
             p.exe = self._abspath(p, paths[0])
         if en.argv:
             p.comm = ev.comm or p.comm
+        self._cred_attrs(p.node, ev)  # a set-id binary changes them
+        self._attr(p.node, "exe", p.exe, ev)
+        if en.argv is not None:
+            self._attr(p.node, "argv", json.dumps(en.argv, ensure_ascii=False), ev)
         targets: list[Art] = []
         if files:
             for i, f in enumerate(files):
@@ -538,8 +810,9 @@ class _Call:
     en: Event
     sc: Syscall
     eseq: int | None  # the entry's sequence number, when the entry was seen
-    fid: FileId | None  # the first file identity the producer read (exit first)
+    fid: FileId | None  # what the call made (exit), else its FD argument's file (entry)
     paths: list[str]
+    files: dict[int, FileId]  # the entry's FD and DIRFD files, by argument position
 
     def arg(self, i: int | None) -> int:
         """Argument ``i`` of the entry, signed (fds, AT_FDCWD, flags)."""
@@ -570,7 +843,22 @@ _HANDLERS: dict[Family, Callable[[Analyzer, _Call], None]] = {
     Family.UNLINK: Analyzer._unlink,
     Family.CHDIR: Analyzer._chdir,
     Family.SOCKET: Analyzer._socket,
+    Family.CHMOD: Analyzer._chmod,
+    Family.CHOWN: Analyzer._chown,
+    Family.MKNOD: Analyzer._mknod,
+    Family.CRED: Analyzer._cred,
+    Family.SIGNAL: Analyzer._signal,
+    Family.SOCKETPAIR: Analyzer._socketpair,
 }  # NONE, EXIT and EXIT_GROUP have no exit effect (the exits are handled at their entry)
+
+
+def _arg_files(sc: Syscall, en: Event) -> dict[int, FileId]:
+    """The entry's files by argument position. A producer appends one per FD and DIRFD
+    argument, in argument order, AT_FDCWD excepted; one it could not identify (not open,
+    unreadable) is missing, and then no position is trusted."""
+    pos = [i for i, k in sc.entry_reads
+           if k is Arg.FD or (k is Arg.DIRFD and en.arg(i) != AT_FDCWD)]
+    return dict(zip(pos, en.files, strict=True)) if len(pos) == len(en.files) else {}
 
 
 def normpath(path: str) -> str:

@@ -9,7 +9,8 @@ Encoding 1 (``extra`` None) chains events and relations only. Encoding 2 (new st
 chains, per batch, the append-only rows the batch wrote (``versions``, ``names`` as inserted,
 the names it unbound, ``losses``, ``notes``) and :class:`State`, a digest of the rows that later
 batches rewrite (``processes``, ``fds``, ``proc_used``, ``artifacts``, ``pending``) as they stand
-after the batch. See docs/TAMPER.md.
+after the batch. Encoding 3 (new stores) also chains the batch's ``attrs`` rows (the attributes of
+versions: credentials, argv, modes, owners, endpoints). See docs/TAMPER.md.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 GENESIS = bytes(32)
-ENCODING = "2"  # meta chain_encoding of new stores: bump whenever digest() changes
-ENCODINGS = ("1", "2")  # what this provisor writes and verifies
+ENCODING = "3"  # meta chain_encoding of new stores: bump whenever digest() changes
+ENCODINGS = ("1", "2", "3")  # what this provisor writes and verifies
 _LEN = struct.Struct("<I")
 
 # the columns that are chained, in order (a prefix of each table's schema)
@@ -31,11 +32,12 @@ EVENT_COLS = ("seq", "ts_ns", "vcpu", "phase", "entry_seq", "nr", "name", "tgid"
 RELATION_COLS = ("id", "kind", "src", "dst", "entry_seq", "exit_seq", "ts_ns")
 VERSION_COLS = ("id", "kind", "object_id", "version", "seq", "ts_ns", "reason")
 NAME_COLS = ("id", "artifact_id", "path", "bind_seq")  # unbind_seq is chained when it is set
+ATTR_COLS = ("node", "key", "value", "seq")
 
 
 @dataclass
 class Extra:
-    """What encoding 2 chains besides events and relations, for one batch."""
+    """What encodings 2 and 3 chain besides events and relations, for one batch."""
 
     versions: list[tuple] = field(default_factory=list)  # VERSION_COLS, by id
     names: list[tuple] = field(default_factory=list)  # NAME_COLS of names inserted, by id
@@ -43,6 +45,7 @@ class Extra:
     losses: list[tuple] = field(default_factory=list)  # losses rows, by seq
     notes: list[tuple] = field(default_factory=list)  # notes rows, by seq
     state: bytes = b""  # State.digest() after the batch
+    attrs: list[tuple] | None = None  # encoding 3: ATTR_COLS of the attrs rows, as written
 
 
 def _enc(rows: Iterable[Sequence[object]]) -> bytes:
@@ -52,12 +55,14 @@ def _enc(rows: Iterable[Sequence[object]]) -> bytes:
 def digest(prev: bytes, events: Iterable[Sequence[object]],
            relations: Iterable[Sequence[object]], extra: Extra | None = None) -> bytes:
     """The link after ``prev`` for a batch of event rows (``EVENT_COLS``, payload last) and
-    relation rows (``RELATION_COLS``), in order; with ``extra``, encoding 2.
+    relation rows (``RELATION_COLS``), in order; with ``extra``, encoding 2 (and 3 when
+    ``extra.attrs`` is a list).
 
     Canonical encoding: Python's ``repr`` of the list of event rows without their payloads
     (type-tagged: None, int and str are told apart; separators are escaped), then each payload
     length-prefixed and raw, then the ``repr`` of the list of relation rows; encoding 2 goes on
-    with the ``repr`` of each list of ``extra`` (tagged V, N, U, L, T) and the state digest.
+    with the ``repr`` of each list of ``extra`` (tagged V, N, U, L, T) and the state digest;
+    encoding 3 then the ``repr`` of the attrs rows (tagged A).
     Built in a few C calls per batch, not per row: the chain must not cost more than the
     analysis.
     """
@@ -71,6 +76,8 @@ def digest(prev: bytes, events: Iterable[Sequence[object]],
                           (b"L", extra.losses), (b"T", extra.notes)):
             h.update(tag + _enc(rows))
         h.update(b"S" + extra.state)
+        if extra.attrs is not None:
+            h.update(b"A" + _enc(extra.attrs))
     return h.digest()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 import click
 
@@ -41,14 +42,30 @@ def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int |
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     dc = cfg["daemon"]
-    d = Daemon(ring_path or cfg["ring"]["path"], db_path or dc["db"], force=force,
-               batch_min=dc["batch_min"], batch_max=dc["batch_max"],
-               status_interval=dc["status_interval"], fill_warn=dc["fill_warn"], cpu=cpu)
+    # a SIGTERM while the store opens (before run() takes the signals) is a stop request too,
+    # not death by the default action
+    held: dict[str, Daemon | bool] = {}
+
+    def early(_signum: int, _frame: object) -> None:
+        held["stop"] = True
+        if "d" in held:
+            held["d"].stop = True  # type: ignore[union-attr]
+
+    old = {s: signal.signal(s, early) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        stats = d.run(once=once)
-        counts = d.store.counts()
+        d = Daemon(ring_path or cfg["ring"]["path"], db_path or dc["db"], force=force,
+                   batch_min=dc["batch_min"], batch_max=dc["batch_max"],
+                   status_interval=dc["status_interval"], fill_warn=dc["fill_warn"], cpu=cpu)
+        held["d"] = d
+        d.stop = bool(held.get("stop"))
+        try:
+            stats = d.run(once=once)
+            counts = d.store.counts()
+        finally:
+            d.close()
     finally:
-        d.close()
+        for s, h in old.items():
+            signal.signal(s, h)
     if not quiet:
         click.echo(f"applied {stats.records} records in {stats.batches} batches "
                    f"(applied seq {d.store.applied_seq}); store: "

@@ -82,9 +82,18 @@ QUERY_INDEXES = (
 )
 
 
+# Tables and indexes later provisors added: created on stores made before them (additive only:
+# no existing row changes, so the hash chain's state digests stay valid)
+ADDED = (
+    "CREATE TABLE IF NOT EXISTS attrs (node INTEGER, key TEXT, value TEXT, seq INTEGER)",
+    "CREATE INDEX IF NOT EXISTS attrs_node ON attrs(node, key)",
+)
+
+
 def ensure_indexes(conn: sqlite3.Connection) -> None:
-    """Additive migration: create the query indexes on databases made before they existed."""
-    for sql in QUERY_INDEXES:
+    """Additive migration: create the query indexes and the tables added since (ADDED) on
+    databases made before they existed."""
+    for sql in (*QUERY_INDEXES, *ADDED):
         conn.execute(sql)
     conn.execute("DROP INDEX IF EXISTS relations_walk_up")
     conn.execute("DROP INDEX IF EXISTS relations_walk_down")
@@ -122,6 +131,9 @@ def _schema(db: sqlite_utils.Database) -> None:
     db["pending"].create({"seq": int}, pk="seq")
     db["losses"].create({"seq": int, "lost": int, "lost_total": int}, pk="seq")
     db["notes"].create({"seq": int, "text": str}, pk="seq")
+    # attributes of a version node (credentials, argv, mode, owner, endpoint addresses, ...):
+    # append-only, several rows per key, in the order of the events that set them
+    db["attrs"].create({"node": int, "key": str, "value": str, "seq": int})
     db["chain"].create({"batch": int, "first_seq": int, "last_seq": int, "first_rel": int,
                         "last_rel": int, "digest": bytes, "state": bytes}, pk="batch")
     db["relations"].create_index(["src", "kind"])
@@ -308,6 +320,8 @@ class Store:
                 raise meta.DamagedStore(f"{self.path}: damaged store: names row id={nid} "
                                         f"names artifact {aid}, which does not exist")
             an.by_path[path] = (aid, nid)
+            an.names_of.setdefault(aid, set()).add(path)
+        self._load_endpoints()
         for seq, payload in q("SELECT e.seq, e.payload FROM pending p JOIN events e "
                               "ON e.seq = p.seq ORDER BY e.seq"):
             an.pending[seq] = decode(payload, seq)
@@ -337,6 +351,31 @@ class Store:
                 raise meta.DamagedStore(
                     f"{self.path}: damaged store: the {', '.join(bad)} rows differ from the "
                     "hash chain's state (edited?); run provisor verify")
+
+    def _load_endpoints(self) -> None:
+        """Socket pairings and the last endpoint addresses of each socket, from attrs."""
+        an = self.an
+        ep: dict[int, dict[str, str]] = {}
+        for aid, key, value in self.conn.execute(
+                "SELECT v.object_id, a.key, a.value FROM attrs a JOIN versions v ON v.id = a.node "
+                "WHERE v.kind = 'socket' AND (a.key = 'peer' OR a.key LIKE 'endpoint_%') "
+                "ORDER BY a.rowid"):
+            if key == "peer":
+                other = value.rpartition(":")[2]
+                if other.isdigit():
+                    an.peer.setdefault(aid, set()).add(int(other))
+            else:
+                ep.setdefault(aid, {})[key] = value
+        for aid, d in ep.items():
+            try:
+                key = (int(d["endpoint_family"]), int(d["endpoint_type"]), d["endpoint_local"],
+                       d["endpoint_remote"])
+                sk = int(d["endpoint_sk"], 16)
+            except (KeyError, ValueError):
+                raise meta.DamagedStore(f"{self.path}: damaged store: the endpoint attrs of "
+                                        f"artifact {aid} are incomplete") from None
+            an.endpoint_of[aid] = (key, sk)
+            an._register_endpoint(aid, key, sk)
 
     def _owner(self, pid: int, table: str, key: str) -> Proc:
         p = self.an.proc_by_id.get(pid)
@@ -455,7 +494,8 @@ class Store:
             else:
                 st = self._state_after(b, new_pending)
                 extra = chain.Extra(b.versions, [r[:4] for r in b.names_new],
-                                    sorted(b.names_unbound), b.losses, b.notes, st.digest())
+                                    sorted(b.names_unbound), b.losses, b.notes, st.digest(),
+                                    b.attrs if self.encoding >= "3" else None)
             head = chain.digest(self.chain_head, b.events, b.relations, extra)
             for sql, rows in (
                     ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", b.events),
@@ -464,7 +504,8 @@ class Store:
                     ("INSERT INTO names VALUES (?,?,?,?,?)", b.names_new),
                     ("UPDATE names SET unbind_seq=? WHERE id=?", b.names_unbound),
                     ("INSERT INTO losses VALUES (?,?,?)", b.losses),
-                    ("INSERT INTO notes VALUES (?,?)", b.notes)):
+                    ("INSERT INTO notes VALUES (?,?)", b.notes),
+                    ("INSERT INTO attrs VALUES (?,?,?,?)", b.attrs)):
                 if rows:
                     c.executemany(sql, rows)
             if b.procs:

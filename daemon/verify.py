@@ -4,7 +4,7 @@ The chain (daemon/chain.py, the only definition of a link) covers, per ``chain``
 applied batch), the events with seq in (previous last_seq, last_seq] and the relations with id
 in [first_rel, last_rel], in key order; in chain encoding 2 also the versions, names, losses
 and notes the batch wrote and the state (multiset hashes) of the tables later batches rewrite,
-which are checked against the stored tables at the end. A batch is checked against its stored digest starting
+which are checked against the stored tables at the end; encoding 3 also the attrs rows. A batch is checked against its stored digest starting
 from the *stored* digest of the batch before, so every batch is judged on its own and the first
 bad one is named. The digest says *that* a batch changed; to say *which row*, the checker then
 looks for evidence, cheapest first:
@@ -15,8 +15,8 @@ looks for evidence, cheapest first:
 * order: a pair of rows whose exchange restores the digest (reordered);
 * chain: a digest that is wrong while its rows and the next link are right (chain row altered);
 * versions: each carries the seq and time of an event of its batch;
-* relations, versions, names: a replay of the stored events through the analyzer, compared row
-  by row;
+* relations, versions, names (and attrs, encoding 3): a replay of the stored events through the
+  analyzer, compared row by row;
 * state (encoding 2): a table that no longer hashes to the last batch's state is compared row
   by row with a replay of all stored events.
 
@@ -167,7 +167,10 @@ class _Extras:
     """Encoding 2's per-batch rows (chain.Extra) from the stored tables, one batch after the
     other: versions and names by id, unbinds by their seq, losses and notes by seq."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, encoding: str = "2") -> None:
+        # encoding 3: the attrs rows too, in the order they were written (by rowid)
+        self.attrs = _Stream(conn, f"SELECT {', '.join(chain.ATTR_COLS)} FROM attrs "
+                             "ORDER BY rowid", 3) if encoding >= "3" else None
         self.streams = [
             _Stream(conn, f"SELECT {', '.join(chain.VERSION_COLS)} FROM versions ORDER BY id", 4),
             _Stream(conn, f"SELECT {', '.join(chain.NAME_COLS)} FROM names ORDER BY id", 3),
@@ -177,12 +180,13 @@ class _Extras:
             _Stream(conn, "SELECT * FROM notes ORDER BY seq", 0)]
 
     def take(self, b: Batch) -> chain.Extra:
-        return chain.Extra(*(s.take(b.hi) for s in self.streams), state=b.state or b"")
+        return chain.Extra(*(s.take(b.hi) for s in self.streams), state=b.state or b"",
+                           attrs=self.attrs.take(b.hi) if self.attrs else None)
 
 
 def _batch_rows(conn: sqlite3.Connection, batches: list[Batch], encoding: str
                 ) -> Iterator[tuple[Batch, list[tuple], list[tuple], chain.Extra | None]]:
-    extras = _Extras(conn) if encoding != "1" else None
+    extras = _Extras(conn, encoding) if encoding != "1" else None
     for b in batches:
         ev, rel = _rows(conn, b)
         yield b, ev, rel, (extras.take(b) if extras else None)
@@ -326,12 +330,16 @@ def _differ(cols: tuple[str, ...], stored: tuple, want: tuple) -> str:
 
 
 def _replay_extra(b: Batch, got: ABatch, ex: chain.Extra, rep: Report) -> bool:
-    """Encoding 2: a batch's versions, names and unbinds against the replay's."""
-    for table, cols, stored, want in (
-            ("versions", chain.VERSION_COLS, ex.versions, [tuple(v) for v in got.versions]),
-            ("names", chain.NAME_COLS, ex.names, [tuple(n[:4]) for n in got.names_new]),
-            ("names", ("unbind_seq", "id"), ex.unbinds, sorted(got.names_unbound))):
-        ident = 1 if cols[0] == "unbind_seq" else 0  # where the name or version id is
+    """Encoding 2: a batch's versions, names and unbinds against the replay's (encoding 3:
+    and its attrs)."""
+    checks = [
+        ("versions", chain.VERSION_COLS, ex.versions, [tuple(v) for v in got.versions]),
+        ("names", chain.NAME_COLS, ex.names, [tuple(n[:4]) for n in got.names_new]),
+        ("names", ("unbind_seq", "id"), ex.unbinds, sorted(got.names_unbound))]
+    if ex.attrs is not None:
+        checks.append(("attrs", chain.ATTR_COLS, ex.attrs, [tuple(a) for a in got.attrs]))
+    for table, cols, stored, want in checks:
+        ident = 1 if cols[0] == "unbind_seq" else 0  # where the name, version or node id is
         if cols[0] == "unbind_seq":
             lost = {r[1] for r in want} - {r[1] for r in stored}
             extra = {r[1] for r in stored} - {r[1] for r in want}
@@ -343,16 +351,22 @@ def _replay_extra(b: Batch, got: ABatch, ex: chain.Extra, rep: Report) -> bool:
                 rep.add("altered", table, f"id={nid}", b.n, "column unbind_seq: a replay does "
                         "not unbind this name in the batch")
                 return True
-        for s, w in zip(stored, want, strict=False):
-            if s != w:
-                rep.add("altered", table, f"id={s[ident]}", b.n, _differ(cols, s, w))
-                return True
-        if len(stored) != len(want):
+        def key(r: tuple, table: str = table, ident: int = ident) -> str:
+            # attrs rows have no id: their node and key name them
+            return f"node={r[0]} key={r[1]}" if table == "attrs" else f"id={r[ident]}"
+
+        if len(stored) != len(want):  # a row deleted or inserted: where the rows part
             longer = stored if len(stored) > len(want) else want
+            i = next((i for i, (s, w) in enumerate(zip(stored, want, strict=False)) if s != w),
+                     min(len(stored), len(want)))
             rep.add("inserted" if len(stored) > len(want) else "deleted", table,
-                    f"id={longer[min(len(stored), len(want))][ident]}", b.n,
+                    key(longer[i]), b.n,
                     f"{len(stored)} rows where a replay makes {len(want)}")
             return True
+        for s, w in zip(stored, want, strict=False):
+            if s != w:
+                rep.add("altered", table, key(s), b.n, _differ(cols, s, w))
+                return True
     return False
 
 
@@ -361,7 +375,7 @@ def _replay(conn: sqlite3.Connection, batches: list[Batch], rep: Report,
     """Replay the stored events through a fresh analyzer over ``batches``; compare each
     batch's relations (and, encoding 2, versions and names) with what the replay makes of it
     and report the first difference."""
-    extras = _Extras(conn) if encoding != "1" else None
+    extras = _Extras(conn, encoding) if encoding != "1" else None
     for b, gb in _replayed(conn, batches):
         got = gb.relations
         if extras is not None and _replay_extra(b, gb, extras.take(b), rep):

@@ -101,15 +101,17 @@ def guest(cfg: dict) -> None:
     try:
         # a static binary built on the host, run inside the guest from --include
         os.makedirs(os.path.join(include, "bin"))
-        click.secho("$ gcc -static -O2 -o INCLUDE/bin/upcase config/guest/workloads/upcase.c",
-                    fg="cyan", err=True)
-        subprocess.run(["gcc", "-static", "-O2", "-o", os.path.join(include, "bin", "upcase"),
-                        os.path.join(workloads, "upcase.c")], check=True)
+        for prog in ("upcase", "netcopy"):
+            click.secho(f"$ gcc -static -O2 -o INCLUDE/bin/{prog} "
+                        f"config/guest/workloads/{prog}.c", fg="cyan", err=True)
+            subprocess.run(["gcc", "-static", "-O2", "-o", os.path.join(include, "bin", prog),
+                            os.path.join(workloads, f"{prog}.c")], check=True)
         sh(["collect", "--workload", os.path.join(workloads, "demo.sh"), "--include", include,
             "--ring", ring, "--db", db])
     finally:
         shutil.rmtree(include, ignore_errors=True)
     sh(["query", "ancestors", "/root/c.txt", "--db", db])
+    sh(["query", "ancestors", "/root/f.txt", "--db", db])  # a rename and a socket flow
     sh(["export", "--db", db, "--format", "prov-n", "-o", db + ".provn"])
     with open(db + ".provn") as f:
         head = f.read().splitlines()[:12]

@@ -46,8 +46,10 @@ class Script:
         return self._rec(ev)
 
     def call(self, tgid: int, name: str, args=(), paths=(), ret: int = 0, files=(),
-             out_fds=(), pid: int | None = None, argv=None) -> tuple[int, int]:
-        e = self.entry(tgid, name, args, paths, pid, argv)
+             out_fds=(), pid: int | None = None, argv=None, entry_files=()) -> tuple[int, int]:
+        """An entry and its exit; ``files`` are the exit's, ``entry_files`` the entry's (the
+        files of its FD and DIRFD arguments, in argument order)."""
+        e = self.entry(tgid, name, args, paths, pid, argv, entry_files)
         return e, self.exit(e, tgid, name, ret, files, out_fds, pid)
 
     # conveniences mirroring libc

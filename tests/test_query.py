@@ -148,7 +148,10 @@ def test_history_renamed_replaced_deleted_recreated(conn):
     h = Q.history(conn, "/w/final.txt")
     text = "\n".join(h.notes)
     assert "renamed to /w/final.txt" in text and "replaced by artifact:6" in text
-    assert [r["artifact"] for r in h.rows] == ["artifact:5", "artifact:6", "?"]
+    # each file's version made by the rename that gave it the name
+    assert [(r["artifact"], r["reason"]) for r in h.rows] == [
+        ("artifact:5", "created"), ("artifact:5", "renamed"), ("artifact:6", "created"),
+        ("artifact:6", "renamed"), ("?", "OUTCOME UNKNOWN")]
     assert h.rows[-1]["reason"] == "OUTCOME UNKNOWN"  # the pending write to final.txt
     h2 = Q.history(conn, "/w/in.txt")
     notes = "\n".join(h2.notes)
@@ -170,8 +173,9 @@ def test_process_repeated_exec_and_children(conn):
 
 def test_writers_and_derivation_depth(conn):
     w = Q.writers(conn, "/w/final.txt")
+    # and the shell, whose rename made out.txt's version named final.txt
     assert {r["process"] for r in w.rows if r["hop"] == 0} == {
-        "process 21 p21 v1", "process 21 p21 v2", "process 30 p30 v1"}
+        "process 1 p1 v1", "process 21 p21 v1", "process 21 p21 v2", "process 30 p30 v1"}
     deep = Q.writers(conn, "/w/final.txt", depth=3)
     assert any(r["hop"] == 1 and r["wrote"].startswith("pipe") for r in deep.rows)
     assert any(r["hop"] == 2 and "in.txt" in r["wrote"] for r in deep.rows)

@@ -213,7 +213,7 @@ def truncate_consistently(c: sqlite3.Connection, n: int) -> None:
     for _ in V._replayed(c, batches, an):
         pass
     c.execute("DELETE FROM chain WHERE batch=?", (n,))
-    for t in ("events", "notes", "losses", "versions"):
+    for t in ("events", "notes", "losses", "versions", "attrs"):
         c.execute(f"DELETE FROM {t} WHERE seq > ?", (lo,))
     c.execute("DELETE FROM relations WHERE id > ?", (last_rel,))
     c.execute("DELETE FROM names WHERE bind_seq > ?", (lo,))
@@ -282,8 +282,8 @@ def test_rechained_batch_is_still_located(db):
     next link without rewriting every later digest and the head."""
     path, c, _ = db
     b = rel_batch(c, 150)
-    c.execute("UPDATE relations SET kind='used' WHERE id=150 AND kind != 'used'")
-    c.execute("UPDATE relations SET kind='wasDerivedFrom' WHERE id=150 AND kind = 'used'")
+    assert c.execute("UPDATE relations SET kind = CASE kind WHEN 'used' THEN 'wasDerivedFrom' "
+                     "ELSE 'used' END WHERE id=150").rowcount == 1
     c.execute("UPDATE chain SET digest=? WHERE batch=?", (V.batch_digest(c, b), b))
     f = first(check(path))
     assert (f.what, f.table, f.key, f.batch) == ("altered", "relations", "id=150", b)
@@ -445,6 +445,9 @@ TAMPER = {
                   "proc_id={up} pos={upos}"),
     "pending": ("INSERT INTO pending VALUES (5)", "pending", "seq=5"),
     "losses": ("INSERT INTO losses VALUES (3, 1, 1)", "losses", "seq=3"),
+    "attrs.value": ("UPDATE attrs SET value='forged' WHERE rowid={ar}", "attrs",
+                    "node={an} key={ak}"),
+    "attrs.deleted": ("DELETE FROM attrs WHERE rowid={ar}", "attrs", "node={an} key={ak}"),
 }
 
 
@@ -457,7 +460,14 @@ def _keys_of(c: sqlite3.Connection) -> dict[str, int]:
             "u": _some(c, "SELECT min(id) FROM names WHERE unbind_seq IS NOT NULL"),
             "p": _some(c, "SELECT max(id) FROM processes"),
             "v": _some(c, "SELECT max(id) / 2 FROM versions"),
-            "fp": fp, "fd": fd, "up": up, "upos": upos}
+            "fp": fp, "fd": fd, "up": up, "upos": upos, **_attr_keys(c)}
+
+
+def _attr_keys(c: sqlite3.Connection) -> dict[str, object]:
+    """An attrs row in the middle of the store (its rowid, node and key)."""
+    ar = _some(c, "SELECT max(rowid) / 2 FROM attrs")
+    an, ak = c.execute("SELECT node, key FROM attrs WHERE rowid=?", (ar,)).fetchone()
+    return {"ar": ar, "an": an, "ak": ak}
 
 
 @pytest.mark.parametrize("name", list(TAMPER))
@@ -465,7 +475,7 @@ def test_every_stored_column_is_under_the_chain(db, name):
     """docs/TAMPER.md: an edit to any row of versions, names, processes, artifacts, fds,
     proc_used, pending or losses fails verify, which names the table and the row."""
     path, c, _ = db
-    assert c.execute("SELECT value FROM meta WHERE key='chain_encoding'").fetchone()[0] == "2"
+    assert c.execute("SELECT value FROM meta WHERE key='chain_encoding'").fetchone()[0] == "3"
     sql, table, key = TAMPER[name]
     k = _keys_of(c)
     assert c.execute(sql.format(**k)).rowcount == 1
