@@ -24,7 +24,7 @@ import json
 import os
 import re
 import sqlite3
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -270,16 +270,26 @@ def _artifact_target(conn: sqlite3.Connection, text: str, aid: int, all_versions
 # -- node and edge details -----------------------------------------------------------------
 def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, dict]:
     """Version id -> a dict with its object and a readable label (the name it had then, the
-    image a process version ran)."""
+    image a process version ran).
+
+    An artifact version also gets ``names``: every name bound at some point of its life
+    [its seq, the next version's seq) -- a name whose ``bind_seq`` is before the next version
+    and that was not unbound at or before this version's seq (``unbind_seq`` NULL or later),
+    in binding order. ``path`` is the one name of the label: the name bound when the version
+    came to be, else the first one bound later."""
     ids = list(ids)
     if not ids:
         return {}
     out: dict[int, dict] = {}
     procs: dict[int, list[dict]] = defaultdict(list)
     arts: dict[int, list[dict]] = defaultdict(list)
-    for (vid, kind, obj, ver, seq, ts, reason, tgid, comm, uid, path, dev, ino) in conn.execute(
+    for (vid, kind, obj, ver, seq, ts, reason, tgid, comm, uid, path, dev, ino, nxt) in \
+        conn.execute(
             "SELECT v.id, v.kind, v.object_id, v.version, v.seq, v.ts_ns, v.reason, p.tgid, "
-            "p.comm, p.uid, a.path, a.dev, a.ino FROM versions v "
+            "p.comm, p.uid, a.path, a.dev, a.ino, "
+            # the next version's seq: where this version's life ends (an index lookup)
+            "(SELECT n.seq FROM versions n WHERE n.object_id = v.object_id AND n.kind = v.kind "
+            " AND n.version = v.version + 1) FROM versions v "
             "LEFT JOIN processes p ON v.kind='process' AND p.id=v.object_id "
             "LEFT JOIN artifacts a ON v.kind!='process' AND a.id=v.object_id "
             "WHERE v.id IN (SELECT value FROM json_each(?))", (_ints(ids),)):
@@ -291,7 +301,7 @@ def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, di
         else:
             d = {"id": vid, "kind": kind, "object_id": obj, "version": ver, "seq": seq,
                  "ts_ns": ts, "time": fmt_ts(ts), "reason": reason, "path": path, "dev": dev,
-                 "ino": ino, "deleted": False}
+                 "ino": ino, "deleted": False, "names": [], "next_seq": nxt}
             arts[obj].append(d)
         out[vid] = d
     if procs:
@@ -331,6 +341,15 @@ def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, di
                     while i >= 0 and ns[i][1] is not None and ns[i][1] <= d["seq"]:
                         i -= 1
                     d["path"] = ns[i][2] if i >= 0 else ns[0][2]
+                    end = d.pop("next_seq")
+                    last = len(ns) if end is None else bisect_left(binds, end)
+                    seen: set[str] = set()
+                    for _b, u, p in ns[:last]:
+                        if (u is None or u > d["seq"]) and p not in seen:
+                            seen.add(p)
+                            d["names"].append(p)
+                else:
+                    d.pop("next_seq")
                 d["deleted"] = gone
                 d["label"] = label(d)
     return out
