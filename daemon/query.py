@@ -392,10 +392,11 @@ def fetch_edges(conn: sqlite3.Connection, nodes: set[int], up: bool, win: Window
 
 
 def outcome_unknown(conn: sqlite3.Connection, procs: set[int] | None = None,
-                    arts: dict[int, tuple] | None = None, paths: set[str] | None = None
-                    ) -> list[dict]:
+                    arts: dict[int, tuple] | None = None, paths: set[str] | None = None,
+                    every: bool = False) -> list[dict]:
     """Entries whose exit never came: the syscall may or may not have happened. Those of the
-    given process objects, or touching the given artifacts ((dev, ino)) or absolute paths."""
+    given process objects, or touching the given artifacts ((dev, ino)) or absolute paths;
+    with ``every``, all of them."""
     rows = conn.execute(
         "SELECT e.seq, e.ts_ns, e.tgid, e.pid, e.name, e.cwd, e.paths, e.payload, "
         "(SELECT id FROM processes p WHERE p.tgid = e.tgid AND p.first_seq <= e.seq "
@@ -413,12 +414,25 @@ def outcome_unknown(conn: sqlite3.Connection, procs: set[int] | None = None,
             arg0 = ev.arg(0)
         except EventDecodeError:
             arg0 = None
-        if not ((procs and proc in procs) or hit_arts or (paths and set(abspaths) & paths)):
+        if not (every or (procs and proc in procs) or hit_arts
+                or (paths and set(abspaths) & paths)):
             continue
         out.append({"seq": seq, "ts_ns": ts, "time": fmt_ts(ts), "tgid": tgid, "pid": pid,
                     "process_id": proc, "syscall": name, "paths": abspaths, "arg0": arg0,
                     "artifacts": hit_arts, "outcome": "unknown"})
     return out
+
+
+def unknown_by_version(conn: sqlite3.Connection) -> dict[int | None, list[dict]]:
+    """Every outcome-unknown entry under the process version current at its seq (the
+    version the call would belong to); None for an entry no process is known for."""
+    out: dict[int | None, list[dict]] = defaultdict(list)
+    for u in outcome_unknown(conn, every=True):
+        row = None if u["process_id"] is None else conn.execute(
+            "SELECT id FROM versions WHERE kind='process' AND object_id=? AND seq <= ? "
+            "ORDER BY version DESC LIMIT 1", (u["process_id"], u["seq"])).fetchone()
+        out[row[0] if row else None].append(u)
+    return dict(out)
 
 
 def _unknown_text(u: dict) -> str:

@@ -68,7 +68,8 @@ def store_counts(conn, lo: int = -Q.NO_LIMIT, hi: int = Q.NO_LIMIT) -> Counter:
         out["activity"] = q("SELECT count(*) FROM versions WHERE kind='process'").fetchone()[0]
         out["entity"] = q("SELECT count(*) FROM versions WHERE kind!='process'").fetchone()[0]
         out["wasAssociatedWith"] = out["activity"]
-        out["agent"] = q("SELECT count(DISTINCT uid) FROM processes").fetchone()[0]
+        # one agent per uid, and the machine/ring the records came from
+        out["agent"] = q("SELECT count(DISTINCT uid) FROM processes").fetchone()[0] + 1
     return out
 
 
