@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import click
 
@@ -20,10 +21,13 @@ from daemon.service import Daemon
               help="Rebind a DB that holds nothing yet (no record applied) from another ring "
               "UUID to this ring. It never lets a DB holding another ring's records take this "
               "ring's, and never releases a record that is not stored.")
+@click.option("--guest-kernel", default=None, metavar="RELEASE",
+              help="The guest kernel's release (collect passes it), recorded once with this "
+              "host's name in the store's meta `machine`, which the export names.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
 @click.pass_obj
 def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int | None,
-               once: bool, force: bool, quiet: bool) -> None:
+               once: bool, force: bool, guest_kernel: str | None, quiet: bool) -> None:
     """Consume the ring and store the provenance graph, exactly once.
 
     SIGTERM or SIGINT finish the current batch, commit, release and exit 0.
@@ -43,7 +47,8 @@ def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int |
     dc = cfg["daemon"]
     d = Daemon(ring_path or cfg["ring"]["path"], db_path or dc["db"], force=force,
                batch_min=dc["batch_min"], batch_max=dc["batch_max"],
-               status_interval=dc["status_interval"], fill_warn=dc["fill_warn"], cpu=cpu)
+               status_interval=dc["status_interval"], fill_warn=dc["fill_warn"], cpu=cpu,
+               machine={"host": socket.gethostname(), "guest_kernel": guest_kernel})
     try:
         stats = d.run(once=once)
         counts = d.store.counts()
