@@ -8,6 +8,41 @@ a ``prov:Entity``; the user (uid) is a ``prov:Agent`` each process version
 sequence numbers (``provisor:seq``, ``provisor:entry_seq``, ``provisor:exit_seq``) and exact
 nanosecond times (``provisor:ts_ns``) are attributes; PROV times are timezone-aware (UTC).
 
+What each record carries (several values of one key -- names, attrs rows -- make a
+multi-valued attribute: PROV-JSON writes a list, PROV-N repeats the attribute, ``prov.read``
+gives the set):
+
+==========================  ===================================================================
+record                      attributes
+==========================  ===================================================================
+entity (artifact version)   ``provisor:path``: every name bound during the version's life (the
+                            contract's rule: bound before the next version, not unbound at or
+                            before this one), so a renamed or linked file is found by each
+                            name; ``kind artifact version dev ino seq ts_ns reason``,
+                            ``deleted`` (1: no name of the artifact is bound any more),
+                            ``machine``
+activity (process version)  ``process version tgid exe comm seq ts_ns reason machine``;
+                            credentials ``uid gid suid sgid euid egid fsuid fsgid`` (the
+                            version's own attrs rows, else the nearest earlier version's: they
+                            stay until a call changes them; without attrs ``uid`` is the
+                            process's); ``outcome_unknown``: one text per entry whose exit
+                            never came (``seq 57 write(fd 6)``), a mark, never a relation
+attrs rows (any node)       ``provisor:<key>``, one value per row (``argv``: the JSON list
+                            text, in order; ``uid``-like keys, ``signal``, ``exit_status``,
+                            ``owner_uid/gid``, ``endpoint_family``: integers; the rest text,
+                            e.g. ``mode`` "0644"); a row replaces the computed attribute of
+                            its name; a key the export writes itself (``seq``, ``path``, ...)
+                            becomes ``provisor:attr_<key>``
+agent provisor:uid<N>       ``uid``, ``machine``; each activity ``wasAssociatedWith`` the
+                            agent of its own credentials' uid
+agent provisor:ring_<uuid>  ``prov:type provisor:machine``: the ring the records came from
+                            (``ring_uuid``) and the machine (``host``, ``guest_kernel``,
+                            ``ring_created_ns``: meta ``machine``, written once by the live
+                            daemon, absent after a recovery into a new store); every entity,
+                            activity and uid agent names it in ``provisor:machine``; it holds
+                            the ``outcome_unknown`` entries of no known process
+==========================  ===================================================================
+
 Why chunks: a store of millions of relations does not fit one in-memory ProvDocument. Records are
 read in sections of one PROV type (entities, activities, agents, associations, then each relation
 kind), a ProvDocument of at most ``chunk`` records is built and serialized by ``prov`` for each
