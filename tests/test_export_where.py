@@ -74,7 +74,9 @@ def workload() -> Script:
 
 def _attr_rows(conn: sqlite3.Connection) -> None:
     """SWITCH: the rows the analyzer will write (contract "Store: version attributes"),
-    inserted only where it wrote none. Remove once daemon/analyzer.py writes attrs."""
+    inserted only where it wrote none. Remove once daemon/analyzer.py writes attrs, and give
+    the events of p51 (cat) ``cred=(1000,) * 8`` in :func:`workload` instead (Event.cred, the
+    producer side), p1/p50 ``cred=(0,) * 8``."""
     conn.execute("CREATE TABLE IF NOT EXISTS attrs(node INTEGER, key TEXT, value TEXT, "
                  "seq INTEGER)")
 
