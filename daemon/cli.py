@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 
 import click
 
@@ -21,10 +22,13 @@ from daemon.service import Daemon
               help="Rebind a DB that holds nothing yet (no record applied) from another ring "
               "UUID to this ring. It never lets a DB holding another ring's records take this "
               "ring's, and never releases a record that is not stored.")
+@click.option("--guest-kernel", default=None, metavar="RELEASE",
+              help="The guest kernel's release (collect passes it), recorded once with this "
+              "host's name in the store's meta `machine`, which the export names.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
 @click.pass_obj
 def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int | None,
-               once: bool, force: bool, quiet: bool) -> None:
+               once: bool, force: bool, guest_kernel: str | None, quiet: bool) -> None:
     """Consume the ring and store the provenance graph, exactly once.
 
     SIGTERM or SIGINT finish the current batch, commit, release and exit 0.
@@ -55,7 +59,8 @@ def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int |
     try:
         d = Daemon(ring_path or cfg["ring"]["path"], db_path or dc["db"], force=force,
                    batch_min=dc["batch_min"], batch_max=dc["batch_max"],
-                   status_interval=dc["status_interval"], fill_warn=dc["fill_warn"], cpu=cpu)
+                   status_interval=dc["status_interval"], fill_warn=dc["fill_warn"], cpu=cpu,
+                   machine={"host": socket.gethostname(), "guest_kernel": guest_kernel})
         held["d"] = d
         d.stop = bool(held.get("stop"))
         try:

@@ -8,6 +8,44 @@ a ``prov:Entity``; the user (uid) is a ``prov:Agent`` each process version
 sequence numbers (``provisor:seq``, ``provisor:entry_seq``, ``provisor:exit_seq``) and exact
 nanosecond times (``provisor:ts_ns``) are attributes; PROV times are timezone-aware (UTC).
 
+What each record carries (several values of one key -- names, attrs rows -- make a
+multi-valued attribute: PROV-JSON writes a list, PROV-N repeats the attribute, ``prov.read``
+gives the set):
+
+==========================  ===================================================================
+record                      attributes
+==========================  ===================================================================
+entity (artifact version)   ``provisor:path``: every name bound during the version's life (the
+                            contract's rule: bound before the next version, not unbound at or
+                            before this one), so a renamed or linked file is found by each
+                            name; ``kind artifact version dev ino seq ts_ns reason``,
+                            ``deleted`` (1: no name of the artifact is bound any more),
+                            ``machine``
+activity (process version)  ``process version tgid exe comm seq ts_ns reason machine``;
+                            credentials ``uid gid suid sgid euid egid fsuid fsgid`` (the
+                            version's own attrs rows, else the nearest earlier version's: they
+                            stay until a call changes them; without attrs ``uid`` is the
+                            process's); ``outcome_unknown``: one text per entry whose exit
+                            never came (``seq 57 write(fd 6)``), a mark, never a relation
+attrs rows (any node)       ``provisor:<key>``, one value per row (``argv``: the JSON list
+                            text, in order; ``uid``-like keys, ``signal``, ``exit_status``,
+                            ``owner_uid/gid``, ``endpoint_family``: integers; the rest text,
+                            e.g. ``mode`` "0644"); a row replaces the computed attribute of
+                            its name; a key the export writes itself (``seq``, ``path``, ...)
+                            becomes ``provisor:attr_<key>``
+agent provisor:uid<N>       ``uid``, ``machine``; each activity ``wasAssociatedWith`` the
+                            agent of its own credentials' uid
+wasInvalidatedBy            an artifact version whose last name a process removed (unlink,
+                            rmdir, a rename over it: attrs ``invalidated_by``), by that process
+                            version; ``provisor:inv<node>_<seq>``
+agent provisor:ring_<uuid>  ``prov:type provisor:machine``: the ring the records came from
+                            (``ring_uuid``) and the machine (``host``, ``guest_kernel``,
+                            ``ring_created_ns``: meta ``machine``, written once by the live
+                            daemon, absent after a recovery into a new store); every entity,
+                            activity and uid agent names it in ``provisor:machine``; it holds
+                            the ``outcome_unknown`` entries of no known process
+==========================  ===================================================================
+
 Why chunks: a store of millions of relations does not fit one in-memory ProvDocument. Records are
 read in sections of one PROV type (entities, activities, agents, associations, then each relation
 kind), a ProvDocument of at most ``chunk`` records is built and serialized by ``prov`` for each
@@ -23,8 +61,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import warnings
+from bisect import bisect_right
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import IO
@@ -53,9 +94,124 @@ def when(ns: int | None) -> datetime | None:
     return None if ns is None else EPOCH + timedelta(microseconds=ns // 1000)
 
 
-def _attrs(**kw: object) -> dict[str, object]:
-    return {f"provisor:{k}" if ":" not in k else k: v for k, v in kw.items()
-            if v is not None and v != ""}
+def _attrs(**kw: object) -> list[tuple[str, object]]:
+    return [(f"provisor:{k}" if ":" not in k else k, v) for k, v in kw.items()
+            if v is not None and v != ""]
+
+
+# -- the attrs table (contract of issue 14): version attributes by key ---------------------
+CRED_KEYS = ("uid", "gid", "suid", "sgid", "euid", "egid", "fsuid", "fsgid")
+INT_KEYS = frozenset(CRED_KEYS + ("signal", "exit_status", "owner_uid", "owner_gid",
+                                  "endpoint_family"))
+# what the export itself writes: an attrs row of such a key is exported as provisor:attr_<key>
+RESERVED = frozenset(("kind", "artifact", "process", "version", "path", "dev", "ino", "seq",
+                      "ts_ns", "reason", "deleted", "tgid", "comm", "machine",
+                      "outcome_unknown", "label", "type"))
+_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_INT = re.compile(r"-?[0-9]{1,19}")
+
+
+def has_attrs(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='attrs'"
+                        ).fetchone() is not None
+
+
+def _value(key: str, text: object) -> object:
+    if key in INT_KEYS and isinstance(text, str) and _INT.fullmatch(text):
+        return int(text)
+    return text
+
+
+def _qkey(key: str) -> str:
+    if not _KEY.fullmatch(key):
+        return "provisor:attr"  # never a malformed name in the document (value: key=value)
+    return f"provisor:attr_{key}" if key in RESERVED else f"provisor:{key}"
+
+
+def node_attrs(conn: sqlite3.Connection, ids: list[int]) -> dict[int, list[tuple[str, object]]]:
+    """Version id -> its attrs rows as (key, value), in the order they were set (seq)."""
+    out: dict[int, list[tuple[str, object]]] = defaultdict(list)
+    if not ids or not has_attrs(conn):
+        return out
+    for node, key, value in conn.execute(
+            "SELECT node, key, value FROM attrs WHERE node IN (SELECT value FROM json_each(?)) "
+            "ORDER BY seq, rowid", (json.dumps(ids),)):
+        out[node].append((key, _value(key, value)))
+    return out
+
+
+def creds(conn: sqlite3.Connection, ids: list[int]) -> dict[int, dict[str, object]]:
+    """Process version id -> its credentials (CRED_KEYS): a version's own attrs rows, else
+    those of the nearest earlier version of the same process that has them (credentials stay
+    until a call changes them). The last row of a key wins."""
+    out: dict[int, dict[str, object]] = {}
+    if not ids or not has_attrs(conn):
+        return out
+    mine = conn.execute("SELECT id, object_id, version FROM versions WHERE kind='process' AND "
+                        "id IN (SELECT value FROM json_each(?))", (json.dumps(ids),)).fetchall()
+    objs = sorted({o for _i, o, _v in mine})
+    hist: dict[int, list[tuple[int, dict[str, object]]]] = defaultdict(list)
+    for obj, ver, key, value in conn.execute(
+            "SELECT v.object_id, v.version, a.key, a.value FROM versions v JOIN attrs a "
+            "ON a.node = v.id WHERE v.kind='process' AND v.object_id IN (SELECT value FROM "
+            "json_each(?)) AND a.key IN (SELECT value FROM json_each(?)) "
+            "ORDER BY v.object_id, v.version, a.seq, a.rowid",
+            (json.dumps(objs), json.dumps(CRED_KEYS))):
+        h = hist[obj]
+        if not h or h[-1][0] != ver:
+            h.append((ver, dict(h[-1][1]) if h else {}))
+        h[-1][1][key] = _value(key, value)
+    for vid, obj, ver in mine:
+        h = hist.get(obj)
+        if h:
+            i = bisect_right([v for v, _c in h], ver) - 1
+            if i >= 0:
+                out[vid] = h[i][1]
+    return out
+
+
+def _merge(base: list[tuple[str, object]], rows: list[tuple[str, object]],
+           inherited: dict[str, object] | None = None) -> list[tuple[str, object]]:
+    """The record's attributes: attrs rows replace a computed attribute of the same name (they
+    are the version's own); inherited credentials fill keys the version has no row for."""
+    own = {k for k, _v in rows}
+    extra = [(k, v) for k, v in (inherited or {}).items() if k not in own]
+    names = {_qkey(k) for k, _v in rows + extra}
+    out = [(k, v) for k, v in base if k not in names]
+    for k, v in rows + extra:
+        out.append((_qkey(k), f"{k}={v}" if _qkey(k) == "provisor:attr" else v))
+    return out
+
+
+# -- the machine and ring the records came from --------------------------------------------
+def machine(conn: sqlite3.Connection) -> dict[str, object]:
+    """The store's ring UUID and what the daemon recorded about the machine (meta
+    ``machine``, JSON: host, guest_kernel, ring_created_ns), when it did."""
+    rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('ring_uuid', "
+                             "'machine')").fetchall())
+    out: dict[str, object] = {"ring_uuid": rows.get("ring_uuid") or None}
+    try:
+        m = json.loads(rows.get("machine") or "{}")
+    except ValueError:
+        m = {}
+    if isinstance(m, dict):
+        for k in MACHINE_KEYS:
+            if isinstance(m.get(k), str | int) and not isinstance(m.get(k), bool):
+                out[k] = m[k]
+    return out
+
+
+MACHINE_KEYS = ("host", "guest_kernel", "ring_created_ns")
+
+
+def machine_id(info: dict[str, object]) -> str:
+    tail = re.sub(r"[^A-Za-z0-9-]", "_", str(info.get("ring_uuid") or ""))
+    return f"provisor:ring_{tail}" if tail else "provisor:ring"
+
+
+def _unknown_text(u: dict) -> str:
+    what = ", ".join(u["paths"]) if u["paths"] else f"fd {u['arg0']}"
+    return f"seq {u['seq']} {u['syscall']}({what})"
 
 
 class Selection:
@@ -106,12 +262,29 @@ class Selection:
             f"WHERE r.kind = ? AND {where} ORDER BY r.id", (kind, *args))
         yield from _chunks(cur, self.chunk)
 
+    def invalidations(self) -> Iterator[list[tuple]]:
+        """(entity version, process version, seq, ts_ns, syscall) of each ``invalidated_by``
+        attrs row (the analyzer's: an artifact's last name removed), in the selection."""
+        if not has_attrs(self.conn):
+            return
+        rows = []
+        for node, value, seq, ts, name in self.conn.execute(
+                "SELECT a.node, a.value, a.seq, e.ts_ns, e.name FROM attrs a LEFT JOIN events e "
+                "ON e.seq = a.seq WHERE a.key = 'invalidated_by' ORDER BY a.rowid"):
+            if not str(value).isdigit() or ts is None or not self.win.lo <= ts <= self.win.hi:
+                continue
+            if self.nodes is not None and not {node, int(value)} <= self.nodes:
+                continue
+            rows.append((node, int(value), seq, ts, name))
+        yield from _chunks(rows, self.chunk)
+
     def count(self) -> dict[str, int]:
         where, args = self._rel_where()
         out = dict.fromkeys(RELATION_KINDS, 0)
         for kind, n in self.conn.execute(
                 f"SELECT kind, count(*) FROM relations WHERE {where} GROUP BY kind", args):
             out[kind] = n
+        out["wasInvalidatedBy"] = sum(len(c) for c in self.invalidations())
         out["activity"] = sum(len(c) for c in self.version_ids(True))
         out["entity"] = sum(len(c) for c in self.version_ids(False))
         out["wasAssociatedWith"] = out["activity"]
@@ -138,47 +311,75 @@ def _doc() -> ProvDocument:
 
 
 # -- record builders: each yields ProvDocuments holding records of one PROV type -------------
-def _entities(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
+def _entities(sel: Selection, mid: str) -> Iterator[tuple[ProvDocument, int]]:
     for ids in sel.version_ids(False):
         d = _doc()
+        rows = node_attrs(sel.conn, ids)
         for v in Q.describe_nodes(sel.conn, ids).values():
-            d.entity(f"provisor:v{v['id']}", _attrs(**{
-                "prov:label": v["label"], "prov:type": TYPES.get(v["kind"]) or PROVISOR[v["kind"]]},
-                kind=v["kind"], artifact=v["object_id"], version=v["version"], path=v.get("path"),
-                dev=v.get("dev"), ino=v.get("ino"), seq=v["seq"], ts_ns=v["ts_ns"],
-                reason=v["reason"], deleted=1 if v.get("deleted") else None))
+            base = _attrs(**{"prov:label": v["label"],
+                             "prov:type": TYPES.get(v["kind"]) or PROVISOR[v["kind"]]},
+                          kind=v["kind"], artifact=v["object_id"], version=v["version"])
+            # every name of the version's life: a multi-valued attribute (contract rule)
+            base += [("provisor:path", p) for p in v.get("names") or ()]
+            base += _attrs(dev=v.get("dev"), ino=v.get("ino"), seq=v["seq"], ts_ns=v["ts_ns"],
+                           reason=v["reason"], deleted=1 if v.get("deleted") else None,
+                           machine=d.valid_qualified_name(mid))
+            d.entity(f"provisor:v{v['id']}", _merge(base, rows.get(v["id"], [])))
         yield d, len(ids)
 
 
-def _activities(sel: Selection, uids: set[int]) -> Iterator[tuple[ProvDocument, int]]:
+def _activities(sel: Selection, uids: set[int], mid: str,
+                unknown: dict[int | None, list[dict]]) -> Iterator[tuple[ProvDocument, int]]:
     for ids in sel.version_ids(True):
         d = _doc()
+        rows, cr = node_attrs(sel.conn, ids), creds(sel.conn, ids)
         for v in Q.describe_nodes(sel.conn, ids).values():
-            d.activity(f"provisor:v{v['id']}", when(v["ts_ns"]), None, _attrs(**{
-                "prov:label": v["label"], "prov:type": TYPES["process"]},
-                process=v["object_id"], version=v["version"], tgid=v.get("tgid"),
-                exe=v.get("exe"), comm=v.get("comm"), uid=v.get("uid"), seq=v["seq"],
-                ts_ns=v["ts_ns"], reason=v["reason"]))
-            if v.get("uid") is not None:
-                uids.add(v["uid"])
+            base = _attrs(**{"prov:label": v["label"], "prov:type": TYPES["process"]},
+                          process=v["object_id"], version=v["version"], tgid=v.get("tgid"),
+                          exe=v.get("exe"), comm=v.get("comm"), uid=v.get("uid"), seq=v["seq"],
+                          ts_ns=v["ts_ns"], reason=v["reason"],
+                          machine=d.valid_qualified_name(mid))
+            base += [("provisor:outcome_unknown", _unknown_text(u))
+                     for u in unknown.get(v["id"], ())]
+            c = cr.get(v["id"], {})
+            d.activity(f"provisor:v{v['id']}", when(v["ts_ns"]), None,
+                       _merge(base, rows.get(v["id"], []), c))
+            uid = _uid(c, v.get("uid"))
+            if uid is not None:
+                uids.add(uid)
         yield d, len(ids)
 
 
-def _agents(uids: set[int]) -> Iterator[tuple[ProvDocument, int]]:
+def _uid(c: dict[str, object], fallback: int | None) -> int | None:
+    """The uid a process version acts for: its credentials' uid, else the process's."""
+    u = c.get("uid")
+    return u if isinstance(u, int) else fallback
+
+
+def _agents(sel: Selection, uids: set[int], info: dict[str, object], mid: str,
+            unknown: dict[int | None, list[dict]]) -> Iterator[tuple[ProvDocument, int]]:
     d = _doc()
+    who = " on " + str(info["host"]) if info.get("host") else ""
+    kern = f" (guest kernel {info['guest_kernel']})" if info.get("guest_kernel") else ""
+    d.agent(mid, _attrs(**{"prov:label": f"ring {info.get('ring_uuid') or '?'}{who}{kern}",
+                           "prov:type": PROVISOR["machine"]},
+                        **{k: info.get(k) for k in ("ring_uuid", *MACHINE_KEYS)})
+            + [("provisor:outcome_unknown", _unknown_text(u)) for u in unknown.get(None, ())])
     for uid in sorted(uids):
         d.agent(f"provisor:uid{uid}", _attrs(**{"prov:label": f"uid {uid}",
-                                                 "prov:type": PROV["Person"]}, uid=uid))
+                                                 "prov:type": PROV["Person"]}, uid=uid,
+                                              machine=d.valid_qualified_name(mid)))
     yield d, 0
 
 
 def _associations(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
     for ids in sel.version_ids(True):
         d = _doc()
+        cr = creds(sel.conn, ids)
         for vid, uid in sel.conn.execute(
                 "SELECT v.id, p.uid FROM versions v JOIN processes p ON p.id = v.object_id "
                 "WHERE v.id IN (SELECT value FROM json_each(?))", (json.dumps(ids),)):
-            d.wasAssociatedWith(f"provisor:v{vid}", f"provisor:uid{uid}",
+            d.wasAssociatedWith(f"provisor:v{vid}", f"provisor:uid{_uid(cr.get(vid, {}), uid)}",
                                 identifier=f"provisor:assoc{vid}")
         yield d, 0
 
@@ -204,12 +405,28 @@ def _relations(sel: Selection, kind: str) -> Iterator[tuple[ProvDocument, int]]:
 def documents(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
     """The whole export as a sequence of (document slice, records of progress)."""
     uids: set[int] = set()
-    yield from _entities(sel)
-    yield from _activities(sel, uids)
-    yield from _agents(uids)
+    info = machine(sel.conn)
+    mid = machine_id(info)
+    unknown = Q.unknown_by_version(sel.conn)  # the pending entries: few (a crash's tail)
+    yield from _entities(sel, mid)
+    yield from _activities(sel, uids, mid, unknown)
+    yield from _agents(sel, uids, info, mid, unknown)
     yield from _associations(sel)
     for kind in RELATION_KINDS:
         yield from _relations(sel, kind)
+    yield from _invalidations(sel)
+
+
+def _invalidations(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
+    """An artifact version whose last name a process removed (unlink, rmdir, replaced by a
+    rename) wasInvalidatedBy that process version."""
+    for rows in sel.invalidations():
+        d = _doc()
+        for node, proc, seq, ts, name in rows:
+            d.wasInvalidatedBy(f"provisor:v{node}", f"provisor:v{proc}", when(ts),
+                               identifier=f"provisor:inv{node}_{seq}",
+                               other_attributes=_attrs(exit_seq=seq, ts_ns=ts, syscall=name))
+        yield d, len(rows)
 
 
 # -- writers: splice slices into one document ---------------------------------------------
@@ -311,6 +528,10 @@ def write_dot(out: IO[str], sel: Selection, tick: Callable[[int], None]) -> None
             for _rid, src, dst, *_ in rows:
                 out.write(f"  v{src} -> v{dst} [label={Q._dq(kind)}];\n")
             tick(len(rows))
+    for rows in sel.invalidations():
+        for node, proc, *_ in rows:
+            out.write(f"  v{node} -> v{proc} [label=\"wasInvalidatedBy\", style=dashed];\n")
+        tick(len(rows))
     out.write("}\n")
 
 

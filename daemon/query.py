@@ -24,7 +24,7 @@ import json
 import os
 import re
 import sqlite3
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -270,16 +270,26 @@ def _artifact_target(conn: sqlite3.Connection, text: str, aid: int, all_versions
 # -- node and edge details -----------------------------------------------------------------
 def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, dict]:
     """Version id -> a dict with its object and a readable label (the name it had then, the
-    image a process version ran)."""
+    image a process version ran).
+
+    An artifact version also gets ``names``: every name bound at some point of its life
+    [its seq, the next version's seq) -- a name whose ``bind_seq`` is before the next version
+    and that was not unbound at or before this version's seq (``unbind_seq`` NULL or later),
+    in binding order. ``path`` is the one name of the label: the name bound when the version
+    came to be, else the first one bound later."""
     ids = list(ids)
     if not ids:
         return {}
     out: dict[int, dict] = {}
     procs: dict[int, list[dict]] = defaultdict(list)
     arts: dict[int, list[dict]] = defaultdict(list)
-    for (vid, kind, obj, ver, seq, ts, reason, tgid, comm, uid, path, dev, ino) in conn.execute(
+    for (vid, kind, obj, ver, seq, ts, reason, tgid, comm, uid, path, dev, ino, nxt) in \
+        conn.execute(
             "SELECT v.id, v.kind, v.object_id, v.version, v.seq, v.ts_ns, v.reason, p.tgid, "
-            "p.comm, p.uid, a.path, a.dev, a.ino FROM versions v "
+            "p.comm, p.uid, a.path, a.dev, a.ino, "
+            # the next version's seq: where this version's life ends (an index lookup)
+            "(SELECT n.seq FROM versions n WHERE n.object_id = v.object_id AND n.kind = v.kind "
+            " AND n.version = v.version + 1) FROM versions v "
             "LEFT JOIN processes p ON v.kind='process' AND p.id=v.object_id "
             "LEFT JOIN artifacts a ON v.kind!='process' AND a.id=v.object_id "
             "WHERE v.id IN (SELECT value FROM json_each(?))", (_ints(ids),)):
@@ -291,7 +301,7 @@ def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, di
         else:
             d = {"id": vid, "kind": kind, "object_id": obj, "version": ver, "seq": seq,
                  "ts_ns": ts, "time": fmt_ts(ts), "reason": reason, "path": path, "dev": dev,
-                 "ino": ino, "deleted": False}
+                 "ino": ino, "deleted": False, "names": [], "next_seq": nxt}
             arts[obj].append(d)
         out[vid] = d
     if procs:
@@ -331,6 +341,15 @@ def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, di
                     while i >= 0 and ns[i][1] is not None and ns[i][1] <= d["seq"]:
                         i -= 1
                     d["path"] = ns[i][2] if i >= 0 else ns[0][2]
+                    end = d.pop("next_seq")
+                    last = len(ns) if end is None else bisect_left(binds, end)
+                    seen: set[str] = set()
+                    for _b, u, p in ns[:last]:
+                        if (u is None or u > d["seq"]) and p not in seen:
+                            seen.add(p)
+                            d["names"].append(p)
+                else:
+                    d.pop("next_seq")
                 d["deleted"] = gone
                 d["label"] = label(d)
     return out
@@ -373,10 +392,11 @@ def fetch_edges(conn: sqlite3.Connection, nodes: set[int], up: bool, win: Window
 
 
 def outcome_unknown(conn: sqlite3.Connection, procs: set[int] | None = None,
-                    arts: dict[int, tuple] | None = None, paths: set[str] | None = None
-                    ) -> list[dict]:
+                    arts: dict[int, tuple] | None = None, paths: set[str] | None = None,
+                    every: bool = False) -> list[dict]:
     """Entries whose exit never came: the syscall may or may not have happened. Those of the
-    given process objects, or touching the given artifacts ((dev, ino)) or absolute paths."""
+    given process objects, or touching the given artifacts ((dev, ino)) or absolute paths;
+    with ``every``, all of them."""
     rows = conn.execute(
         "SELECT e.seq, e.ts_ns, e.tgid, e.pid, e.name, e.cwd, e.paths, e.payload, "
         "(SELECT id FROM processes p WHERE p.tgid = e.tgid AND p.first_seq <= e.seq "
@@ -394,12 +414,25 @@ def outcome_unknown(conn: sqlite3.Connection, procs: set[int] | None = None,
             arg0 = ev.arg(0)
         except EventDecodeError:
             arg0 = None
-        if not ((procs and proc in procs) or hit_arts or (paths and set(abspaths) & paths)):
+        if not (every or (procs and proc in procs) or hit_arts
+                or (paths and set(abspaths) & paths)):
             continue
         out.append({"seq": seq, "ts_ns": ts, "time": fmt_ts(ts), "tgid": tgid, "pid": pid,
                     "process_id": proc, "syscall": name, "paths": abspaths, "arg0": arg0,
                     "artifacts": hit_arts, "outcome": "unknown"})
     return out
+
+
+def unknown_by_version(conn: sqlite3.Connection) -> dict[int | None, list[dict]]:
+    """Every outcome-unknown entry under the process version current at its seq (the
+    version the call would belong to); None for an entry no process is known for."""
+    out: dict[int | None, list[dict]] = defaultdict(list)
+    for u in outcome_unknown(conn, every=True):
+        row = None if u["process_id"] is None else conn.execute(
+            "SELECT id FROM versions WHERE kind='process' AND object_id=? AND seq <= ? "
+            "ORDER BY version DESC LIMIT 1", (u["process_id"], u["seq"])).fetchone()
+        out[row[0] if row else None].append(u)
+    return dict(out)
 
 
 def _unknown_text(u: dict) -> str:

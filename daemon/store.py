@@ -272,6 +272,18 @@ class Store:
                 raise StoreError(f"{self.path}: cannot write the store: {e}") from None
             self.ring_uuid = ring_uuid
 
+    def record_machine(self, info: dict[str, object]) -> None:
+        """Record, once, what names the machine the ring's records come from: meta
+        ``machine``, JSON (``host``: the daemon's host name, ``guest_kernel``: the guest
+        kernel's release when ``collect`` gave it, ``ring_created_ns``: the ring header's
+        creation time). A store keeps the first value (the export names it)."""
+        text = json.dumps({k: v for k, v in info.items() if v not in (None, "")},
+                          sort_keys=True)
+        try:
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('machine', ?)", (text,))
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot write the store: {e}") from None
+
     def _load(self) -> None:
         """Rebuild the analyzer's live state from the last commit."""
         an, c = self.an, self.conn

@@ -112,9 +112,12 @@ def daemon_available() -> bool:
     return any(getattr(c, "name", "") == "daemon" for c in getattr(dc, "COMMANDS", []))
 
 
-def start_daemon(ring: str, db: str, log_path: str) -> subprocess.Popen:
+def start_daemon(ring: str, db: str, log_path: str, guest_kernel: str | None = None
+                 ) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from provisor.cli import main; main()",
            "daemon", "--ring", ring, "--db", db, "-q"]
+    if guest_kernel:
+        cmd += ["--guest-kernel", guest_kernel]
     from provisor import files
 
     # appended across runs; created 0600 (or 0640 with [files] group), never through a planted
@@ -210,7 +213,7 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
     try:
         if run_daemon:
             if daemon_available():
-                dproc = start_daemon(ring_path, db, f"{db}.daemon.log")
+                dproc = start_daemon(ring_path, db, f"{db}.daemon.log", kit.release)
             else:
                 log("no `provisor daemon` in this build: events stay in the ring")
         if trap == "plugin":

@@ -18,6 +18,7 @@ from prov.model import (
     ProvDerivation,
     ProvEntity,
     ProvGeneration,
+    ProvInvalidation,
     ProvUsage,
 )
 from test_query import workload
@@ -34,7 +35,8 @@ READ_FMT = {"prov-json": ("json", {}), "prov-n": ("provn", {}), "prov-xml": ("xm
             "rdf": ("rdf", {"rdf_format": "turtle"})}
 TYPES = {ProvUsage: "used", ProvGeneration: "wasGeneratedBy", ProvCommunication: "wasInformedBy",
          ProvDerivation: "wasDerivedFrom", ProvActivity: "activity", ProvEntity: "entity",
-         ProvAssociation: "wasAssociatedWith", ProvAgent: "agent"}
+         ProvAssociation: "wasAssociatedWith", ProvAgent: "agent",
+         ProvInvalidation: "wasInvalidatedBy"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,12 @@ def store_counts(conn, lo: int = -Q.NO_LIMIT, hi: int = Q.NO_LIMIT) -> Counter:
         out["activity"] = q("SELECT count(*) FROM versions WHERE kind='process'").fetchone()[0]
         out["entity"] = q("SELECT count(*) FROM versions WHERE kind!='process'").fetchone()[0]
         out["wasAssociatedWith"] = out["activity"]
-        out["agent"] = q("SELECT count(DISTINCT uid) FROM processes").fetchone()[0]
+        # one agent per uid, and the machine/ring the records came from
+        out["agent"] = q("SELECT count(DISTINCT uid) FROM processes").fetchone()[0] + 1
+    # an artifact's last name removed (the analyzer's attrs): a PROV invalidation
+    out["wasInvalidatedBy"] = q("SELECT count(*) FROM attrs a JOIN events e ON e.seq = a.seq "
+                                "WHERE a.key = 'invalidated_by' AND e.ts_ns BETWEEN ? AND ?",
+                                (lo, hi)).fetchone()[0]
     return out
 
 
@@ -155,7 +162,8 @@ def test_window_and_object_selection(conn):
 def test_dot_and_errors(conn):
     text, counts = run_export(conn, "dot")
     assert text.startswith("digraph") and text.count(" -> ") == sum(
-        counts[k] for k in X.RELATION_KINDS)
+        counts[k] for k in (*X.RELATION_KINDS, "wasInvalidatedBy"))
+    assert counts["wasInvalidatedBy"] > 0
     with pytest.raises(ProvisorError):
         run_export(conn, "prov-q")
     with pytest.raises(ProvisorError):
