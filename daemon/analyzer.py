@@ -610,8 +610,10 @@ class Analyzer:
         if (i is not None and c.arg(i) & CLONE_THREAD) or ret <= 0:
             return
         child = self.procs.get(ret)
-        if child is None or child.exit_seq is not None or child.parent_id != c.p.id:
-            self._new_proc(c.ev, ret, 0, c.p, sc.name)
+        if child is not None and child.parent_id == c.p.id and (
+                child.exit_seq is None or (c.eseq is not None and child.first_seq > c.eseq)):
+            return  # seen already: it ran (vfork: and may have exited) before the call returned
+        self._new_proc(c.ev, ret, 0, c.p, sc.name)
 
     def _execve(self, c: _Call) -> None:
         self._exec(c.p, c.ev, c.en, c.paths)

@@ -573,3 +573,20 @@ def test_open_through_a_symlink_uses_the_link_and_binds_the_target(store):
     assert ("wasGeneratedBy", "symlink:/w/sym.v1", "p1.v1") in rel
     assert any(r[0] == "used" and r[2] == "symlink:/w/sym.v1" for r in rel)
     assert ("symlink:2.v1", "link_target", "target") in attrs(store)
+
+
+def test_vfork_child_that_exits_before_the_parent_resumes_is_one_process(store):
+    """vfork: the child runs (and here exits) before the parent's call returns."""
+    sc = Script()
+    e = sc.entry(1, "vfork")
+    sc.ppid[2] = 1
+    sc.call(2, "execve", (0, 0, 0), ["/bin/true"], 0, files=[FileId(8, 5, "/bin/true")])
+    sc.entry(2, "exit_group", (0,))
+    sc.exit(e, 1, "vfork", 2)
+    sc.fork(1, 2)  # the pid reused by a later fork: a new process
+    store.apply(sc.records)
+    assert store.conn.execute("SELECT count(*) FROM processes WHERE tgid=2").fetchone()[0] == 2
+    first = store.conn.execute("SELECT reason FROM versions WHERE kind='process' AND object_id="
+                               "(SELECT min(id) FROM processes WHERE tgid=2) AND version=1"
+                               ).fetchone()[0]
+    assert first == "first seen"
