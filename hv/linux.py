@@ -30,13 +30,14 @@ PT_REGS = (*ARG_REGS, "orig_ax", "ax", "cx", "r11", "ip", "cs", "flags")
 CRED_MEMBERS = ("cred.uid", "cred.gid", "cred.suid", "cred.sgid", "cred.euid", "cred.egid",
                 "cred.fsuid", "cred.fsgid")  # the order of Event.cred
 SOCK_MEMBERS = (
-    "file.private_data", "socket.sk", "sock.__sk_common", "sock.sk_type",
+    "inode.i_mode", "file.private_data", "socket.sk", "sock.__sk_common", "sock.sk_type",
     "sock_common.skc_family", "sock_common.skc_daddr", "sock_common.skc_rcv_saddr",
     "sock_common.skc_dport", "sock_common.skc_num",
 )
 SOCKET_PREFIX = "socket:["  # the kernel's name of a socket's file (sockfs dentries)
 MAX_SUN_PATH = 108  # sizeof sockaddr_un.sun_path: the bound on a unix address
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+S_IFMT, S_IFSOCK, S_IFIFO = 0o170000, 0o140000, 0o010000
 
 # every member the layer reads; a profile must provide them all
 MEMBERS = (
@@ -356,15 +357,25 @@ class Linux:
         return escape(path), mnt_id
 
     def _pseudo(self, dentry: int) -> str:
+        """The name of a file outside the namespace's tree, as /proc/PID/fd shows it: a socket
+        'socket:[ino]' (by its inode's mode, whatever its dentry says), else a dentry name
+        with a ':' ('anon_inode:[eventfd]'), else a FIFO 'pipe:[ino]', else 'anon:[ino]'."""
+        ino = mode = 0
         try:
-            ino = self.u64(self.kptr(dentry + self.o.dentry_d_inode) + self.o.inode_i_ino)
+            inode = self.kptr(dentry + self.o.dentry_d_inode)
+            ino = self.u64(inode + self.o.inode_i_ino)
+            mode = self.u16(inode + self.o.inode_i_mode)
         except Unreadable:
-            ino = 0
+            pass
+        if mode & S_IFMT == S_IFSOCK:
+            return f"socket:[{ino}]"
         try:
             name = escape(self._qstr(dentry))
         except Unreadable:
             name = ""
-        return name if ":" in name else f"anon:[{ino}]"
+        if ":" in name:
+            return name
+        return f"pipe:[{ino}]" if mode & S_IFMT == S_IFIFO else f"anon:[{ino}]"
 
     def _root_mount(self, fs: int) -> int | None:
         try:
@@ -423,6 +434,8 @@ class Linux:
 
     def socket_of(self, f: int) -> tuple[int, int, str, str, int, int]:
         o = self.o
+        if self.u16(self.kptr(f + o.file_f_inode) + o.inode_i_mode) & S_IFMT != S_IFSOCK:
+            raise Unreadable("not a socket's inode")  # a name that only looks like one
         sock = self.kptr(f + o.file_private_data)
         sk = self.kptr(sock + o.socket_sk)
         common = sk + o.sock___sk_common

@@ -633,7 +633,7 @@ PLUGIN_MEMBERS = (
     "fdtable.fd", "file.f_path", "file.f_inode", "mount.mnt", "mount.mnt_parent",
     "mount.mnt_mountpoint", "mount.mnt_id", "vfsmount.mnt_root",
     "cred.gid", "cred.suid", "cred.sgid", "cred.euid", "cred.egid", "cred.fsuid", "cred.fsgid",
-    "file.private_data", "socket.sk", "sock.__sk_common", "sock.sk_type",
+    "inode.i_mode", "file.private_data", "socket.sk", "sock.__sk_common", "sock.sk_type",
     "sock_common.skc_family", "sock_common.skc_daddr", "sock_common.skc_rcv_saddr",
     "sock_common.skc_dport", "sock_common.skc_num",
 )

@@ -29,7 +29,7 @@ OFFSETS = {
     "pt_regs.cx": 88, "pt_regs.dx": 96, "pt_regs.si": 104, "pt_regs.di": 112,
     "pt_regs.orig_ax": 120, "pt_regs.ip": 128, "pt_regs.cs": 136, "pt_regs.flags": 144,
     "cred.gid": 12, "cred.suid": 16, "cred.sgid": 20, "cred.euid": 24, "cred.egid": 28,
-    "cred.fsuid": 32, "cred.fsgid": 36, "file.private_data": 40, "socket.sk": 24,
+    "cred.fsuid": 32, "cred.fsgid": 36, "inode.i_mode": 0, "file.private_data": 40, "socket.sk": 24,
     "sock.__sk_common": 0, "sock.sk_type": 136, "sock_common.skc_daddr": 0,
     "sock_common.skc_rcv_saddr": 4, "sock_common.skc_dport": 12, "sock_common.skc_num": 14,
     "sock_common.skc_family": 16, "sock_common.skc_v6_daddr": 56,
@@ -131,10 +131,11 @@ class FakeGuest:
         self.u64(d + 48, inode)
         return d
 
-    def inode(self, ino: int, dev: int) -> int:
+    def inode(self, ino: int, dev: int, mode: int = 0) -> int:
         sb = self.kalloc(32)
         self.u32(sb + 16, dev)
         i = self.kalloc(80)
+        self.write(i, struct.pack("<H", mode))
         self.u64(i + 40, sb)
         self.u64(i + 64, ino)
         return i
@@ -217,9 +218,9 @@ class FakeGuest:
 
     def socket_file(self, sk: int, ino: int) -> int:
         """A sockfs file (its dentry 'socket:[ino]' on a mount of its own) of struct sock sk."""
-        root = self.dentry(b"socket:", None)
-        node = self.inode(ino, 8)
-        d = self.dentry(f"socket:[{ino}]".encode(), root, node)
+        root = self.dentry(b"", None)
+        node = self.inode(ino, 8, 0o140777)
+        d = self.dentry(b"", root, node)  # sockfs: no name; the kernel's d_dname makes one
         f = self.file(self.mount(root, 9), d, node)
         sock = self.kalloc(32)
         self.u64(sock + 24, sk)
@@ -596,3 +597,26 @@ def test_ipv6_text_is_rfc5952(hexaddr: str, text: str) -> None:
     from hv.linux import ipv6_text
 
     assert ipv6_text(bytes.fromhex(hexaddr)) == text
+
+
+def test_pseudo_names_by_inode_mode_and_spoofed_socket_names() -> None:
+    """Outside the namespace's tree a file is named as /proc/PID/fd names it: socket:[ino]
+    and pipe:[ino] by the inode's mode. A dentry that only calls itself a socket is not
+    read as one (its file's inode is no S_IFSOCK): Unreadable, the event is flagged."""
+    g, w = world()
+    lx = g.linux()
+    root = g.dentry(b"", None)
+    m = g.mount(root, 11)
+    fifo = g.inode(600, 12, 0o010600)
+    pf = g.file(m, g.dentry(b"", root, fifo), fifo)
+    plain = g.inode(601, 12, 0o100644)
+    spoof = g.file(m, g.dentry(b"socket:[601]", root, plain), plain)
+    sk = g.sock(2, 1, lport=9)
+    g.u64(spoof + 40, g.kalloc(32))  # some private_data
+    t = _fds(g, lx, w["task"], [pf, spoof, g.socket_file(sk, 602)])
+    assert lx.fd_file(t, 0).path == "pipe:[600]"
+    assert lx.fd_file(t, 1).path == "socket:[601]"
+    with pytest.raises(Unreadable, match="not a socket"):
+        lx.fd_socket(t, 1)
+    assert lx.fd_file(t, 2).path == "socket:[602]"
+    assert lx.fd_socket(t, 2) == (2, 1, "0.0.0.0:9", "", sk, 0)

@@ -247,7 +247,7 @@ static void build_world(const struct pv_offsets *o)
                       c + o->skc_dport, c + o->skc_num, c + o->skc_v6_daddr + 8,
                       c + o->skc_v6_rcv_saddr + 8, o->unix_addr, o->unix_peer};
     int64_t uaddr[] = {o->unix_address_len, o->unix_address_name + o->sun_path + 112};
-    int64_t inode[] = {o->inode_i_ino, o->inode_i_sb};
+    int64_t inode[] = {o->inode_i_ino, o->inode_i_sb, o->inode_i_mode};
     int64_t mount[] = {o->mount_mnt + o->vfsmount_mnt_root, o->mount_mnt_parent,
                        o->mount_mnt_mountpoint, o->mount_mnt_id};
     int64_t dentry[] = {o->dentry_d_name + o->qstr_name, o->dentry_d_name + o->qstr_len,
@@ -255,7 +255,7 @@ static void build_world(const struct pv_offsets *o)
     uint64_t sizes[NKINDS] = {
         span(task, 9, 16), span(cred, 8, 8), span(fs, 4, 8), span(&o->files_fdt, 1, 8),
         span((int64_t[]){o->fdt_max_fds, o->fdt_fd}, 2, 8), 64 * 8, span(file, 4, 8),
-        span(inode, 2, 8), span(&o->sb_s_dev, 1, 8), span(mount, 4, 8), span(dentry, 4, 8),
+        span(inode, 3, 8), span(&o->sb_s_dev, 1, 8), span(mount, 4, 8), span(dentry, 4, 8),
         PV_MAX_NAME + 8, (o->mm_exe_file > 0 ? (uint64_t)o->mm_exe_file : 0) + 64,
         span(&o->socket_sk, 1, 8), span(sock, 10, 8), span(uaddr, 2, 8),
     };
@@ -300,6 +300,8 @@ static void build_world(const struct pv_offsets *o)
     for (int i = 0; i < counts[O_INODE]; i++) {
         w64(objs[O_INODE][i] + o->inode_i_ino, below(3) ? below(100000) : rnd());
         w64(objs[O_INODE][i] + o->inode_i_sb, ptr_to(O_SB));
+        static const uint16_t modes[] = {0140755, 0010600, 0100644, 0040755, 0};
+        w(objs[O_INODE][i] + o->inode_i_mode, &modes[chance(85) ? below(2) : below(5)], 2);
     }
     for (int i = 0; i < counts[O_SB]; i++)
         w32(objs[O_SB][i] + o->sb_s_dev, (uint32_t)rnd());
@@ -608,7 +610,7 @@ static const char builtin_offsets[] =
     "mount.mnt_mountpoint 24\nmount.mnt_id 292\nvfsmount.mnt_root 0\n"
     "mm_struct.exe_file 936\n"
     "cred.gid 12\ncred.suid 16\ncred.sgid 20\ncred.euid 24\ncred.egid 28\ncred.fsuid 32\n"
-    "cred.fsgid 36\nfile.private_data 200\nsocket.sk 24\nsock.__sk_common 0\n"
+    "cred.fsgid 36\ninode.i_mode 0\nfile.private_data 200\nsocket.sk 24\nsock.__sk_common 0\n"
     "sock.sk_type 514\nsock_common.skc_family 16\nsock_common.skc_daddr 0\n"
     "sock_common.skc_rcv_saddr 4\nsock_common.skc_dport 12\nsock_common.skc_num 14\n"
     "sock_common.skc_v6_daddr 56\nsock_common.skc_v6_rcv_saddr 72\nunix_sock.addr 776\n"
@@ -634,7 +636,7 @@ static const char builtin_offsets[] =
     X("mm_struct.exe_file", mm_exe_file) X("cred.gid", cred_gid) X("cred.suid", cred_suid) \
     X("cred.sgid", cred_sgid) X("cred.euid", cred_euid) X("cred.egid", cred_egid) \
     X("cred.fsuid", cred_fsuid) X("cred.fsgid", cred_fsgid) \
-    X("file.private_data", file_private_data) X("socket.sk", socket_sk) \
+    X("inode.i_mode", inode_i_mode) X("file.private_data", file_private_data) X("socket.sk", socket_sk) \
     X("sock.__sk_common", sock_sk_common) X("sock.sk_type", sock_sk_type) \
     X("sock_common.skc_family", skc_family) X("sock_common.skc_daddr", skc_daddr) \
     X("sock_common.skc_rcv_saddr", skc_rcv_saddr) X("sock_common.skc_dport", skc_dport) \

@@ -148,16 +148,30 @@ static int qstr(struct pv_linux *lx, uint64_t dentry, uint8_t *out)
     return (int)n;
 }
 
+#define S_IFMT_ 0170000
+#define S_IFSOCK_ 0140000
+#define S_IFIFO_ 0010000
+
+/* a file outside the namespace's tree, named as hv/linux.py _pseudo names it: socket:[ino] by
+ * the inode's mode, a dentry name with a ':', pipe:[ino] for a FIFO, else anon:[ino] */
 static int pseudo(struct pv_linux *lx, uint64_t dentry, uint8_t *out)
 {
     uint64_t inode, ino = 0;
-    if (!(kptr(lx, dentry + lx->o->dentry_d_inode, &inode) &&
-          pv_read_u64(lx, inode + lx->o->inode_i_ino, &ino)))
+    uint16_t mode = 0;
+    if (kptr(lx, dentry + lx->o->dentry_d_inode, &inode) &&
+        pv_read_u64(lx, inode + lx->o->inode_i_ino, &ino)) {
+        if (!rd(lx, inode + lx->o->inode_i_mode, &mode, 2))
+            mode = 0;
+    } else {
         ino = 0;
+    }
+    if ((mode & S_IFMT_) == S_IFSOCK_)
+        return snprintf((char *)out, 64, "socket:[%llu]", (unsigned long long)ino);
     int n = qstr(lx, dentry, out);
     if (n > 0 && memchr(out, ':', (size_t)n))
         return n;
-    return snprintf((char *)out, 64, "anon:[%llu]", (unsigned long long)ino);
+    return snprintf((char *)out, 64, (mode & S_IFMT_) == S_IFIFO_ ? "pipe:[%llu]" : "anon:[%llu]",
+                    (unsigned long long)ino);
 }
 
 static int walk(struct pv_linux *lx, uint64_t mnt, uint64_t dentry, uint64_t root_mount,
@@ -244,7 +258,7 @@ int pv_path_of(struct pv_linux *lx, uint64_t mnt, uint64_t dentry, uint64_t root
         return (int)e->len;
     }
     int n = walk(lx, mnt, dentry, root_mount, have_root, out, mnt_id);
-    /* only real paths: a pseudo name ("anon:[ino]") comes from the inode, and a freed pipe or
+    /* only real paths: a pseudo name ("pipe:[ino]") comes from the inode, and a freed pipe or
      * socket dentry reused at the same address keeps its parent and empty name */
     if (n > 0 && out[0] == '/' && have_key) {
         uint8_t *copy = realloc(e->path, (size_t)n + 1);
@@ -422,7 +436,12 @@ bool pv_socket_of(struct pv_linux *lx, uint64_t file, struct pv_endpoint *ep)
 {
     const struct pv_offsets *o = lx->o;
     uint64_t sock, sk;
+    uint64_t inode;
+    uint16_t mode;
     memset(ep, 0, sizeof *ep);
+    if (!kptr(lx, file + o->file_f_inode, &inode) || !rd(lx, inode + o->inode_i_mode, &mode, 2) ||
+        (mode & S_IFMT_) != S_IFSOCK_) /* a name that only looks like a socket's */
+        return false;
     if (!kptr(lx, file + o->file_private_data, &sock) || !kptr(lx, sock + o->socket_sk, &sk))
         return false;
     uint64_t c = sk + (uint64_t)o->sock_sk_common;

@@ -49,7 +49,7 @@ static const struct {
     M("cred.gid", cred_gid, 1), M("cred.suid", cred_suid, 1), M("cred.sgid", cred_sgid, 1),
     M("cred.euid", cred_euid, 1), M("cred.egid", cred_egid, 1),
     M("cred.fsuid", cred_fsuid, 1), M("cred.fsgid", cred_fsgid, 1),
-    M("file.private_data", file_private_data, 1), M("socket.sk", socket_sk, 1),
+    M("inode.i_mode", inode_i_mode, 1), M("file.private_data", file_private_data, 1), M("socket.sk", socket_sk, 1),
     M("sock.__sk_common", sock_sk_common, 1), M("sock.sk_type", sock_sk_type, 1),
     M("sock_common.skc_family", skc_family, 1), M("sock_common.skc_daddr", skc_daddr, 1),
     M("sock_common.skc_rcv_saddr", skc_rcv_saddr, 1),

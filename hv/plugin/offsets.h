@@ -20,7 +20,7 @@ struct pv_offsets {
     int64_t path_mnt, path_dentry; /* struct path */
     int64_t dentry_d_name, dentry_d_parent, dentry_d_inode; /* struct dentry */
     int64_t qstr_name, qstr_len; /* struct qstr */
-    int64_t inode_i_ino, inode_i_sb; /* struct inode */
+    int64_t inode_i_ino, inode_i_sb, inode_i_mode; /* struct inode */
     int64_t sb_s_dev;           /* struct super_block */
     int64_t files_fdt;          /* struct files_struct */
     int64_t fdt_max_fds, fdt_fd; /* struct fdtable */
