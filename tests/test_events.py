@@ -47,7 +47,7 @@ _events = st.builds(
     ret=st.none() | st.integers(-(2**63), 2**63 - 1),
     cwd_mnt=u64,
     args=st.tuples(u64, u64, u64, u64, u64, u64),
-    flags=st.integers(0, 0x7F).map(lambda f: f & ~1),
+    flags=st.integers(0, 0x1FF).map(lambda f: f & ~1),
     comm=text | guest_bytes, cwd=st.none() | guest_bytes,
     paths=st.lists(guest_bytes, max_size=3),
     argv=st.none() | st.lists(text | guest_bytes, min_size=1, max_size=4),
