@@ -620,3 +620,31 @@ def test_pseudo_names_by_inode_mode_and_spoofed_socket_names() -> None:
         lx.fd_socket(t, 1)
     assert lx.fd_file(t, 2).path == "socket:[602]"
     assert lx.fd_socket(t, 2) == (2, 1, "0.0.0.0:9", "", sk, 0)
+
+
+def test_eventbuild_adds_endpoints_and_flags_unreadable_ones() -> None:
+    """hv/eventbuild.add_file (both Python producers): an endpoint per socket file, with the
+    file's index; a socket whose endpoint cannot be read gets none and F_SOCK_UNREADABLE;
+    other files never ask."""
+    from hv.eventbuild import add_file
+    from provisor import events as E
+
+    class Src:
+        asked: list[int] = []
+
+        def socket(self, fd: int):
+            self.asked.append(fd)
+            if fd == 7:
+                raise Unreadable("gone")
+            return (2, 1, "127.0.0.1:1", "", 0xFFFF_8880_0000_1000, 0)
+
+    ev = E.Event(1)
+    src = Src()
+    add_file(ev, src, 3, E.FileId(1, 2, "/root/a"))
+    add_file(ev, src, 4, E.FileId(8, 9, "socket:[9]"))
+    assert ev.endpoints == [E.Endpoint(1, 2, 1, "127.0.0.1:1", "", 0xFFFF_8880_0000_1000, 0)]
+    assert not ev.flags & E.F_SOCK_UNREADABLE
+    add_file(ev, src, 7, E.FileId(8, 10, "socket:[10]"))
+    assert len(ev.files) == 3 and len(ev.endpoints) == 1 and ev.flags & E.F_SOCK_UNREADABLE
+    assert src.asked == [4, 7]
+    assert E.decode(E.encode(ev)).endpoints == ev.endpoints
