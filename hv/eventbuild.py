@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from hv.linux import SOCKET_PREFIX
 from hv.memory import Unreadable
 from provisor import events as E
 from provisor.abi import AT_FDCWD, F_DUPFD, F_DUPFD_CLOEXEC, to_signed
@@ -40,6 +41,26 @@ class Source(Protocol):
     def exe_file(self) -> E.FileId | None: ...
 
     def cwd(self) -> tuple[str | None, int]: ...
+
+    def socket(self, fd: int) -> tuple[int, int, str, str, int, int] | None:
+        """The endpoint of the socket open as ``fd`` (family, type, local, remote, sk, peer);
+        None if not open; Unreadable if it cannot be read."""
+
+
+def add_file(ev: E.Event, src: Source, fd: int, f: E.FileId) -> None:
+    """Append the file open as ``fd`` and, for a socket, its endpoint (F_SOCK_UNREADABLE when
+    it cannot be read)."""
+    ev.files.append(f)
+    if not f.path.startswith(SOCKET_PREFIX):
+        return
+    try:
+        s = src.socket(fd)
+    except Unreadable:
+        s = None
+    if s is None:
+        ev.flags |= E.F_SOCK_UNREADABLE
+    else:
+        ev.endpoints.append(E.Endpoint(len(ev.files) - 1, *s))
 
 
 def normalize_args(sc: Syscall, args: tuple[int, ...]) -> tuple[int, ...]:
@@ -83,7 +104,7 @@ def read_entry(sc: Syscall, ev: E.Event, src: Source, *, task_ok: bool = True,
                 ev.flags |= E.F_FILE_UNREADABLE
                 continue
             if f is not None:  # None: not an open fd (the call fails with EBADF)
-                ev.files.append(f)
+                add_file(ev, src, fd, f)
         elif kind is Arg.ARGV or (kind is Arg.ENVP and envp):
             lst, trunc, bad = src.strv(ev.args[i])
             if bad:
@@ -138,4 +159,4 @@ def read_exit(sc: Syscall, ev: E.Event, src: Source) -> None:
         if f is None:  # it was just returned: it must be open and readable
             ev.flags |= E.F_FILE_UNREADABLE
         else:
-            ev.files.append(f)
+            add_file(ev, src, fd, f)

@@ -337,7 +337,7 @@ class Interceptor:
         if not t.ok:
             ev.flags |= E.F_TASK_UNREADABLE
         ev.tgid, ev.pid, ev.ppid, ev.uid = t.tgid, t.pid, t.ppid, t.uid
-        ev.start_time, ev.comm = t.start_time, t.comm
+        ev.start_time, ev.comm, ev.cred = t.start_time, t.comm, t.cred
         return t
 
     def _user_space(self, task: Task) -> bool:
@@ -481,6 +481,9 @@ class _TaskSource:
 
     def cwd(self) -> tuple[str | None, int]:
         return self.ic.linux.cwd(self.task)
+
+    def socket(self, fd: int) -> tuple[int, int, str, str, int, int] | None:
+        return self.ic.linux.fd_socket(self.task, fd)
 
 
 @dataclass(frozen=True)

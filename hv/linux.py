@@ -27,6 +27,18 @@ MAX_FDS = 1 << 20
 ARG_REGS = ("di", "si", "dx", "r10", "r8", "r9")
 PT_REGS = (*ARG_REGS, "orig_ax", "ax", "cx", "r11", "ip", "cs", "flags")
 
+CRED_MEMBERS = ("cred.uid", "cred.gid", "cred.suid", "cred.sgid", "cred.euid", "cred.egid",
+                "cred.fsuid", "cred.fsgid")  # the order of Event.cred
+SOCK_MEMBERS = (
+    "inode.i_mode", "file.private_data", "socket.sk", "sock.__sk_common", "sock.sk_type",
+    "sock_common.skc_family", "sock_common.skc_daddr", "sock_common.skc_rcv_saddr",
+    "sock_common.skc_dport", "sock_common.skc_num",
+)
+SOCKET_PREFIX = "socket:["  # the kernel's name of a socket's file (sockfs dentries)
+MAX_SUN_PATH = 108  # sizeof sockaddr_un.sun_path: the bound on a unix address
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+S_IFMT, S_IFSOCK, S_IFIFO = 0o170000, 0o140000, 0o010000
+
 # every member the layer reads; a profile must provide them all
 MEMBERS = (
     "task_struct.pid", "task_struct.tgid", "task_struct.comm", "task_struct.real_parent",
@@ -39,6 +51,13 @@ MEMBERS = (
     "pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.r10", "pt_regs.r8", "pt_regs.r9",
     "pt_regs.orig_ax", "pt_regs.ax", "pt_regs.cx", "pt_regs.r11", "pt_regs.ip", "pt_regs.cs",
     "pt_regs.flags", "task_struct.mm", "mm_struct.pgd",
+    *CRED_MEMBERS[1:], *SOCK_MEMBERS,
+)
+# optional: a kernel without CONFIG_IPV6 / CONFIG_UNIX lacks them; such sockets are then
+# flagged F_SOCK_UNREADABLE (hv/profile.py PLUGIN_OPTIONAL holds the same names)
+SOCK_OPTIONAL = (
+    "sock_common.skc_v6_daddr", "sock_common.skc_v6_rcv_saddr", "unix_sock.addr",
+    "unix_sock.peer", "unix_address.len", "unix_address.name", "sockaddr_un.sun_path",
 )
 
 
@@ -91,6 +110,7 @@ class Task:
     files: int = 0
     mm: int = 0
     ok: bool = False
+    cred: tuple[int, ...] | None = None  # uid gid suid sgid euid egid fsuid fsgid
 
 
 def kernel_ptr(v: int) -> int:
@@ -104,6 +124,40 @@ def user_ptr(v: int) -> int:
     if v == 0 or v >= 0x0000_8000_0000_0000:
         raise Unreadable(f"not a user pointer: {v:#x}")
     return v
+
+
+def ipv6_text(b: bytes) -> str:
+    """RFC 5952 text of 16 address bytes: lowercase hex groups without leading zeros, the
+    longest run of two or more zero groups (the first of equals) as '::'. No dotted form for
+    IPv4-mapped addresses (hv/plugin/linux.c writes the same bytes; Python's ipaddress
+    changed that between versions)."""
+    g = struct.unpack(">8H", b)
+    best, blen, i = -1, 1, 0
+    while i < 8:
+        if g[i] == 0:
+            j = i
+            while j < 8 and g[j] == 0:
+                j += 1
+            if j - i > blen:
+                best, blen = i, j - i
+            i = j
+        else:
+            i += 1
+    if best < 0:
+        return ":".join(f"{x:x}" for x in g)
+    head = ":".join(f"{x:x}" for x in g[:best])
+    tail = ":".join(f"{x:x}" for x in g[best + blen:])
+    return f"{head}::{tail}"
+
+
+def inet_text(family: int, addr: bytes, port: int) -> str:
+    """'1.2.3.4:80' or '[::1]:80'; '' for the unset address and port (not bound, not
+    connected)."""
+    if port == 0 and not any(addr):
+        return ""
+    if family == AF_INET:
+        return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}:{port}"
+    return f"[{ipv6_text(addr)}]:{port}"
 
 
 def encode_dev(kdev: int) -> int:
@@ -120,6 +174,12 @@ class Linux:
             self.mm_exe_file: int | None = int(profile.offset("mm_struct.exe_file"))
         except (KeyError, LookupError, TypeError, ValueError):
             self.mm_exe_file = None
+        self.opt: dict[str, int | None] = {}
+        for m in SOCK_OPTIONAL:
+            try:
+                self.opt[m] = int(profile.offset(m))
+            except (KeyError, LookupError, TypeError, ValueError):
+                self.opt[m] = None
         self.current_task_off = profile.symbol("current_task")  # a per-cpu offset: no slide
         self.slide = slide
         o = self.o
@@ -128,6 +188,9 @@ class Linux:
                   o.task_struct_fs, o.task_struct_files, o.task_struct_mm)
         self._task_lo = min(fields)
         self._task_len = max(fields) + 16 - self._task_lo
+        self._cred = tuple(getattr(o, m.replace(".", "_")) for m in CRED_MEMBERS)
+        self._cred_lo = min(self._cred)
+        self._cred_len = max(self._cred) + 4 - self._cred_lo
         self._paths: dict[tuple, tuple[bytes, str, int]] = {}
         dk = (o.dentry_d_parent, o.dentry_d_name + o.qstr_len, o.dentry_d_name + o.qstr_name)
         self._dkey_lo = min(dk)
@@ -173,10 +236,14 @@ class Linux:
             parent = kernel_ptr(at(o.task_struct_real_parent, "<Q"))
             t.ppid = struct.unpack("<I", self.mem.read(parent + o.task_struct_tgid, 4))[0]
             cred = kernel_ptr(at(o.task_struct_cred, "<Q"))
-            t.uid = self.u32(cred + o.cred_uid)
+            cb = self.mem.read(cred + self._cred_lo, self._cred_len)
+            t.cred = tuple(struct.unpack_from("<I", cb, c - self._cred_lo)[0]
+                           for c in self._cred)
+            t.uid = t.cred[0]
             t.ok = True
         except (Unreadable, struct.error):
             t.ok = False
+            t.cred = None
         return t
 
     def pt_regs(self, regs_ptr: int) -> dict[str, int]:
@@ -290,15 +357,25 @@ class Linux:
         return escape(path), mnt_id
 
     def _pseudo(self, dentry: int) -> str:
+        """The name of a file outside the namespace's tree, as /proc/PID/fd shows it: a socket
+        'socket:[ino]' (by its inode's mode, whatever its dentry says), else a dentry name
+        with a ':' ('anon_inode:[eventfd]'), else a FIFO 'pipe:[ino]', else 'anon:[ino]'."""
+        ino = mode = 0
         try:
-            ino = self.u64(self.kptr(dentry + self.o.dentry_d_inode) + self.o.inode_i_ino)
+            inode = self.kptr(dentry + self.o.dentry_d_inode)
+            ino = self.u64(inode + self.o.inode_i_ino)
+            mode = self.u16(inode + self.o.inode_i_mode)
         except Unreadable:
-            ino = 0
+            pass
+        if mode & S_IFMT == S_IFSOCK:
+            return f"socket:[{ino}]"
         try:
             name = escape(self._qstr(dentry))
         except Unreadable:
             name = ""
-        return name if ":" in name else f"anon:[{ino}]"
+        if ":" in name:
+            return name
+        return f"pipe:[{ino}]" if mode & S_IFMT == S_IFIFO else f"anon:[{ino}]"
 
     def _root_mount(self, fs: int) -> int | None:
         try:
@@ -339,6 +416,80 @@ class Linux:
             if strict:
                 raise
             return None
+
+    def fd_socket(self, task: Task, fd: int) -> tuple[int, int, str, str, int, int] | None:
+        """The endpoint of the socket open as ``fd``: (family, type, local, remote, sk, peer)
+        as events.Endpoint holds them (but its file index), from file->private_data (struct
+        socket) -> sk; None if the fd is not open; Unreadable if anything cannot be read (or
+        the kernel's profile lacks what its family needs)."""
+        o = self.o
+        if fd < 0 or fd >= MAX_FDS:
+            return None
+        files = kernel_ptr(task.files)
+        fdt = self.kptr(files + o.files_struct_fdt)
+        if fd >= self.u32(fdt + o.fdtable_max_fds):
+            return None
+        f = self.u64(self.kptr(fdt + o.fdtable_fd) + 8 * fd)
+        return None if f == 0 else self.socket_of(kernel_ptr(f))
+
+    def socket_of(self, f: int) -> tuple[int, int, str, str, int, int]:
+        o = self.o
+        if self.u16(self.kptr(f + o.file_f_inode) + o.inode_i_mode) & S_IFMT != S_IFSOCK:
+            raise Unreadable("not a socket's inode")  # a name that only looks like one
+        sock = self.kptr(f + o.file_private_data)
+        sk = self.kptr(sock + o.socket_sk)
+        common = sk + o.sock___sk_common
+        family = self.u16(common + o.sock_common_skc_family)
+        typ = self.u16(sk + o.sock_sk_type)
+        local = remote = ""
+        peer = 0
+        if family == AF_INET:
+            local = inet_text(AF_INET, self.mem.read(common + o.sock_common_skc_rcv_saddr, 4),
+                              self.u16(common + o.sock_common_skc_num))
+            remote = inet_text(AF_INET, self.mem.read(common + o.sock_common_skc_daddr, 4),
+                               self._be16(common + o.sock_common_skc_dport))
+        elif family == AF_INET6:
+            la, ra = self.opt["sock_common.skc_v6_rcv_saddr"], self.opt["sock_common.skc_v6_daddr"]
+            if la is None or ra is None:
+                raise Unreadable("the profile has no IPv6 socket addresses")
+            local = inet_text(AF_INET6, self.mem.read(common + la, 16),
+                              self.u16(common + o.sock_common_skc_num))
+            remote = inet_text(AF_INET6, self.mem.read(common + ra, 16),
+                               self._be16(common + o.sock_common_skc_dport))
+        elif family == AF_UNIX:
+            po = self.opt["unix_sock.peer"]
+            if po is None:
+                raise Unreadable("the profile has no unix_sock")
+            local = self._unix_addr(sk)
+            peer = self.u64(sk + po)
+            if peer:
+                remote = self._unix_addr(kernel_ptr(peer))
+        return family, typ, local, remote, sk, peer
+
+    def _be16(self, va: int) -> int:
+        b = self.mem.read(va, 2)
+        return b[0] << 8 | b[1]
+
+    def u16(self, va: int) -> int:
+        return struct.unpack("<H", self.mem.read(va, 2))[0]
+
+    def _unix_addr(self, sk: int) -> str:
+        """The bound address of a unix socket (unix_sock.addr): the path, an abstract name
+        (its leading NUL kept, as guest bytes), or '' when unbound."""
+        ao, lo, no, po = (self.opt[k] for k in ("unix_sock.addr", "unix_address.len",
+                                                "unix_address.name", "sockaddr_un.sun_path"))
+        if ao is None or lo is None or no is None or po is None:
+            raise Unreadable("the profile has no unix_address")
+        addr = self.u64(sk + ao)
+        if addr == 0:
+            return ""
+        n = self.u32(kernel_ptr(addr) + lo)
+        if not 2 <= n <= 2 + MAX_SUN_PATH:
+            raise Unreadable(f"unix address of {n} bytes")
+        raw = self.mem.read(addr + no + po, n - 2) if n > 2 else b""
+        if raw[:1] != b"\0":
+            raw = raw.split(b"\0", 1)[0]
+        return escape(raw)
 
     def exe_file(self, task: Task) -> FileId | None:
         """The executable of ``task`` (mm->exe_file), as the kernel resolved it: after an

@@ -44,13 +44,15 @@ class Spec:
     symbols: tuple[str, ...]
     optional_symbols: tuple[str, ...] = ()
     anchors: tuple[str, ...] = ()
+    # types a kernel may lack (a config option off: CONFIG_UNIX); left out of the profile then
+    optional_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 KERNEL_SPEC = Spec(
     types={
         "task_struct": ("pid", "tgid", "comm", "real_parent", "parent", "cred", "start_time",
                         "fs", "files", "mm", "group_leader", "thread_pid", "flags"),
-        "cred": ("uid", "gid", "euid", "egid"),
+        "cred": ("uid", "gid", "suid", "sgid", "euid", "egid", "fsuid", "fsgid"),
         "fs_struct": ("pwd", "root"),
         "path": ("mnt", "dentry"),
         "dentry": ("d_name", "d_parent", "d_inode", "d_sb"),
@@ -59,13 +61,16 @@ KERNEL_SPEC = Spec(
         "super_block": ("s_dev", "s_root"),
         "files_struct": ("fdt",),
         "fdtable": ("max_fds", "fd"),
-        "file": ("f_path", "f_inode", "f_flags", "f_pos"),
+        "file": ("f_path", "f_inode", "f_flags", "f_pos", "private_data"),
         "mount": ("mnt_parent", "mnt_mountpoint", "mnt", "mnt_id"),
         "vfsmount": ("mnt_root", "mnt_sb"),
         "mm_struct": ("pgd", "exe_file"),
         "pt_regs": ("di", "si", "dx", "r10", "r8", "r9", "ax", "orig_ax", "ip", "sp", "cs",
                     "flags", "bx", "cx", "bp", "r11", "r12", "r13", "r14", "r15", "ss"),
         "list_head": ("next", "prev"),
+        "socket": ("sk", "type"),
+        "sock": ("__sk_common", "sk_type"),
+        "sock_common": ("skc_family", "skc_daddr", "skc_rcv_saddr", "skc_dport", "skc_num"),
     },
     symbols=("entry_SYSCALL_64", "do_syscall_64", "current_task", "__per_cpu_offset",
              "init_task", "linux_banner", "init_mm", "_text")
@@ -76,12 +81,14 @@ KERNEL_SPEC = Spec(
                       "init_fs", "init_files", "pcpu_hot", "kstack_offset",
                       "cpu_current_top_of_stack", "cpu_tss_rw", "kernel_init"),
     anchors=("copy_process", "do_syscall_64", "path_mount", "do_mount", "copy_mnt_ns",
-             "do_sys_openat2", "__d_alloc"),
+             "do_sys_openat2", "__d_alloc", "__sys_socket", "unix_getname"),
+    optional_types={"unix_sock": ("addr", "peer"), "unix_address": ("len", "name"),
+                    "sockaddr_un": ("sun_path",)},
 )
 
 _ISF_FORMAT = "6.2.0"
 # Bumped whenever the builder's output changes, so cached profiles get rebuilt (hv.guest.kit)
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 # A synthetic symbol: where every __x64_sys_* returns in do_syscall_64 (see _return_site)
 SYSCALL_RETURN = "__provisor_syscall_return"
 _DEPTH = 3  # how deep embedded struct types of needed members are pulled in (cred.uid -> kuid_t)
@@ -403,7 +410,7 @@ def build(vmlinux: str | Path, system_map: str | Path | None = None, spec: Spec 
                            "is covered by .debug_aranges")
 
     b = _Builder(dwarf)
-    todo = dict(spec.types)
+    todo = {**spec.types, **spec.optional_types}
     searched: list[str] = []
     for off in cu_offsets:
         if not todo:
@@ -417,6 +424,7 @@ def build(vmlinux: str | Path, system_map: str | Path | None = None, spec: Spec 
                 b.define(die, tname, todo.pop(tname))
             elif tname in b.user_types and b.user_types[tname]:
                 todo.pop(tname)
+    todo = {t: m for t, m in todo.items() if t not in spec.optional_types}
     if todo:
         raise ProfileError(f"type(s) {', '.join(sorted(todo))} not found in CU(s) {', '.join(searched)}")
     say(f"types: {len(b.user_types)} from {len(searched)} CU(s) in {time.monotonic() - t1:.1f}s")
@@ -624,8 +632,16 @@ PLUGIN_MEMBERS = (
     "inode.i_ino", "inode.i_sb", "super_block.s_dev", "files_struct.fdt", "fdtable.max_fds",
     "fdtable.fd", "file.f_path", "file.f_inode", "mount.mnt", "mount.mnt_parent",
     "mount.mnt_mountpoint", "mount.mnt_id", "vfsmount.mnt_root",
+    "cred.gid", "cred.suid", "cred.sgid", "cred.euid", "cred.egid", "cred.fsuid", "cred.fsgid",
+    "inode.i_mode", "file.private_data", "socket.sk", "sock.__sk_common", "sock.sk_type",
+    "sock_common.skc_family", "sock_common.skc_daddr", "sock_common.skc_rcv_saddr",
+    "sock_common.skc_dport", "sock_common.skc_num",
 )
-PLUGIN_OPTIONAL = ("mm_struct.exe_file",)
+# Members a kernel may lack (CONFIG_IPV6, CONFIG_UNIX off): absent from the file, the plugin
+# does without (hv/linux.py: SOCK_OPTIONAL)
+PLUGIN_OPTIONAL = ("mm_struct.exe_file", "sock_common.skc_v6_daddr",
+                   "sock_common.skc_v6_rcv_saddr", "unix_sock.addr", "unix_sock.peer",
+                   "unix_address.len", "unix_address.name", "sockaddr_un.sun_path")
 OFFSETS_VERSION = 1
 
 

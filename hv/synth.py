@@ -83,6 +83,7 @@ from provisor.events import (
     F_FILE_UNREADABLE,
     T_ARGV,
     T_COMM,
+    T_CRED,
     T_CWD,
     T_ENVP,
     T_FILE,
@@ -142,6 +143,7 @@ class FastEncoder:
         self.cwd: dict[str, bytes] = {}
         self.path: dict[str, bytes] = {}
         self.file: dict[FileId, bytes] = {}
+        self.cred: dict[tuple[int, ...], bytes] = {}
         self.check_every = check_every
         self.left = 1  # the first event is always checked
 
@@ -203,6 +205,13 @@ class FastEncoder:
             parts.append(b)
         for fd in ev.out_fds:
             parts.append(self._tlv(T_OUTFD, struct.pack("<i", fd)))
+        if ev.endpoints:  # the model has no sockets; whoever adds them gets encode's
+            return encode(ev)
+        if ev.cred is not None:
+            b = self.cred.get(ev.cred)
+            if b is None:
+                b = self.cred[ev.cred] = self._tlv(T_CRED, struct.pack("<8I", *ev.cred))
+            parts.append(b)
         return b"".join(parts)
 
 
@@ -360,6 +369,18 @@ HEADERS = ["stdio.h", "stdlib.h", "string.h", "unistd.h", "errno.h"]
 HOME = "/home/user"
 
 
+_CREDS: dict[int, tuple[int, ...]] = {}
+
+
+def _cred(uid: int) -> tuple[int, ...]:
+    """Event.cred of a modelled process: one id for all eight (a user's own group; nothing in
+    the model is setuid)."""
+    c = _CREDS.get(uid)
+    if c is None:
+        c = _CREDS[uid] = (uid,) * 8
+    return c
+
+
 class _Model:
     """What the synthetic producer reads for an entry (an eventbuild.Source): the strings its
     call put behind the argument pointers, and the files of the caller's fd table, identified
@@ -498,10 +519,10 @@ class Guest:
         p = t.proc
         if sc.path_pairs:
             ev = Event(sc.nr, ENTRY, 0, 0, 0, p.tgid, t.pid, p.ppid, p.uid, p.start_time, None,
-                       p.cwd_mnt, a6, 0, p.comm, p.cwd, [], None, None, [], [])
+                       p.cwd_mnt, a6, 0, p.comm, p.cwd, [], None, None, [], [], cred=_cred(p.uid))
         else:
             ev = Event(sc.nr, ENTRY, 0, 0, 0, p.tgid, t.pid, p.ppid, p.uid, p.start_time, None,
-                       0, a6, 0, p.comm, None, [], None, None, [], [])
+                       0, a6, 0, p.comm, None, [], None, None, [], [], cred=_cred(p.uid))
         read_entry(sc, ev, _Model(self, p, mem, identify), envp=False)
         return ev
 
@@ -511,7 +532,8 @@ class Guest:
         returned: ret, out_fds, the identity of an opened or executed file."""
         return Event(en.nr, EXIT, 0, 0, 0, en.tgid, en.pid, en.ppid, en.uid, en.start_time,
                      ret, 0, en.args, flags, en.comm, None, [], None, None,
-                     [] if files is None else files, [] if out_fds is None else out_fds)
+                     [] if files is None else files, [] if out_fds is None else out_fds,
+                     cred=en.cred)  # no traced call of the model changes credentials
 
     def _fid(self, node: Inode | None) -> tuple[list[FileId], int]:
         """The file identity the producer could read, or the flag saying it could not."""

@@ -34,18 +34,24 @@ F_TASK_UNREADABLE = 1 << 4
 F_FILE_UNREADABLE = 1 << 5
 F_TRUNCATED = 1 << 6  # a string or list hit its bound
 F_COMPAT = 1 << 7  # entered through the 32-bit ABI (int 0x80, sysenter, compat syscall)
+F_SOCK_UNREADABLE = 1 << 8  # a socket file's endpoint could not be read (no SOCK field for it)
 
 _FIXED = struct.Struct("<BBHHHQQIIIIQqQ6Q")
 _TLV = struct.Struct("<BH")
 _FILE = struct.Struct("<QQ")
 _I32 = struct.Struct("<i")
+_CRED = struct.Struct("<8I")
+_SOCK = struct.Struct("<HHHHQQ")  # file index, family, type, local length, sk, peer
 
 _FIXED_SIZE = _FIXED.size
 _unpack_fixed = _FIXED.unpack_from
 _unpack_tlv = _TLV.unpack_from
 
 T_COMM, T_CWD, T_PATH, T_ARGV, T_ENVP, T_FILE, T_OUTFD = 1, 2, 3, 4, 5, 6, 7
+T_CRED, T_SOCK = 8, 9
 MAX_FIELD = 0xFFFF
+MAX_SOCK_ADDR = 108  # producers' bound on an endpoint's local or remote text (sun_path)
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 
 
 class EventDecodeError(ProvisorError, ValueError):
@@ -59,6 +65,19 @@ class FileId:
     dev: int
     ino: int
     path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What a socket in ``Event.files`` is connected to, as its struct sock has it."""
+
+    file: int      # index into Event.files of the socket described
+    family: int    # AF_UNIX=1, AF_INET=2, AF_INET6=10 (skc_family)
+    type: int      # SOCK_STREAM=1, SOCK_DGRAM=2, ... (sk_type)
+    local: str     # "127.0.0.1:5000", "[::1]:80"; AF_UNIX: bound path or "" (guest text)
+    remote: str    # peer address "ip:port"; "" when not connected
+    sk: int        # kernel address of this socket's struct sock (identity while it is open)
+    peer: int      # AF_UNIX: the peer's struct sock address (unix_sock.peer), else 0
 
 
 @dataclass(slots=True)
@@ -86,6 +105,10 @@ class Event:
     out_fds: list[int] = field(default_factory=list)
     seq: int = 0  # the ring sequence number (from the record, not the payload)
     payload: bytes = b""  # the encoded form, as decoded (kept for the store)
+    # (uid, gid, suid, sgid, euid, egid, fsuid, fsgid) from task->cred at that moment (entry:
+    # before the call, exit: after it); None when the task was unreadable
+    cred: tuple[int, ...] | None = None
+    endpoints: list[Endpoint] = field(default_factory=list)  # one per socket in files
 
     @property
     def name(self) -> str:
@@ -127,6 +150,12 @@ def encode(ev: Event) -> bytes:
         put(T_FILE, _FILE.pack(f.dev, f.ino) + _s(f.path))
     for fd in ev.out_fds:
         put(T_OUTFD, _I32.pack(fd))
+    if ev.cred is not None:
+        put(T_CRED, _CRED.pack(*ev.cred))
+    for ep in ev.endpoints:
+        local = _s(ep.local)
+        put(T_SOCK, _SOCK.pack(ep.file, ep.family, ep.type, len(local), ep.sk, ep.peer)
+            + local + _s(ep.remote))
     parts[0] = _FIXED.pack(
         EVENT_VERSION, ev.phase, ev.vcpu, ev.nr, flags, ev.entry_seq, ev.ts_ns, ev.tgid,
         ev.pid, ev.ppid, ev.uid, ev.start_time, ev.ret or 0, ev.cwd_mnt, *args[:6])
@@ -151,6 +180,8 @@ def decode(data: bytes, seq: int = 0) -> Event:
         out_fds: list[int] = []
         argv: list[str] | None = None
         envp: list[str] | None = None
+        cred: tuple[int, ...] | None = None
+        endpoints: list[Endpoint] = []
         off = _FIXED_SIZE
         while off < end:
             if off + 3 > end:
@@ -181,13 +212,30 @@ def decode(data: bytes, seq: int = 0) -> Event:
             elif tag == T_ENVP:
                 envp = (envp or [])
                 envp.append(escape(data[off:nxt]))
+            elif tag == T_CRED:
+                if n != _CRED.size or cred is not None:
+                    raise EventDecodeError("bad or repeated cred field")
+                cred = _CRED.unpack_from(data, off)
+            elif tag == T_SOCK:
+                if n < _SOCK.size:
+                    raise EventDecodeError("short socket field")
+                fi, fam, typ, ln, sk, peer = _SOCK.unpack_from(data, off)
+                a = off + _SOCK.size
+                if ln > nxt - a:
+                    raise EventDecodeError("socket address runs past its field")
+                if endpoints and fi <= endpoints[-1].file:
+                    raise EventDecodeError("socket fields out of file order")
+                endpoints.append(Endpoint(fi, fam, typ, escape(data[a:a + ln]),
+                                          escape(data[a + ln:nxt]), sk, peer))
             else:
                 raise EventDecodeError(f"unknown field tag {tag}")
             off = nxt
+        if endpoints and endpoints[-1].file >= len(files):
+            raise EventDecodeError("socket field of a file the event lacks")
         return Event(nr, phase, ts, vcpu, entry_seq, tgid, pid, ppid, uid, start,
                      ret if flags & F_HAS_RET else None, mnt, (a0, a1, a2, a3, a4, a5),
                      flags & ~F_HAS_RET, comm, cwd, paths, argv, envp, files, out_fds, seq,
-                     data)
+                     data, cred, endpoints)
     except EventDecodeError:
         raise
     except Exception as e:  # struct.error and friends: still a clean, typed error

@@ -10,7 +10,9 @@ task, not globally (the interleaving of concurrent processes follows the guest's
 differs between boots): the workload's root is the task that execve()s ``sh /workload``, every
 other task is named by its place in the fork tree (the k-th successful fork/clone of its parent),
 and pids, tgids, ppids and the return value of fork-family calls are compared through those
-names; an exit's ``entry_seq`` is compared through each stream's own seq -> (task, index) map.
+names; an exit's ``entry_seq`` is compared through each stream's own seq -> (task, index) map;
+an endpoint's ``sk`` and ``peer`` (kernel addresses) through the inode of the socket file that
+struct sock belonged to.
 
 Every field of ``provisor.events.Event`` is compared except those in ``ALLOWED``, the one list
 of permitted differences (docs/HYPERVISORS.md, "Differences from the gdbstub producer", says the
@@ -67,6 +69,7 @@ CONF_C = r"""
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -165,9 +168,48 @@ int main(void)
     long so = S(SYS_socket, AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX, .sun_path = "sock"};
     S(SYS_bind, so, &sa, sizeof sa);
+    S(SYS_listen, so, 2);
     long so2 = S(SYS_socket, AF_UNIX, SOCK_STREAM, 0);
     S(SYS_connect, so2, &sa, sizeof sa);
     S(SYS_accept, so, 0, 0);
+    long so3 = S(SYS_socket, AF_UNIX, SOCK_STREAM, 0);
+    S(SYS_connect, so3, &sa, sizeof sa);
+    S(SYS_accept4, so, 0, 0, SOCK_CLOEXEC);
+    int sv[2];
+    S(SYS_socketpair, AF_UNIX, SOCK_DGRAM, 0, sv);
+    S(SYS_sendto, sv[0], "dg", 2, 0, 0, 0);
+    S(SYS_recvfrom, sv[1], buf, 2, 0, 0, 0);
+    struct iovec mv = {"msg", 3}, mr = {buf, 3};
+    struct msghdr mh = {.msg_iov = &mv, .msg_iovlen = 1}, rh = {.msg_iov = &mr, .msg_iovlen = 1};
+    S(SYS_sendmsg, sv[0], &mh, 0);
+    S(SYS_recvmsg, sv[1], &rh, 0);
+    /* modes, owners, nodes, vectored and copied data */
+    S(SYS_chmod, "cr2.txt", 0640);
+    long cf = S(SYS_open, "cr2.txt", O_RDWR);
+    S(SYS_fchmod, cf, 0600);
+    S(SYS_fchmodat, AT_FDCWD, "cr2.txt", 0644);
+    S(SYS_chown, "cr2.txt", 0, 0);
+    S(SYS_fchown, cf, 0, 0);
+    S(SYS_lchown, "sym", 0, 0);
+    S(SYS_fchownat, AT_FDCWD, "cr2.txt", 0, 0, 0);
+    S(SYS_mknod, "fifo", S_IFIFO | 0644, 0);
+    S(SYS_mknodat, AT_FDCWD, "fifo2", S_IFIFO | 0600, 0);
+    struct iovec pw = {"PW", 2}, pr = {buf, 2};
+    S(SYS_pwritev, cf, &pw, 1, 0, 0);
+    S(SYS_preadv, cf, &pr, 1, 0, 0);
+    long cp = S(SYS_openat, AT_FDCWD, "cp.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    S(SYS_copy_file_range, cf, 0, cp, 0, 3, 0);
+    S(SYS_close, cp), S(SYS_close, cf);
+    /* signals: 0, which only checks the target */
+    long me = S(SYS_getpid);
+    S(SYS_kill, me, 0);
+    S(SYS_tkill, me, 0);
+    S(SYS_tgkill, me, me, 0);
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    si.si_code = SI_QUEUE;
+    S(SYS_rt_sigqueueinfo, me, 0, &si);
+    S(SYS_rt_tgsigqueueinfo, me, me, 0, &si);
     /* processes: fork, clone, clone3, vfork, a thread; execve and execveat */
     long c = S(SYS_fork);
     if (c == 0) {
@@ -199,6 +241,10 @@ int main(void)
     pthread_t t;
     pthread_create(&t, NULL, thread_main, (void *)1L);
     pthread_join(t, NULL);
+    /* credentials: root's own (tests/guest_sockcred.c, run by the workload, changes them) */
+    S(SYS_setfsuid, 0), S(SYS_setfsgid, 0), S(SYS_setgid, 0), S(SYS_setuid, 0);
+    S(SYS_setregid, -1, -1), S(SYS_setreuid, -1, -1);
+    S(SYS_setresgid, -1, -1, -1), S(SYS_setresuid, -1, -1, -1);
     /* the 32-bit ABI from a 64-bit process: close(-1) through int 0x80 (i386 number 6) */
     long r;
     __asm__ volatile("int $0x80" : "=a"(r) : "a"(6L), "b"(-1L) : "memory");
@@ -234,6 +280,7 @@ cat "$name" > /dev/null
 mv "$name" "$name.2"
 cd /root/w
 /bin/conf arg1 "two words" "$(printf 'n\351')"
+/bin/sockcred
 sh -c 'echo child > f.txt'
 cd /root
 """
@@ -295,6 +342,17 @@ def _views(tasks: dict[tuple, list[E.Event]], noise: frozenset = frozenset()
         return outside.setdefault(pid, ("outside", len(outside)))
 
     at = {e.seq: (name, i) for name, evs in tasks.items() for i, e in enumerate(evs)}
+    # an endpoint's sk and peer are kernel addresses (another boot, another heap): named by
+    # the inode of the socket file that sk belonged to at that point of the stream
+    sock_ino: dict[int, int] = {}
+    ep_views: dict[int, list[tuple]] = {}
+    for e in sorted((e for evs in tasks.values() for e in evs), key=lambda e: e.seq):
+        for ep in e.endpoints:
+            sock_ino[ep.sk] = e.files[ep.file].ino
+        ep_views[e.seq] = [(ep.file, ep.family, ep.type, ep.local, ep.remote,
+                            ("sock of inode", sock_ino[ep.sk]),
+                            ("sock of inode", sock_ino.get(ep.peer)) if ep.peer else 0)
+                           for ep in e.endpoints]
     out: dict[tuple, list[dict]] = {}
     for name, evs in sorted(tasks.items()):
         rows = []
@@ -310,6 +368,7 @@ def _views(tasks: dict[tuple, list[E.Event]], noise: frozenset = frozenset()
                               else hex(a) for r, a in enumerate(e.args))
             v["flags"] = hex(e.flags)
             v["files"] = [(f.dev, f.ino, f.path) for f in e.files]
+            v["endpoints"] = ep_views[e.seq]
             rows.append(v)
         out[name] = rows
     return out
@@ -496,6 +555,9 @@ def runs(tmp_path_factory):
                         str(base / "conf.c"), "-lpthread"], capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"cannot build the static helper: {r.stderr.strip()[-200:]}")
+    from test_plugin_guest import build_sockcred
+
+    build_sockcred(inc / "bin")
     (base / "workload.sh").write_text(WORKLOAD)
     init = (ROOT / "config" / "guest" / "init.sh").read_text()
     (base / "init.sh").write_text(INIT_PROLOGUE + init.split("\n", 1)[1])
@@ -543,10 +605,17 @@ def test_plugin_events_equal_gdbstub_events(runs, plugin) -> None:
     assert [(e.name, e.phase, e.ret, e.comm) for e in compat] == [
         ("close", E.ENTRY, None, "conf"), ("close", E.EXIT, -9, "conf")]
     assert not any(e.flags & E.F_COMPAT for e in wev)
-    # regression: a pseudo file's name is its own inode's ('anon:[ino]'), in every ring
+    # regression: a pseudo file's name is its own inode's ('pipe:[ino]', 'socket:[ino]'), in
+    # every ring
     for evs in (pev, wev):
-        for f in (f for e in evs for f in e.files if f.path.startswith("anon:[")):
-            assert f.path == f"anon:[{f.ino}]", f
+        for f in (f for e in evs for f in e.files if f.path.startswith(("anon:[", "pipe:[",
+                                                                         "socket:["))):
+            assert f.path.endswith(f":[{f.ino}]"), f
+    # credentials and endpoints, as tests/guest_sockcred.c made them, in both rings
+    from test_plugin_guest import check_sockcred
+
+    for evs in (pev, wev):
+        check_sockcred(evs)
 
     # the workload, field by field
     noise = unused_register_noise(runs["plugin-nokaslr"][1], runs["plugin-kaslr"][1])

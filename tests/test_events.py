@@ -16,10 +16,13 @@ from provisor.events import (
     F_TRUNCATED,
     T_ARGV,
     T_COMM,
+    T_CRED,
     T_CWD,
     T_ENVP,
     T_FILE,
     T_PATH,
+    T_SOCK,
+    Endpoint,
     Event,
     EventDecodeError,
     FileId,
@@ -35,7 +38,7 @@ raw_bytes = st.binary(max_size=40)
 guest_bytes = raw_bytes.map(escape)
 text = st.text(max_size=60).map(lambda t: escape(t.encode())) | guest_bytes
 
-events = st.builds(
+_events = st.builds(
     Event,
     nr=st.integers(0, 2**16 - 1),
     phase=st.sampled_from([ENTRY, EXIT]),
@@ -44,14 +47,31 @@ events = st.builds(
     ret=st.none() | st.integers(-(2**63), 2**63 - 1),
     cwd_mnt=u64,
     args=st.tuples(u64, u64, u64, u64, u64, u64),
-    flags=st.integers(0, 0x7F).map(lambda f: f & ~1),
+    flags=st.integers(0, 0x1FF).map(lambda f: f & ~1),
     comm=text | guest_bytes, cwd=st.none() | guest_bytes,
     paths=st.lists(guest_bytes, max_size=3),
     argv=st.none() | st.lists(text | guest_bytes, min_size=1, max_size=4),
     envp=st.none() | st.lists(text | guest_bytes, min_size=1, max_size=2),
     files=st.lists(st.builds(FileId, u64, u64, guest_bytes), max_size=2),
     out_fds=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=2),
+    cred=st.none() | st.tuples(*[u32] * 8),
 )
+u16 = st.integers(0, 2**16 - 1)
+addr = st.sampled_from(["", "127.0.0.1:5000", "[::1]:80", "0.0.0.0:0"]) | guest_bytes
+
+
+@st.composite
+def _with_endpoints(draw, base=_events) -> Event:
+    """An event whose endpoints describe some of its files (in file order, as decode wants)."""
+    ev = draw(base)
+    which = draw(st.lists(st.sampled_from(range(len(ev.files))), unique=True)) if ev.files \
+        else []
+    ev.endpoints = [Endpoint(i, draw(u16), draw(u16), draw(addr), draw(addr), draw(u64),
+                             draw(u64)) for i in sorted(which)]
+    return ev
+
+
+events = _with_endpoints()
 
 
 @settings(max_examples=300, deadline=None)
@@ -154,3 +174,63 @@ def test_long_strings_are_bounded() -> None:
     assert len(back.paths[0]) == 0xFFFF
     assert back.flags & F_TRUNCATED
     assert not decode(encode(Event(2, paths=["short"]))).flags & F_TRUNCATED
+
+
+def _tlv(tag: int, b: bytes) -> bytes:
+    return bytes([tag]) + len(b).to_bytes(2, "little") + b
+
+
+def test_cred_and_socket_fields_layout() -> None:
+    """T_CRED is 8 x u32 LE; T_SOCK is u16 file, u16 family, u16 type, u16 local length,
+    u64 sk, u64 peer, then the local and the remote bytes (docs/FORMAT.md)."""
+    f = FileId(8, 77, "socket:[77]")
+    ev = Event(44, files=[FileId(1, 2, "/x"), f], cred=(0, 1, 2, 3, 1000, 1001, 1002, 1003),
+               endpoints=[Endpoint(1, 2, 1, "127.0.0.1:5000", "127.0.0.1:40000",
+                                   0xFFFF888001234000, 0)])
+    data = encode(ev)
+    want = encode(Event(44, files=ev.files)) + _tlv(T_CRED, struct.pack(
+        "<8I", 0, 1, 2, 3, 1000, 1001, 1002, 1003)) + _tlv(T_SOCK, struct.pack(
+            "<HHHHQQ", 1, 2, 1, 14, 0xFFFF888001234000, 0) + b"127.0.0.1:5000127.0.0.1:40000")
+    assert data == want
+    back = decode(data)
+    assert back.cred == (0, 1, 2, 3, 1000, 1001, 1002, 1003)
+    assert back.endpoints == ev.endpoints
+    assert encode(back) == data
+    # a unix socket's bound path is guest bytes, like any path
+    u = Event(44, files=[f], endpoints=[Endpoint(0, 1, 1, escape(b"\0abs\xff"), "", 1, 2)])
+    assert decode(encode(u)).endpoints[0].local == "\\x00abs\\xff"
+    assert encode(decode(encode(u))) == encode(u)
+
+
+def _base(files: int = 2) -> bytes:
+    return encode(Event(44, files=[FileId(1, i, "socket:[1]") for i in range(files)]))
+
+
+@pytest.mark.parametrize("name,extra,match", [
+    ("short cred", _tlv(T_CRED, b"\0" * 31), "cred"),
+    ("long cred", _tlv(T_CRED, b"\0" * 33), "cred"),
+    ("two creds", _tlv(T_CRED, b"\0" * 32) * 2, "cred"),
+    ("short sock", _tlv(T_SOCK, b"\0" * 23), "short socket"),
+    ("local past field", _tlv(T_SOCK, struct.pack("<HHHHQQ", 0, 2, 1, 5, 0, 0) + b"abcd"),
+     "runs past"),
+    ("file out of range", _tlv(T_SOCK, struct.pack("<HHHHQQ", 2, 2, 1, 0, 0, 0)),
+     "lacks"),
+    ("same file twice", _tlv(T_SOCK, struct.pack("<HHHHQQ", 1, 2, 1, 0, 0, 0)) * 2,
+     "order"),
+    ("files backwards", _tlv(T_SOCK, struct.pack("<HHHHQQ", 1, 2, 1, 0, 0, 0))
+     + _tlv(T_SOCK, struct.pack("<HHHHQQ", 0, 2, 1, 0, 0, 0)), "order"),
+    ("unknown tag 10", _tlv(10, b""), "unknown field tag 10"),
+])
+def test_bad_cred_and_socket_fields_are_refused(name: str, extra: bytes, match: str) -> None:
+    with pytest.raises(EventDecodeError, match=match):
+        decode(_base() + extra)
+
+
+def test_socket_field_bounds_accepted() -> None:
+    """The edges that are valid: an empty local and remote, a local filling the field."""
+    ok = _base() + _tlv(T_SOCK, struct.pack("<HHHHQQ", 0, 1, 2, 0, 0, 0)) + _tlv(
+        T_SOCK, struct.pack("<HHHHQQ", 1, 1, 2, 3, 5, 6) + b"abc")
+    ev = decode(ok)
+    assert [(e.file, e.local, e.remote, e.sk, e.peer) for e in ev.endpoints] == [
+        (0, "", "", 0, 0), (1, "abc", "", 5, 6)]
+    assert encode(ev) == ok

@@ -28,6 +28,13 @@ OFFSETS = {
     "pt_regs.r11": 48, "pt_regs.r10": 56, "pt_regs.r9": 64, "pt_regs.r8": 72, "pt_regs.ax": 80,
     "pt_regs.cx": 88, "pt_regs.dx": 96, "pt_regs.si": 104, "pt_regs.di": 112,
     "pt_regs.orig_ax": 120, "pt_regs.ip": 128, "pt_regs.cs": 136, "pt_regs.flags": 144,
+    "cred.gid": 12, "cred.suid": 16, "cred.sgid": 20, "cred.euid": 24, "cred.egid": 28,
+    "cred.fsuid": 32, "cred.fsgid": 36, "inode.i_mode": 0, "file.private_data": 40, "socket.sk": 24,
+    "sock.__sk_common": 0, "sock.sk_type": 136, "sock_common.skc_daddr": 0,
+    "sock_common.skc_rcv_saddr": 4, "sock_common.skc_dport": 12, "sock_common.skc_num": 14,
+    "sock_common.skc_family": 16, "sock_common.skc_v6_daddr": 56,
+    "sock_common.skc_v6_rcv_saddr": 72, "unix_sock.addr": 144, "unix_sock.peer": 152,
+    "unix_address.len": 4, "unix_address.name": 8, "sockaddr_un.sun_path": 2,
 }
 CURRENT_TASK = 0x1FB80
 
@@ -124,10 +131,11 @@ class FakeGuest:
         self.u64(d + 48, inode)
         return d
 
-    def inode(self, ino: int, dev: int) -> int:
+    def inode(self, ino: int, dev: int, mode: int = 0) -> int:
         sb = self.kalloc(32)
         self.u32(sb + 16, dev)
         i = self.kalloc(80)
+        self.write(i, struct.pack("<H", mode))
         self.u64(i + 40, sb)
         self.u64(i + 64, ino)
         return i
@@ -161,17 +169,19 @@ class FakeGuest:
         return fs
 
     def file(self, mnt: int, dentry: int, inode: int) -> int:
-        f = self.kalloc(40)
+        f = self.kalloc(48)
         self.u64(f + 16, mnt + 32)
         self.u64(f + 24, dentry)
         self.u64(f + 32, inode)
         return f
 
     def task(self, pid: int, tgid: int, comm: bytes, parent: int | None, uid: int,
-             fs: int, files: int, start: int = 1000) -> int:
+             fs: int, files: int, start: int = 1000, cred: tuple[int, ...] | None = None
+             ) -> int:
         t = self.kalloc(72)
-        cred = self.kalloc(16)
-        self.u32(cred + 8, uid)
+        c = self.kalloc(40)
+        self.write(c + 8, struct.pack("<8I", *(cred or (uid,) * 8)))
+        cred = c
         self.write(t, struct.pack("<ii", pid, tgid))
         self.write(t + 8, comm[:15].ljust(16, b"\0"))
         self.u64(t + 24, parent if parent is not None else t)
@@ -183,6 +193,39 @@ class FakeGuest:
         self.u64(mm + 72, KBASE + 0x7F000)  # pgd: a kernel address (unused by these tests)
         self.u64(t + 64, mm)
         return t
+
+    def sock(self, family: int, typ: int, *, laddr: bytes = b"", raddr: bytes = b"",
+             lport: int = 0, rport: int = 0, addr: bytes | None = None, peer: int = 0) -> int:
+        """A struct sock (a unix_sock for AF_UNIX, bound to ``addr``), the ports as the kernel
+        keeps them: skc_num in host order, skc_dport in network order."""
+        sk = self.kalloc(160)
+        if family == 10:
+            self.write(sk + 72, laddr.ljust(16, b"\0"))
+            self.write(sk + 56, raddr.ljust(16, b"\0"))
+        else:
+            self.write(sk + 4, laddr.ljust(4, b"\0"))
+            self.write(sk + 0, raddr.ljust(4, b"\0"))
+        self.write(sk + 12, struct.pack(">H", rport) + struct.pack("<H", lport))
+        self.write(sk + 16, struct.pack("<H", family))
+        self.write(sk + 136, struct.pack("<H", typ))
+        if addr is not None:
+            ua = self.kalloc(8 + 2 + len(addr))
+            self.u32(ua + 4, 2 + len(addr))
+            self.write(ua + 8, struct.pack("<H", 1) + addr)
+            self.u64(sk + 144, ua)
+        self.u64(sk + 152, peer)
+        return sk
+
+    def socket_file(self, sk: int, ino: int) -> int:
+        """A sockfs file (its dentry 'socket:[ino]' on a mount of its own) of struct sock sk."""
+        root = self.dentry(b"", None)
+        node = self.inode(ino, 8, 0o140777)
+        d = self.dentry(b"", root, node)  # sockfs: no name; the kernel's d_dname makes one
+        f = self.file(self.mount(root, 9), d, node)
+        sock = self.kalloc(32)
+        self.u64(sock + 24, sk)
+        self.u64(f + 40, sock)
+        return f
 
     def set_current(self, task: int) -> None:
         self.u64(PERCPU + CURRENT_TASK, task)
@@ -445,3 +488,163 @@ def test_guest_bytes_become_guest_text_losslessly() -> None:
     lst, trunc, _ = lx.user_strv(heavy)
     assert trunc and sum(len(unescape(x)) + 1 for x in lst) <= 32 * 1024
     assert [len(unescape(x)) for x in lst[:8]] == [4000] * 8  # 8 whole, then a cut one
+
+
+def _fds(g: FakeGuest, lx: Linux, task: int, files: list[int]) -> object:
+    t = lx.task(task)
+    fdt = lx.u64(t.files + 32)
+    arr = g.kalloc(8 * len(files))
+    for i, f in enumerate(files):
+        g.u64(arr + 8 * i, f)
+    g.u32(fdt, len(files))
+    g.u64(fdt + 8, arr)
+    return t
+
+
+def test_cred_is_read_whole_and_in_order() -> None:
+    g, w = world()
+    t = g.task(81, 81, b"su", w["init"], 0, w["fs"], 0, cred=(1, 2, 3, 4, 5, 6, 7, 8))
+    lx = g.linux()
+    task = lx.task(t)
+    assert task.ok and task.cred == (1, 2, 3, 4, 5, 6, 7, 8) and task.uid == 1
+    g.u64(t + 32, 0xFFFF_8880_DEAD_0000)  # cred into nowhere: the task is unreadable
+    task = lx.task(t)
+    assert not task.ok and task.cred is None
+
+
+def test_inet_endpoints_and_port_byte_order() -> None:
+    """skc_num is host order, skc_dport network order: 5000 and 40000 come out as such."""
+    g, w = world()
+    lx = g.linux()
+    tcp = g.sock(2, 1, laddr=bytes([127, 0, 0, 1]), lport=5000, raddr=bytes([127, 0, 0, 1]),
+                 rport=40000)
+    udp = g.sock(2, 2, laddr=bytes([10, 1, 2, 3]), lport=53)  # bound, not connected
+    raw = g.sock(2, 1)  # neither
+    v6 = g.sock(10, 1, laddr=bytes(15) + b"\1", lport=80,
+                raddr=bytes.fromhex("20010db8000000000000000000000001"), rport=443)
+    t = _fds(g, lx, w["task"], [g.socket_file(s, 100 + i) for i, s in
+                                enumerate((tcp, udp, raw, v6))])
+    assert lx.fd_file(t, 0).path == "socket:[100]"
+    assert lx.fd_socket(t, 0) == (2, 1, "127.0.0.1:5000", "127.0.0.1:40000", tcp, 0)
+    assert lx.fd_socket(t, 1) == (2, 2, "10.1.2.3:53", "", udp, 0)
+    assert lx.fd_socket(t, 2) == (2, 1, "", "", raw, 0)
+    assert lx.fd_socket(t, 3) == (10, 1, "[::1]:80", "[2001:db8::1]:443", v6, 0)
+    assert lx.fd_socket(t, 9) is None
+
+
+def test_unix_endpoints_pair_up() -> None:
+    g, w = world()
+    lx = g.linux()
+    a = g.sock(1, 1, addr=b"/tmp/s\0")
+    b = g.sock(1, 1, peer=a)
+    g.u64(a + 152, b)
+    abstract = g.sock(1, 2, addr=b"\0a\xffb")
+    t = _fds(g, lx, w["task"], [g.socket_file(s, 200 + i) for i, s in
+                                enumerate((a, b, abstract))])
+    assert lx.fd_socket(t, 0) == (1, 1, "/tmp/s", "", a, b)
+    assert lx.fd_socket(t, 1) == (1, 1, "", "/tmp/s", b, a)
+    assert lx.fd_socket(t, 2) == (1, 2, "\\x00a\\xffb", "", abstract, 0)
+
+
+@pytest.mark.parametrize("lie", ["sk", "socket", "addr_len", "addr_ptr", "peer"])
+def test_socket_lies_are_unreadable(lie: str) -> None:
+    g, w = world()
+    lx = g.linux()
+    sk = g.sock(1, 1, addr=b"/x\0")
+    f = g.socket_file(sk, 300)
+    t = _fds(g, lx, w["task"], [f])
+    if lie == "sk":
+        g.u64(lx.u64(f + 40) + 24, 0)
+    elif lie == "socket":
+        g.u64(f + 40, 0x1000)  # a user address
+    elif lie == "addr_len":
+        g.u32(lx.u64(sk + 144) + 4, 5000)  # longer than a sockaddr_un
+    elif lie == "addr_ptr":
+        g.u64(sk + 144, 0xFFFF_8880_DEAD_0000)
+    else:
+        g.u64(sk + 152, 0x4141)  # not a kernel pointer
+    with pytest.raises(Unreadable):
+        lx.fd_socket(t, 0)
+
+
+def test_socket_without_optional_members() -> None:
+    """A profile without unix_sock or the IPv6 addresses (CONFIG_UNIX, CONFIG_IPV6 off):
+    inet still works; the others are Unreadable (the event is flagged), never misread."""
+    g, w = world()
+    offs = {k: v for k, v in OFFSETS.items() if not k.startswith(("unix_", "sockaddr_un"))
+            and "v6" not in k}
+    lx = Linux(Virtual(PhysicalBytes(g.phys), g.cr3), DictProfile({"current_task": 0}, offs))
+    inet, unix, v6 = g.sock(2, 2, lport=7), g.sock(1, 1), g.sock(10, 1, lport=7)
+    t = _fds(g, lx, w["task"], [g.socket_file(s, 400 + i) for i, s in
+                                enumerate((inet, unix, v6))])
+    assert lx.fd_socket(t, 0) == (2, 2, "0.0.0.0:7", "", inet, 0)
+    for fd in (1, 2):
+        with pytest.raises(Unreadable):
+            lx.fd_socket(t, fd)
+
+
+@pytest.mark.parametrize("hexaddr,text", [
+    ("00000000000000000000000000000000", "::"),
+    ("00000000000000000000000000000001", "::1"),
+    ("20010db8000000000000000000000001", "2001:db8::1"),
+    ("20010db8000000010000000000000001", "2001:db8:0:1::1"),  # the longer run
+    ("20010db8000000000001000000000001", "2001:db8::1:0:0:1"),  # equal runs: the first
+    ("20010db8000100000001000100010001", "2001:db8:1:0:1:1:1:1"),  # one zero group: no ::
+    ("00000000000000000000ffff7f000001", "::ffff:7f00:1"),  # no dotted form
+    ("fe800000000000000000000000000000", "fe80::"),
+])
+def test_ipv6_text_is_rfc5952(hexaddr: str, text: str) -> None:
+    from hv.linux import ipv6_text
+
+    assert ipv6_text(bytes.fromhex(hexaddr)) == text
+
+
+def test_pseudo_names_by_inode_mode_and_spoofed_socket_names() -> None:
+    """Outside the namespace's tree a file is named as /proc/PID/fd names it: socket:[ino]
+    and pipe:[ino] by the inode's mode. A dentry that only calls itself a socket is not
+    read as one (its file's inode is no S_IFSOCK): Unreadable, the event is flagged."""
+    g, w = world()
+    lx = g.linux()
+    root = g.dentry(b"", None)
+    m = g.mount(root, 11)
+    fifo = g.inode(600, 12, 0o010600)
+    pf = g.file(m, g.dentry(b"", root, fifo), fifo)
+    plain = g.inode(601, 12, 0o100644)
+    spoof = g.file(m, g.dentry(b"socket:[601]", root, plain), plain)
+    sk = g.sock(2, 1, lport=9)
+    g.u64(spoof + 40, g.kalloc(32))  # some private_data
+    t = _fds(g, lx, w["task"], [pf, spoof, g.socket_file(sk, 602)])
+    assert lx.fd_file(t, 0).path == "pipe:[600]"
+    assert lx.fd_file(t, 1).path == "socket:[601]"
+    with pytest.raises(Unreadable, match="not a socket"):
+        lx.fd_socket(t, 1)
+    assert lx.fd_file(t, 2).path == "socket:[602]"
+    assert lx.fd_socket(t, 2) == (2, 1, "0.0.0.0:9", "", sk, 0)
+
+
+def test_eventbuild_adds_endpoints_and_flags_unreadable_ones() -> None:
+    """hv/eventbuild.add_file (both Python producers): an endpoint per socket file, with the
+    file's index; a socket whose endpoint cannot be read gets none and F_SOCK_UNREADABLE;
+    other files never ask."""
+    from hv.eventbuild import add_file
+    from provisor import events as E
+
+    class Src:
+        asked: list[int] = []
+
+        def socket(self, fd: int):
+            self.asked.append(fd)
+            if fd == 7:
+                raise Unreadable("gone")
+            return (2, 1, "127.0.0.1:1", "", 0xFFFF_8880_0000_1000, 0)
+
+    ev = E.Event(1)
+    src = Src()
+    add_file(ev, src, 3, E.FileId(1, 2, "/root/a"))
+    add_file(ev, src, 4, E.FileId(8, 9, "socket:[9]"))
+    assert ev.endpoints == [E.Endpoint(1, 2, 1, "127.0.0.1:1", "", 0xFFFF_8880_0000_1000, 0)]
+    assert not ev.flags & E.F_SOCK_UNREADABLE
+    add_file(ev, src, 7, E.FileId(8, 10, "socket:[10]"))
+    assert len(ev.files) == 3 and len(ev.endpoints) == 1 and ev.flags & E.F_SOCK_UNREADABLE
+    assert src.asked == [4, 7]
+    assert E.decode(E.encode(ev)).endpoints == ev.endpoints

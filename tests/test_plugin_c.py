@@ -31,7 +31,7 @@ from hv.profile import PLUGIN_MEMBERS, PLUGIN_OPTIONAL, Profile, plugin_offsets
 from pmem import layout as L
 from pmem import ring
 from provisor import locks
-from provisor.events import F_TRUNCATED, MAX_FIELD, Event, FileId, decode, encode
+from provisor.events import F_TRUNCATED, MAX_FIELD, Endpoint, Event, FileId, decode, encode
 from provisor.guesttext import escape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -421,9 +421,15 @@ def c_expected(fixed: dict, ret: int | None, args: tuple[int, ...], fields: list
     is left out, with F_TRUNCATED."""
     used = dict.fromkeys(CAPS, 0)
     flags = fixed["flags"]
-    kept: dict[int, list] = {t: [] for t in range(1, 8)}
+    kept: dict[int, list] = {t: [] for t in range(1, 10)}
     for tag, value in sorted(fields, key=lambda f: f[0]):  # stable: order within a tag kept
-        n = 4 if tag == 7 else min(MAX_FIELD, 16 + len(value[2]) if tag == 6 else len(value))
+        if tag == 8 and kept[8]:
+            continue  # one cred: a second is ignored
+        if tag == 9 and (len(value[5]) > 255 or len(value[6]) > 255):
+            flags |= F_TRUNCATED  # beyond what the plugin reads: left out
+            continue
+        n = (4 if tag == 7 else 32 if tag == 8 else 24 + len(value[5]) + len(value[6])
+             if tag == 9 else min(MAX_FIELD, 16 + len(value[2]) if tag == 6 else len(value)))
         if used[tag] + 3 + n > CAPS[tag]:
             flags |= F_TRUNCATED
             continue
@@ -438,8 +444,22 @@ def c_expected(fixed: dict, ret: int | None, args: tuple[int, ...], fields: list
                paths=[escape(b) for b in kept[3]],
                argv=[escape(b) for b in kept[4]] or None,
                envp=[escape(b) for b in kept[5]] or None,
-               files=[FileId(d, i, escape(p)) for d, i, p in kept[6]], out_fds=kept[7])
+               files=[FileId(d, i, escape(p)) for d, i, p in kept[6]], out_fds=kept[7],
+               cred=kept[8][0] if kept[8] else None,
+               endpoints=[Endpoint(f, fam, typ, escape(lo), escape(re_), sk, peer)
+                          for f, fam, typ, sk, peer, lo, re_ in kept[9]])
     return encode(ev)
+
+
+def kept_files(fields: list[tuple]) -> int:
+    """How many FILE fields event.c keeps (the rest do not fit its section)."""
+    used = n = 0
+    for tag, value in fields:
+        if tag == 6:
+            size = 3 + min(MAX_FIELD, 16 + len(value[2]))
+            if used + size <= CAPS[6]:
+                used, n = used + size, n + 1
+    return n
 
 
 def c_lines(fixed: dict, ret: int | None, args: tuple[int, ...], fields: list[tuple],
@@ -453,6 +473,10 @@ def c_lines(fixed: dict, ret: int | None, args: tuple[int, ...], fields: list[tu
             line = f"file={v[0]}:{v[1]}:{v[2].hex()}"
         elif tag == 7:
             line = f"fd={v}"
+        elif tag == 8:
+            line = "cred=" + ":".join(map(str, v))
+        elif tag == 9:
+            line = "sock=" + ":".join(map(str, v[:5])) + f":{v[5].hex()}:{v[6].hex()}"
         else:
             line = f"{names[tag]}={v.hex()}"
         queues.setdefault(tag, []).append(line)
@@ -487,6 +511,11 @@ GUEST = st.one_of(
     .map(lambda t: _long(*t)),
 )
 U64 = st.integers(0, 2**64 - 1)
+SOCK_ADDR = st.one_of(
+    st.binary(max_size=30),
+    st.sampled_from([b"127.0.0.1:5000", b"[::1]:80", b"/tmp/s", b"\0abstract", b""]),
+    st.tuples(st.integers(250, 260), st.integers(0, 255)).map(lambda t: _long(*t)),
+)
 
 
 @st.composite
@@ -511,6 +540,14 @@ def events(draw):
     fields += [(6, (d, i, p)) for d, i, p in draw(st.lists(st.tuples(U64, U64, GUEST),
                                                            max_size=4))]
     fields += [(7, fd) for fd in draw(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=3))]
+    if draw(st.booleans()):
+        fields.append((8, tuple(draw(st.lists(st.integers(0, 2**32 - 1), min_size=8,
+                                              max_size=8)))))
+    # endpoints of some of the files the plugin keeps (decode wants them in file order)
+    nfiles = kept_files(fields)
+    for f in sorted(draw(st.sets(st.integers(0, max(0, nfiles - 1)), max_size=nfiles))):
+        fields.append((9, (f, draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 0xFFFF)),
+                           draw(U64), draw(U64), draw(SOCK_ADDR), draw(SOCK_ADDR))))
     return fixed, ret, args, fields, draw(st.randoms(use_true_random=False))
 
 
@@ -518,6 +555,7 @@ def events(draw):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(events())
 def test_c_event_encoding_equals_events_encode(event_tool, ev) -> None:
+    """Every field, cred and socket endpoints included, byte for byte."""
     fixed, ret, args, fields, rng = ev
     got = event_tool.encode(c_lines(fixed, ret, args, fields, rng))
     assert got == c_expected(fixed, ret, args, fields)
@@ -540,12 +578,15 @@ def test_c_event_field_bound(event_tool, n: int, cut: bool) -> None:
 
 
 # -------------------------------------------------------------------------------- offsets
-def fake_profile(offsets: dict[str, int], *, exe_file: bool = True, banner: str = "") -> Profile:
+def fake_profile(offsets: dict[str, int], *, exe_file: bool = True, banner: str = "",
+                 optional: bool = True) -> Profile:
     """A profile with the shape of a real one (ISF: metadata, user_types with fields at
     offsets, symbols with addresses), holding just what plugin_offsets reads."""
     types: dict[str, dict] = {}
     for key, off in offsets.items():
         if key == "mm_struct.exe_file" and not exe_file:
+            continue
+        if key in PLUGIN_OPTIONAL and key != "mm_struct.exe_file" and not optional:
             continue
         t, m = key.split(".")
         types.setdefault(t, {"kind": "struct", "size": 4096, "fields": {}})["fields"][m] = {
@@ -561,7 +602,8 @@ KEYS = PLUGIN_MEMBERS + PLUGIN_OPTIONAL
 # a Debian 6.1 kernel's layout (what a real profile gives)
 DEBIAN = dict(zip(KEYS, (2416, 2420, 2976, 2432, 2960, 2776, 3040, 3048, 2272, 8, 40, 24, 0, 8,
                          32, 24, 48, 8, 4, 64, 40, 16, 32, 0, 8, 16, 32, 32, 16, 24, 292, 0,
-                         936), strict=True))
+                         12, 16, 20, 24, 28, 32, 36, 0, 200, 24, 0, 514, 16, 0, 4, 12, 14,
+                         936, 56, 72, 776, 864, 4, 8, 2), strict=True))
 
 
 def check_offsets(path) -> tuple[int, dict[str, str], list[str]]:
@@ -581,12 +623,14 @@ def test_offsets_keys_are_the_profiles() -> None:
     assert required == set(PLUGIN_MEMBERS)
 
 
-@pytest.mark.parametrize("exe_file", [True, False])
-def test_plugin_offsets_file_is_accepted(tmp_path: Path, exe_file: bool) -> None:
+@pytest.mark.parametrize("exe_file,optional", [(True, True), (False, True), (True, False)])
+def test_plugin_offsets_file_is_accepted(tmp_path: Path, exe_file: bool, optional: bool
+                                         ) -> None:
     """Every value lands in its own field (distinct offsets: a key read into the wrong field
-    shows)."""
+    shows); an optional member absent is -1 (the IPv6 and unix socket members: such sockets
+    are flagged SOCK_UNREADABLE)."""
     offs = {k: 8 * i + 3 for i, k in enumerate(KEYS)}
-    prof = fake_profile(offs, exe_file=exe_file)
+    prof = fake_profile(offs, exe_file=exe_file, optional=optional)
     f = tmp_path / "offsets"
     f.write_text(plugin_offsets(prof))
     rc, vals, err = check_offsets(f)
@@ -597,11 +641,17 @@ def test_plugin_offsets_file_is_accepted(tmp_path: Path, exe_file: bool) -> None
     want = {k: str(v) for k, v in offs.items()}
     if not exe_file:
         want["mm_struct.exe_file"] = "-1"  # absent: the plugin records no exe identity
+    if not optional:
+        want.update({k: "-1" for k in PLUGIN_OPTIONAL if k != "mm_struct.exe_file"})
     assert vals == want
 
 
 def _real_profile() -> Path | None:
-    found = sorted(glob.glob(os.path.expanduser("~/.cache/provisor/kernel/*/profile.json")))
+    from hv.profile import is_current
+
+    cache = os.environ.get("PROVISOR_CACHE") or "~/.cache/provisor"
+    found = [p for p in sorted(glob.glob(os.path.expanduser(f"{cache}/kernel/*/profile.json")))
+             if is_current(p)]  # an older builder's profile lacks members: guest fetch rebuilds
     return Path(found[0]) if found else None
 
 
@@ -624,7 +674,7 @@ def _malformed() -> list[tuple[str, bytes]]:
     cases = []
     for i, line in enumerate(lines):  # every required line missing in turn
         key = line.split(" ", 1)[0]
-        if key not in ("provisor-offsets", "#", "mm_struct.exe_file"):
+        if key not in ("provisor-offsets", "#", *PLUGIN_OPTIONAL):
             cases.append((f"missing {key}", "".join(lines[:i] + lines[i + 1:]).encode()))
     for key in ("task_struct.pid", "mm_struct.exe_file", "current_task", "linux_banner",
                 "banner"):
@@ -699,13 +749,36 @@ def test_decoder_fuzz(tmp_path: Path) -> None:
         assert r.returncode == 0, (seed, r.stdout, r.stderr[-3000:])
         m = re.fullmatch(r"pv-fuzz: seed \d+: calls (\d+), reads (\d+), failed reads (\d+), "
                          r"max reads per call (\d+), paths (\d+) \(longest (\d+)\), "
-                         r"strings (\d+)\n", r.stdout)
+                         r"strings (\d+), sockets (\d+)\n", r.stdout)
         assert m, r.stdout
-        calls, reads, failed, max_reads, npaths, long_, strings = map(int, m.groups())
+        calls, reads, failed, max_reads, npaths, long_, strings, socks = map(int, m.groups())
         assert calls > 10000 and reads > calls and 0 < failed < reads
         assert max_reads < 20000
         assert long_ <= PV_MAX_PATH
         longest, paths = max(longest, long_), paths + npaths
-        assert strings > 0
+        assert strings > 0 and socks > 0  # socket endpoints were read, not only refused
     assert paths > 100 and longest > 8000, "the fuzzer's worlds hardly ever gave a path"
     assert time.monotonic() - t0 < 60
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([2, 10]), st.binary(min_size=16, max_size=16),
+                          st.integers(0, 0xFFFF)), min_size=1, max_size=40),
+       st.data())
+def test_c_inet_text_equals_python(addrs, data) -> None:
+    """linux.c's pv_inet_text writes what hv/linux.py inet_text writes (IPv4, RFC 5952 IPv6
+    with zero runs of every length, the unset address and port as "")."""
+    from hv.linux import inet_text
+
+    rows = []
+    for fam, raw, port in addrs:
+        if data.draw(st.booleans()):  # zero groups: runs, ties, the unset address
+            raw = bytes(b if data.draw(st.booleans()) else 0 for b in raw)
+        if data.draw(st.integers(0, 9)) == 0:
+            raw, port = bytes(16), 0
+        rows.append((fam, raw[:4] if fam == 2 else raw, port))
+    r = subprocess.run([str(RINGTOOL), "--inet"], input="".join(
+        f"{f} {a.hex()} {p}\n" for f, a, p in rows), capture_output=True, text=True,
+        timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:-1] == [inet_text(f, a, p) for f, a, p in rows]

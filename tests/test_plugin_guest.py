@@ -154,6 +154,98 @@ def test_compat_and_prefixed_entries_are_traced(shm_dir, tmp_path) -> None:
     assert pre.files[0].path == "/root/prefixed64.txt"
 
 
+SOCKCRED_C = Path(__file__).resolve().parent / "guest_sockcred.c"
+V4, V6 = "127.0.0.1", "[::1]"
+
+
+def build_sockcred(bindir: Path) -> None:
+    bindir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(bindir / "sockcred"), str(SOCKCRED_C)],
+                   check=True)
+
+
+def check_sockcred(evs: list[E.Event]) -> None:
+    """What tests/guest_sockcred.c did, as its events must say it (either producer): the
+    endpoints of every socket it used at each call (the local and remote addresses and ports,
+    before the call at entry, the new socket at exit), the socketpair's two ends pointing at
+    each other, and the credentials before and after setresgid/setresuid."""
+    evs = [e for e in evs if e.comm == "sockcred"]
+    assert evs, "sockcred left no events"
+    by_seq = {e.seq: e for e in evs}
+    for e in evs:
+        assert e.cred is not None and not e.flags & (E.F_TASK_UNREADABLE | E.F_SOCK_UNREADABLE), e
+        assert e.uid == e.cred[0]
+        socks = [i for i, f in enumerate(e.files) if f.path.startswith("socket:[")]
+        assert [ep.file for ep in e.endpoints] == socks, e  # one endpoint per socket file
+        for ep in e.endpoints:
+            assert e.files[ep.file].path == f"socket:[{e.files[ep.file].ino}]"
+            assert ep.sk >= 0xFFFF_8000_0000_0000
+
+    def eps(name: str, phase: int = E.ENTRY) -> list[tuple]:
+        return [(ep.family, ep.type, ep.local, ep.remote) for e in evs
+                if e.name == name and e.phase == phase for ep in e.endpoints]
+
+    tcp4 = f"{V4}:40001", f"{V4}:5000"
+    tcp6 = f"{V6}:40002", f"{V6}:6000"
+    assert eps("write") == [
+        (2, 1, *tcp4), (2, 1, *tcp4[::-1]), (10, 1, *tcp6), (10, 1, *tcp6[::-1]),
+        (1, 1, "", ""), (2, 2, f"{V4}:5003", f"{V4}:5002")]
+    assert eps("read") == [
+        (2, 1, *tcp4[::-1]), (2, 1, *tcp4), (10, 1, *tcp6[::-1]), (10, 1, *tcp6),
+        (1, 1, "", ""), (2, 2, f"{V4}:5002", "")]
+    # connect's entry: before the call, bound but not connected
+    assert eps("connect") == [(2, 1, tcp4[0], ""), (10, 1, tcp6[0], ""),
+                              (2, 2, f"{V4}:5003", "")]
+    assert eps("listen") == [(2, 1, tcp4[1], ""), (10, 1, tcp6[1], "")]
+    assert eps("accept", E.EXIT) == [(2, 1, *tcp4[::-1]), (10, 1, *tcp6[::-1])]
+    assert eps("sendto") == [(2, 2, f"{V4}:5003", "")]
+    assert eps("recvfrom") == [(2, 2, f"{V4}:5002", "")]
+    # the socketpair: both ends at exit, each the other's peer; the write and read use them
+    (sp,) = [e for e in evs if e.name == "socketpair" and e.phase == E.EXIT]
+    assert sp.ret == 0 and len(sp.out_fds) == 2 and len(sp.files) == 2
+    a, b = sp.endpoints
+    assert (a.file, b.file, a.family, b.family) == (0, 1, 1, 1)
+    assert a.peer == b.sk and b.peer == a.sk and a.sk != b.sk
+    (w,) = [e for e in evs if e.name == "write" and e.phase == E.ENTRY and e.endpoints
+            and e.endpoints[0].family == 1]
+    (r,) = [e for e in evs if e.name == "read" and e.phase == E.ENTRY and e.endpoints
+            and e.endpoints[0].family == 1]
+    assert w.arg(0) == sp.out_fds[0] and w.endpoints[0].sk == a.sk
+    assert r.arg(0) == sp.out_fds[1] and r.endpoints[0].sk == b.sk
+    # inet endpoints are no unix pairs: peer 0
+    assert all(ep.peer == 0 for e in evs for ep in e.endpoints if ep.family != 1)
+    # credentials: entry before the call, exit after it
+    root, gid1000, all1000 = (0,) * 8, (0, 1000) * 4, (1000,) * 8
+    (gx,) = [e for e in evs if e.name == "setresgid" and e.phase == E.EXIT]
+    (ux,) = [e for e in evs if e.name == "setresuid" and e.phase == E.EXIT]
+    assert gx.ret == 0 and ux.ret == 0
+    assert by_seq[gx.entry_seq].cred == root and gx.cred == gid1000
+    assert by_seq[ux.entry_seq].cred == gid1000 and ux.cred == all1000 and ux.uid == 1000
+    last = [e for e in evs if e.seq > ux.seq]
+    assert last and all(e.cred == all1000 for e in last)
+    first = [e for e in evs if e.seq < gx.entry_seq]
+    assert first and all(e.cred == root for e in first)
+
+
+def test_credentials_and_socket_endpoints(shm_dir, tmp_path) -> None:
+    """tests/guest_sockcred.c under the plugin: cred before and after setresgid/setresuid,
+    and the endpoints of TCP (v4 and v6), a socketpair and UDP (check_sockcred)."""
+    cfg, kit, profile = _kit()
+    inc = tmp_path / "inc"
+    build_sockcred(inc / "bin")
+    initrd = _initrd(cfg, tmp_path, "#!/bin/sh\n/bin/sockcred\n", inc)
+    rp = str(shm_dir / "sockcred.ring")
+    ring.create(rp, 16 << 20)
+    with native.PluginGuest(str(kit.kernel), initrd, "console=ttyS0 quiet panic=-1", rp,
+                            profile) as vm:
+        vm.run(300)
+    evs = ring_events(rp)
+    (ex,) = [e for e in evs if e.comm == "sockcred" and e.name == "exit_group"
+             and e.phase == E.ENTRY]
+    assert ex.arg(0) == 0, "sockcred failed in the guest"
+    check_sockcred(evs)
+
+
 KILL_LOOP = """#!/bin/sh
 i=0
 while true; do

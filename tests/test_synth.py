@@ -67,6 +67,16 @@ def test_every_payload_decodes_to_the_event(stream: list) -> None:
         assert back == ev
 
 
+def test_every_event_has_the_modelled_credentials(stream: list) -> None:
+    """synth models a process's credentials as its uid for all eight ids (nothing in the model
+    is setuid): Event.cred on every event, entry and exit, the fast encoder's bytes included."""
+    assert all(ev.cred == (ev.uid,) * 8 for ev in stream)
+    assert {ev.uid for ev in stream} >= {0, 1000}
+    enc = synth.FastEncoder(check_every=1)  # checks every event against events.encode
+    for ev in stream[:3000]:
+        assert decode(enc(ev)).cred == ev.cred
+
+
 def test_exits_reference_their_entries(stream: list) -> None:
     by_seq = _by_seq(stream)
     exits_of: dict[int, int] = defaultdict(int)

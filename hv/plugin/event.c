@@ -4,10 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* per-tag section capacities: bound the whole payload (and so every record) */
+/* per-tag section capacities: bound the whole payload (and so every record); SOCK: 8 fields
+ * of PV_SOCK_HEAD (24) bytes and two addresses of at most 255 */
 static const uint32_t caps[PV_N_SECTIONS] = {
     0, 3 + 16, 3 + 4096 * 4, 2 * (3 + 4096), 3 * 256 + 32 * 1024 + 64, 3 * 256 + 32 * 1024 + 64,
-    8 * (3 + 16 + 4096 * 4), 2 * 7,
+    8 * (3 + 16 + 4096 * 4), 2 * 7, 3 + 32, 8 * (3 + 24 + 2 * 255),
 };
 
 int pv_event_init(struct pv_event *e)
@@ -40,10 +41,10 @@ void pv_event_reset(struct pv_event *e)
     }
 }
 
-static void put2(struct pv_event *e, int tag, const void *a, size_t na, const void *b, size_t nb)
+static int put2(struct pv_event *e, int tag, const void *a, size_t na, const void *b, size_t nb)
 {
     if (tag < 1 || tag >= PV_N_SECTIONS)
-        return;
+        return 0;
     struct pv_sect *s = &e->sect[tag];
     if (na + nb > PV_EV_MAX_FIELD) {
         e->flags |= PV_F_TRUNCATED;
@@ -54,7 +55,7 @@ static void put2(struct pv_event *e, int tag, const void *a, size_t na, const vo
     }
     if (s->len + 3 + na + nb > s->cap) {
         e->flags |= PV_F_TRUNCATED;
-        return;
+        return 0;
     }
     uint8_t *p = s->buf + s->len;
     uint16_t n = (uint16_t)(na + nb);
@@ -65,6 +66,7 @@ static void put2(struct pv_event *e, int tag, const void *a, size_t na, const vo
     if (nb && b)
         memcpy(p + 3 + na, b, nb);
     s->len += 3 + n;
+    return 1;
 }
 
 void pv_event_put(struct pv_event *e, int tag, const void *data, size_t n)
@@ -72,12 +74,43 @@ void pv_event_put(struct pv_event *e, int tag, const void *data, size_t n)
     put2(e, tag, data, n, NULL, 0);
 }
 
-void pv_event_put_file(struct pv_event *e, uint64_t dev, uint64_t ino, const void *path, size_t n)
+int pv_event_put_file(struct pv_event *e, uint64_t dev, uint64_t ino, const void *path, size_t n)
 {
     uint8_t id[16];
     memcpy(id, &dev, 8);
     memcpy(id + 8, &ino, 8);
-    put2(e, PV_T_FILE, id, 16, path, n);
+    int kept = put2(e, PV_T_FILE, id, 16, path, n);
+    e->nfiles += (uint32_t)kept;
+    return kept;
+}
+
+void pv_event_put_cred(struct pv_event *e, const uint32_t cred[8])
+{
+    if (e->sect[PV_T_CRED].len == 0)
+        put2(e, PV_T_CRED, cred, 32, NULL, 0);
+}
+
+void pv_event_put_sock(struct pv_event *e, uint16_t file, uint16_t family, uint16_t type,
+                       uint64_t sk, uint64_t peer, const void *local, size_t nl,
+                       const void *remote, size_t nr)
+{
+    uint8_t b[PV_SOCK_HEAD + 2 * 255];
+    if (nl > 255 || nr > 255) { /* beyond what a producer reads: left out, as a full section */
+        e->flags |= PV_F_TRUNCATED;
+        return;
+    }
+    uint16_t l = (uint16_t)nl;
+    memcpy(b, &file, 2);
+    memcpy(b + 2, &family, 2);
+    memcpy(b + 4, &type, 2);
+    memcpy(b + 6, &l, 2);
+    memcpy(b + 8, &sk, 8);
+    memcpy(b + 16, &peer, 8);
+    if (nl)
+        memcpy(b + PV_SOCK_HEAD, local, nl);
+    if (nr)
+        memcpy(b + PV_SOCK_HEAD + nl, remote, nr);
+    put2(e, PV_T_SOCK, b, PV_SOCK_HEAD + nl + nr, NULL, 0);
 }
 
 void pv_event_put_fd(struct pv_event *e, int32_t fd)

@@ -1,6 +1,7 @@
 /* The EVENT payload of provisor/events.py (version 1), built in place: the fixed 112-byte
  * struct, then tagged, length-prefixed fields in the order events.encode writes them (comm,
- * cwd, paths, argv, envp, files, out fds). Guest strings are copied as the guest's bytes. */
+ * cwd, paths, argv, envp, files, out fds, cred, sockets). Guest strings are copied as the
+ * guest's bytes. */
 #ifndef PV_EVENT_H
 #define PV_EVENT_H
 #include <stddef.h>
@@ -20,9 +21,12 @@ enum { PV_ENTRY = 0, PV_EXIT = 1 };
 #define PV_F_FILE_UNREADABLE (1u << 5)
 #define PV_F_TRUNCATED (1u << 6)
 #define PV_F_COMPAT (1u << 7)
+#define PV_F_SOCK_UNREADABLE (1u << 8)
 
-enum { PV_T_COMM = 1, PV_T_CWD, PV_T_PATH, PV_T_ARGV, PV_T_ENVP, PV_T_FILE, PV_T_OUTFD };
-#define PV_N_SECTIONS 8 /* indexed by tag; 0 unused */
+enum { PV_T_COMM = 1, PV_T_CWD, PV_T_PATH, PV_T_ARGV, PV_T_ENVP, PV_T_FILE, PV_T_OUTFD,
+       PV_T_CRED, PV_T_SOCK };
+#define PV_N_SECTIONS 10 /* indexed by tag; 0 unused */
+#define PV_SOCK_HEAD 24u /* u16 file, family, type, local length; u64 sk, peer */
 
 /* One growable-but-bounded byte section per tag, joined at the end. */
 struct pv_sect {
@@ -40,6 +44,7 @@ struct pv_event {
     int64_t ret;
     uint64_t cwd_mnt;
     uint64_t args[6];
+    uint32_t nfiles; /* FILE fields kept: the index a SOCK field names */
     struct pv_sect sect[PV_N_SECTIONS];
 };
 
@@ -51,9 +56,16 @@ void pv_event_reset(struct pv_event *e);
 /* Add a field; a value longer than 65535 bytes is cut (PV_F_TRUNCATED), and a field that does
  * not fit its section is left out with PV_F_TRUNCATED. The FILE field is dev, ino, path. */
 void pv_event_put(struct pv_event *e, int tag, const void *data, size_t n);
-void pv_event_put_file(struct pv_event *e, uint64_t dev, uint64_t ino, const void *path,
-                       size_t n);
+/* returns whether the FILE field was kept (e->nfiles counts them) */
+int pv_event_put_file(struct pv_event *e, uint64_t dev, uint64_t ino, const void *path,
+                      size_t n);
 void pv_event_put_fd(struct pv_event *e, int32_t fd);
+/* The CRED field (uid gid suid sgid euid egid fsuid fsgid); a second one is ignored. */
+void pv_event_put_cred(struct pv_event *e, const uint32_t cred[8]);
+/* A SOCK field describing FILE field number `file`; local and remote at most 255 bytes. */
+void pv_event_put_sock(struct pv_event *e, uint16_t file, uint16_t family, uint16_t type,
+                       uint64_t sk, uint64_t peer, const void *local, size_t nl,
+                       const void *remote, size_t nr);
 /* Encode into out (capacity cap); returns the payload length. */
 size_t pv_event_encode(struct pv_event *e, uint8_t *out, size_t cap);
 /* The largest payload pv_event_encode can produce. */

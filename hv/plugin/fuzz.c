@@ -3,8 +3,8 @@
  *
  *   pv-fuzz SEED ITERATIONS [OFFSETS]
  *       Build a fake guest memory from SEED (below), then for ITERATIONS rounds call
- *       pv_task_read, pv_cwd, pv_fd_file, pv_exe_file, pv_path_of, pv_current_task and
- *       pv_user_string on chosen and random addresses, mutating the memory between rounds.
+ *       pv_task_read, pv_cwd, pv_fd_file, pv_exe_file, pv_path_of, pv_current_task,
+ *       pv_socket_of and pv_user_string on chosen and random addresses, mutating the memory between rounds.
  *       The layout is OFFSETS (a file hv.profile.plugin_offsets wrote), else a built-in copy
  *       of a Debian 6.1 kernel's; a further quarter of the rounds uses random offsets. Then
  *       mutated copies of the offsets text go through pv_offsets_parse. Checked per call: at
@@ -24,7 +24,9 @@
  * last kernel page 0xfffffffffffff000 so that reads can wrap, user pages including the last
  * one below 0x800000000000). Pages start as random bytes; then kernel objects are laid out
  * with the layout's offsets (tasks, creds, fs_structs, files/fdtables/fd arrays, struct files,
- * inodes, super blocks, mounts, dentries with names) and linked mostly plausibly (a dentry
+ * inodes, super blocks, mounts, dentries with names, struct sockets, socks (inet, inet6,
+ * unix, other families) with unix addresses of plausible and lying lengths, unix peers) and
+ * linked mostly plausibly (a dentry
  * tree under mount roots, mounts under a top mount), with planted trouble: d_parent cycles,
  * qstr lengths of 255, 256 and 0xffffffff, unterminated comm and user strings, max_fds up to
  * 0xffffffff, pointers into absent pages, to the last page, or to the object itself. How
@@ -154,8 +156,8 @@ static void w32(uint64_t va, uint32_t v) { w(va, &v, 4); }
 /* ---------------------------------------------------------------------------- the world */
 
 enum { O_TASK, O_CRED, O_FS, O_FILES, O_FDT, O_FDARR, O_FILE, O_INODE, O_SB, O_MOUNT, O_DENTRY,
-       O_NAME, O_MM, NKINDS };
-static const int counts[NKINDS] = {8, 4, 4, 4, 4, 4, 24, 16, 4, 12, 160, 160, 4};
+       O_NAME, O_MM, O_SOCKET, O_SOCK, O_UADDR, NKINDS };
+static const int counts[NKINDS] = {8, 4, 4, 4, 4, 4, 24, 16, 4, 12, 160, 160, 4, 8, 12, 8};
 #define MAXOBJ 160
 static uint64_t objs[NKINDS][MAXOBJ];
 static uint64_t bump;
@@ -237,17 +239,25 @@ static void build_world(const struct pv_offsets *o)
     int64_t fs[] = {o->fs_pwd + o->path_mnt, o->fs_pwd + o->path_dentry,
                     o->fs_root + o->path_mnt, o->fs_root + o->path_dentry};
     int64_t file[] = {o->file_f_path + o->path_mnt, o->file_f_path + o->path_dentry,
-                      o->file_f_inode};
-    int64_t inode[] = {o->inode_i_ino, o->inode_i_sb};
+                      o->file_f_inode, o->file_private_data};
+    int64_t cred[] = {o->cred_uid, o->cred_gid, o->cred_suid, o->cred_sgid, o->cred_euid,
+                      o->cred_egid, o->cred_fsuid, o->cred_fsgid};
+    int64_t c = o->sock_sk_common;
+    int64_t sock[] = {o->sock_sk_type, c + o->skc_family, c + o->skc_daddr, c + o->skc_rcv_saddr,
+                      c + o->skc_dport, c + o->skc_num, c + o->skc_v6_daddr + 8,
+                      c + o->skc_v6_rcv_saddr + 8, o->unix_addr, o->unix_peer};
+    int64_t uaddr[] = {o->unix_address_len, o->unix_address_name + o->sun_path + 112};
+    int64_t inode[] = {o->inode_i_ino, o->inode_i_sb, o->inode_i_mode};
     int64_t mount[] = {o->mount_mnt + o->vfsmount_mnt_root, o->mount_mnt_parent,
                        o->mount_mnt_mountpoint, o->mount_mnt_id};
     int64_t dentry[] = {o->dentry_d_name + o->qstr_name, o->dentry_d_name + o->qstr_len,
                         o->dentry_d_parent, o->dentry_d_inode};
     uint64_t sizes[NKINDS] = {
-        span(task, 9, 16), span(&o->cred_uid, 1, 8), span(fs, 4, 8), span(&o->files_fdt, 1, 8),
-        span((int64_t[]){o->fdt_max_fds, o->fdt_fd}, 2, 8), 64 * 8, span(file, 3, 8),
-        span(inode, 2, 8), span(&o->sb_s_dev, 1, 8), span(mount, 4, 8), span(dentry, 4, 8),
+        span(task, 9, 16), span(cred, 8, 8), span(fs, 4, 8), span(&o->files_fdt, 1, 8),
+        span((int64_t[]){o->fdt_max_fds, o->fdt_fd}, 2, 8), 64 * 8, span(file, 4, 8),
+        span(inode, 3, 8), span(&o->sb_s_dev, 1, 8), span(mount, 4, 8), span(dentry, 4, 8),
         PV_MAX_NAME + 8, (o->mm_exe_file > 0 ? (uint64_t)o->mm_exe_file : 0) + 64,
+        span(&o->socket_sk, 1, 8), span(sock, 10, 8), span(uaddr, 2, 8),
     };
     bump = KBASE;
     for (int k = 0; k < NKINDS; k++)
@@ -290,6 +300,8 @@ static void build_world(const struct pv_offsets *o)
     for (int i = 0; i < counts[O_INODE]; i++) {
         w64(objs[O_INODE][i] + o->inode_i_ino, below(3) ? below(100000) : rnd());
         w64(objs[O_INODE][i] + o->inode_i_sb, ptr_to(O_SB));
+        static const uint16_t modes[] = {0140755, 0010600, 0100644, 0040755, 0};
+        w(objs[O_INODE][i] + o->inode_i_mode, &modes[chance(85) ? below(2) : below(5)], 2);
     }
     for (int i = 0; i < counts[O_SB]; i++)
         w32(objs[O_SB][i] + o->sb_s_dev, (uint32_t)rnd());
@@ -298,7 +310,33 @@ static void build_world(const struct pv_offsets *o)
         w64(f + o->file_f_path + o->path_mnt, m ? m + (uint64_t)o->mount_mnt : 0);
         w64(f + o->file_f_path + o->path_dentry, ptr_to(O_DENTRY));
         w64(f + o->file_f_inode, ptr_to(O_INODE));
+        w64(f + o->file_private_data, ptr_to(O_SOCKET));
     }
+    for (int i = 0; i < counts[O_SOCKET]; i++)
+        w64(objs[O_SOCKET][i] + o->socket_sk, ptr_to(O_SOCK));
+    static const uint16_t fams[] = {1, 2, 10, 16, 0, 0xffff};
+    for (int i = 0; i < counts[O_SOCK]; i++) {
+        uint64_t sk = objs[O_SOCK][i] + (uint64_t)o->sock_sk_common;
+        w(sk + o->skc_family, &fams[chance(90) ? below(3) : below(6)], 2);
+        w(objs[O_SOCK][i] + o->sock_sk_type, (uint16_t[]){(uint16_t)(1 + below(5))}, 2);
+        if (chance(40)) { /* the unset address and port: "" */
+            w32(sk + o->skc_daddr, 0), w32(sk + o->skc_rcv_saddr, 0);
+            w32(sk + o->skc_dport, 0);
+        }
+        if (o->skc_v6_daddr >= 0 && chance(50)) { /* zero runs of every length */
+            uint64_t z = below(16) & ~1ull, zl = below(17 - z);
+            for (uint64_t b = z; b < z + zl; b++)
+                w(sk + o->skc_v6_daddr + b, "", 1);
+        }
+        if (o->unix_addr >= 0)
+            w64(objs[O_SOCK][i] + o->unix_addr, chance(30) ? 0 : ptr_to(O_UADDR));
+        if (o->unix_peer >= 0)
+            w64(objs[O_SOCK][i] + o->unix_peer, chance(30) ? 0 : ptr_to(O_SOCK));
+    }
+    static const uint32_t ulens[] = {0, 1, 2, 3, 9, 110, 111, 0xffffffffu};
+    for (int i = 0; i < counts[O_UADDR] && o->unix_address_len >= 0; i++)
+        w32(objs[O_UADDR][i] + o->unix_address_len,
+            chance(60) ? 2 + (uint32_t)below(109) : ulens[below(8)]);
     for (int i = 0; i < counts[O_FDARR]; i++)
         for (int j = 0; j < 64; j++)
             w64(objs[O_FDARR][i] + 8 * (uint64_t)j, chance(30) ? 0 : ptr_to(O_FILE));
@@ -319,7 +357,8 @@ static void build_world(const struct pv_offsets *o)
         w64(fsa + o->fs_root + o->path_dentry, objs[O_DENTRY][0]);
     }
     for (int i = 0; i < counts[O_CRED]; i++)
-        w32(objs[O_CRED][i] + o->cred_uid, (uint32_t)below(2000));
+        for (int k = 0; k < 8; k++)
+            w32(objs[O_CRED][i] + cred[k], (uint32_t)below(2000));
     for (int i = 0; i < counts[O_MM]; i++)
         if (o->mm_exe_file >= 0)
             w64(objs[O_MM][i] + o->mm_exe_file, chance(80) ? ptr_to(O_FILE) : rnd());
@@ -368,7 +407,7 @@ static void mutate(const struct pv_offsets *o)
 /* ------------------------------------------------------------------------------- checks */
 
 static struct {
-    uint64_t seed, round, calls, reads, failed, max_reads, paths, max_path, strings;
+    uint64_t seed, round, calls, reads, failed, max_reads, paths, max_path, strings, sockets;
 } st;
 
 __attribute__((format(printf, 1, 2))) static void violation(const char *fmt, ...)
@@ -467,7 +506,8 @@ static void round_once(struct pv_linux *lx, struct pv_linux *fresh, uint8_t *pa,
         int64_t fd = any_fd();
         fresh_gen++;
         begin();
-        a = pv_fd_file(lx, &t, fd, &dev, &ino, pa, &la);
+        uint64_t fa = 0, fb = 0;
+        a = pv_fd_file(lx, &t, fd, &dev, &ino, pa, &la, &fa);
         end("pv_fd_file");
         if (a < -1 || a > 1 || (a == 1 && la > PV_MAX_PATH))
             violation("pv_fd_file(%lld): %d, path of %u bytes", (long long)fd, a, la);
@@ -476,8 +516,8 @@ static void round_once(struct pv_linux *lx, struct pv_linux *fresh, uint8_t *pa,
                       a, (unsigned long long)call_reads);
         if (a == 1)
             check_path("pv_fd_file", (int)la);
-        b = pv_fd_file(fresh, &t, fd, &dev2, &ino2, pb, &lb);
-        if (a != b || (a == 1 && (dev != dev2 || ino != ino2)))
+        b = pv_fd_file(fresh, &t, fd, &dev2, &ino2, pb, &lb, &fb);
+        if (a != b || (a == 1 && (dev != dev2 || ino != ino2 || fa != fb)))
             violation("pv_fd_file(%lld): cached %d, fresh %d", (long long)fd, a, b);
         if (a == 1)
             same("pv_fd_file", (int)la, pa, 0, (int)lb, pb, 0);
@@ -504,6 +544,28 @@ static void round_once(struct pv_linux *lx, struct pv_linux *fresh, uint8_t *pa,
         check_path("pv_path_of", a);
         b = pv_path_of(fresh, m, d, r, have_root, pb, &ib);
         same("pv_path_of", a, pa, ia, b, pb, ib);
+    }
+
+    for (int k = 0; k < 2; k++) {
+        struct pv_endpoint ep;
+        uint64_t f = any_addr(O_FILE);
+        begin();
+        bool ok = pv_socket_of(lx, f, &ep);
+        end("pv_socket_of");
+        if (ok) {
+            st.sockets++;
+            if (ep.local_len > PV_MAX_ADDR || ep.remote_len > PV_MAX_ADDR)
+                violation("pv_socket_of: addresses of %u and %u bytes", ep.local_len,
+                          ep.remote_len);
+            bool inet = ep.family == 2 || ep.family == 10;
+            if ((inet && (ep.local_len > 47 || ep.remote_len > 47)) ||
+                (!inet && ep.family != 1 && (ep.local_len || ep.remote_len || ep.peer)))
+                violation("pv_socket_of: family %u with %u/%u address bytes", ep.family,
+                          ep.local_len, ep.remote_len);
+            if (!pv_kernel_ptr(ep.sk) || (ep.peer && !pv_kernel_ptr(ep.peer)))
+                violation("pv_socket_of: sk %#llx peer %#llx", (unsigned long long)ep.sk,
+                          (unsigned long long)ep.peer);
+        }
     }
 
     begin();
@@ -546,7 +608,14 @@ static const char builtin_offsets[] =
     "inode.i_sb 40\nsuper_block.s_dev 16\nfiles_struct.fdt 32\nfdtable.max_fds 0\n"
     "fdtable.fd 8\nfile.f_path 16\nfile.f_inode 32\nmount.mnt 32\nmount.mnt_parent 16\n"
     "mount.mnt_mountpoint 24\nmount.mnt_id 292\nvfsmount.mnt_root 0\n"
-    "mm_struct.exe_file 936\n";
+    "mm_struct.exe_file 936\n"
+    "cred.gid 12\ncred.suid 16\ncred.sgid 20\ncred.euid 24\ncred.egid 28\ncred.fsuid 32\n"
+    "cred.fsgid 36\ninode.i_mode 0\nfile.private_data 200\nsocket.sk 24\nsock.__sk_common 0\n"
+    "sock.sk_type 514\nsock_common.skc_family 16\nsock_common.skc_daddr 0\n"
+    "sock_common.skc_rcv_saddr 4\nsock_common.skc_dport 12\nsock_common.skc_num 14\n"
+    "sock_common.skc_v6_daddr 56\nsock_common.skc_v6_rcv_saddr 72\nunix_sock.addr 776\n"
+    "unix_sock.peer 864\nunix_address.len 4\nunix_address.name 8\n"
+    "sockaddr_un.sun_path 2\n";
 
 /* every member of the struct with its key in the file: written out again here (not taken from
  * offsets.c's table) so that --check-offsets also tests which field each key lands in */
@@ -564,7 +633,17 @@ static const char builtin_offsets[] =
     X("file.f_inode", file_f_inode) X("mount.mnt", mount_mnt) \
     X("mount.mnt_parent", mount_mnt_parent) X("mount.mnt_mountpoint", mount_mnt_mountpoint) \
     X("mount.mnt_id", mount_mnt_id) X("vfsmount.mnt_root", vfsmount_mnt_root) \
-    X("mm_struct.exe_file", mm_exe_file)
+    X("mm_struct.exe_file", mm_exe_file) X("cred.gid", cred_gid) X("cred.suid", cred_suid) \
+    X("cred.sgid", cred_sgid) X("cred.euid", cred_euid) X("cred.egid", cred_egid) \
+    X("cred.fsuid", cred_fsuid) X("cred.fsgid", cred_fsgid) \
+    X("inode.i_mode", inode_i_mode) X("file.private_data", file_private_data) X("socket.sk", socket_sk) \
+    X("sock.__sk_common", sock_sk_common) X("sock.sk_type", sock_sk_type) \
+    X("sock_common.skc_family", skc_family) X("sock_common.skc_daddr", skc_daddr) \
+    X("sock_common.skc_rcv_saddr", skc_rcv_saddr) X("sock_common.skc_dport", skc_dport) \
+    X("sock_common.skc_num", skc_num) X("sock_common.skc_v6_daddr", skc_v6_daddr) \
+    X("sock_common.skc_v6_rcv_saddr", skc_v6_rcv_saddr) X("unix_sock.addr", unix_addr) \
+    X("unix_sock.peer", unix_peer) X("unix_address.len", unix_address_len) \
+    X("unix_address.name", unix_address_name) X("sockaddr_un.sun_path", sun_path)
 
 /* random, mostly small offsets (some near the 64 KiB bound): walks over a layout no kernel has */
 static void random_offsets(struct pv_offsets *o, const struct pv_offsets *base)
@@ -575,6 +654,10 @@ static void random_offsets(struct pv_offsets *o, const struct pv_offsets *base)
 #undef RND
     if (chance(30))
         o->mm_exe_file = -1;
+    if (chance(30))
+        o->skc_v6_daddr = o->skc_v6_rcv_saddr = -1;
+    if (chance(30))
+        o->unix_addr = o->unix_peer = o->unix_address_len = o->unix_address_name = -1;
 }
 
 /* mutated offsets texts through the parser: refused or accepted, never a crash */
@@ -733,10 +816,11 @@ int main(int argc, char **argv)
     unmap_all();
     free(filetext);
     printf("pv-fuzz: seed %llu: calls %llu, reads %llu, failed reads %llu, max reads per call "
-           "%llu, paths %llu (longest %llu), strings %llu\n",
+           "%llu, paths %llu (longest %llu), strings %llu, sockets %llu\n",
            (unsigned long long)st.seed, (unsigned long long)st.calls,
            (unsigned long long)st.reads, (unsigned long long)st.failed,
            (unsigned long long)st.max_reads, (unsigned long long)st.paths,
-           (unsigned long long)st.max_path, (unsigned long long)st.strings);
+           (unsigned long long)st.max_path, (unsigned long long)st.strings,
+           (unsigned long long)st.sockets);
     return 0;
 }

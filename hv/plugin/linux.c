@@ -56,6 +56,16 @@ void pv_linux_init(struct pv_linux *lx, const struct pv_offsets *o,
     int64_t dlo = MIN3(a, b, c), dhi = a > b ? (a > c ? a : c) : (b > c ? b : c);
     lx->dkey_lo = (uint64_t)dlo;
     lx->dkey_len = (uint64_t)(dhi + 8 - dlo);
+    int64_t cr[8] = {o->cred_uid, o->cred_gid, o->cred_suid, o->cred_sgid, o->cred_euid,
+                     o->cred_egid, o->cred_fsuid, o->cred_fsgid};
+    int64_t clo = cr[0], chi = cr[0];
+    for (int i = 0; i < 8; i++) {
+        lx->cred_off[i] = cr[i];
+        clo = cr[i] < clo ? cr[i] : clo;
+        chi = cr[i] > chi ? cr[i] : chi;
+    }
+    lx->cred_lo = clo;
+    lx->cred_len = (uint64_t)(chi + 4 - clo); /* <= 0x10004: offsets are bounded */
 }
 
 void pv_linux_free(struct pv_linux *lx)
@@ -112,8 +122,11 @@ void pv_task_read(struct pv_linux *lx, uint64_t addr, struct pv_task *t)
     uint64_t parent = at64(blob, o->task_real_parent, lo), cred = at64(blob, o->task_cred, lo);
     if (!pv_kernel_ptr(parent) || !pv_read_u32(lx, parent + o->task_tgid, &t->ppid))
         goto out;
-    if (!pv_kernel_ptr(cred) || !pv_read_u32(lx, cred + o->cred_uid, &t->uid))
+    if (!pv_kernel_ptr(cred) || !rd(lx, cred + lx->cred_lo, lx->credblob, lx->cred_len))
         goto out;
+    for (int i = 0; i < 8; i++)
+        memcpy(&t->cred[i], lx->credblob + (lx->cred_off[i] - lx->cred_lo), 4);
+    t->uid = t->cred[0];
     t->ok = true;
 out:
     if (blob != stackblob)
@@ -135,16 +148,30 @@ static int qstr(struct pv_linux *lx, uint64_t dentry, uint8_t *out)
     return (int)n;
 }
 
+#define S_IFMT_ 0170000
+#define S_IFSOCK_ 0140000
+#define S_IFIFO_ 0010000
+
+/* a file outside the namespace's tree, named as hv/linux.py _pseudo names it: socket:[ino] by
+ * the inode's mode, a dentry name with a ':', pipe:[ino] for a FIFO, else anon:[ino] */
 static int pseudo(struct pv_linux *lx, uint64_t dentry, uint8_t *out)
 {
     uint64_t inode, ino = 0;
-    if (!(kptr(lx, dentry + lx->o->dentry_d_inode, &inode) &&
-          pv_read_u64(lx, inode + lx->o->inode_i_ino, &ino)))
+    uint16_t mode = 0;
+    if (kptr(lx, dentry + lx->o->dentry_d_inode, &inode) &&
+        pv_read_u64(lx, inode + lx->o->inode_i_ino, &ino)) {
+        if (!rd(lx, inode + lx->o->inode_i_mode, &mode, 2))
+            mode = 0;
+    } else {
         ino = 0;
+    }
+    if ((mode & S_IFMT_) == S_IFSOCK_)
+        return snprintf((char *)out, 64, "socket:[%llu]", (unsigned long long)ino);
     int n = qstr(lx, dentry, out);
     if (n > 0 && memchr(out, ':', (size_t)n))
         return n;
-    return snprintf((char *)out, 64, "anon:[%llu]", (unsigned long long)ino);
+    return snprintf((char *)out, 64, (mode & S_IFMT_) == S_IFIFO_ ? "pipe:[%llu]" : "anon:[%llu]",
+                    (unsigned long long)ino);
 }
 
 static int walk(struct pv_linux *lx, uint64_t mnt, uint64_t dentry, uint64_t root_mount,
@@ -231,7 +258,7 @@ int pv_path_of(struct pv_linux *lx, uint64_t mnt, uint64_t dentry, uint64_t root
         return (int)e->len;
     }
     int n = walk(lx, mnt, dentry, root_mount, have_root, out, mnt_id);
-    /* only real paths: a pseudo name ("anon:[ino]") comes from the inode, and a freed pipe or
+    /* only real paths: a pseudo name ("pipe:[ino]") comes from the inode, and a freed pipe or
      * socket dentry reused at the same address keeps its parent and empty name */
     if (n > 0 && out[0] == '/' && have_key) {
         uint8_t *copy = realloc(e->path, (size_t)n + 1);
@@ -293,7 +320,7 @@ static int file_id(struct pv_linux *lx, const struct pv_task *t, uint64_t f, uin
 }
 
 int pv_fd_file(struct pv_linux *lx, const struct pv_task *t, int64_t fd, uint64_t *dev,
-               uint64_t *ino, uint8_t *path, uint32_t *plen)
+               uint64_t *ino, uint8_t *path, uint32_t *plen, uint64_t *file)
 {
     const struct pv_offsets *o = lx->o;
     if (fd < 0 || fd >= PV_MAX_FDS)
@@ -311,7 +338,145 @@ int pv_fd_file(struct pv_linux *lx, const struct pv_task *t, int64_t fd, uint64_
         return 0;
     if (!pv_kernel_ptr(f))
         return -1;
+    *file = f;
     return file_id(lx, t, f, dev, ino, path, plen);
+}
+
+static bool rd16(struct pv_linux *lx, uint64_t va, uint16_t *out) { return rd(lx, va, out, 2); }
+
+static const char hexd[] = "0123456789abcdef";
+
+static uint32_t put_hex16(uint8_t *out, uint16_t v)
+{
+    uint32_t n = 0;
+    bool lead = true;
+    for (int sh = 12; sh >= 0; sh -= 4) {
+        int d = (v >> sh) & 15;
+        if (lead && d == 0 && sh)
+            continue;
+        lead = false;
+        out[n++] = (uint8_t)hexd[d];
+    }
+    return n;
+}
+
+uint32_t pv_inet_text(uint16_t family, const uint8_t *addr, uint16_t port, uint8_t *out)
+{
+    int alen = family == 2 ? 4 : 16;
+    bool any = false;
+    for (int i = 0; i < alen; i++)
+        any |= addr[i] != 0;
+    if (!any && port == 0)
+        return 0;
+    char *o = (char *)out;
+    if (family == 2)
+        return (uint32_t)snprintf(o, 48, "%u.%u.%u.%u:%u", addr[0], addr[1], addr[2], addr[3],
+                                  port);
+    uint16_t g[8];
+    for (int i = 0; i < 8; i++)
+        g[i] = (uint16_t)(addr[2 * i] << 8 | addr[2 * i + 1]);
+    int best = -1, blen = 1;
+    for (int i = 0; i < 8;) { /* the longest run of >= 2 zero groups, the first of equals */
+        if (g[i]) {
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j < 8 && !g[j])
+            j++;
+        if (j - i > blen)
+            best = i, blen = j - i;
+        i = j;
+    }
+    uint32_t n = 0;
+    out[n++] = '[';
+    for (int i = 0; i < 8; i++) {
+        if (i == best) {
+            out[n++] = ':';
+            out[n++] = ':';
+            i += blen - 1;
+            continue;
+        }
+        if (i && i != best + blen)
+            out[n++] = ':';
+        n += put_hex16(out + n, g[i]);
+    }
+    n += (uint32_t)snprintf(o + n, 48 - n, "]:%u", port);
+    return n;
+}
+
+/* the bound address of a unix socket: its length in out, 0 unbound, -1 unreadable */
+static int unix_addr(struct pv_linux *lx, uint64_t sk, uint8_t *out)
+{
+    const struct pv_offsets *o = lx->o;
+    uint64_t addr;
+    uint32_t n;
+    if (o->unix_addr < 0 || o->unix_address_len < 0 || o->unix_address_name < 0 ||
+        o->sun_path < 0)
+        return -1;
+    if (!pv_read_u64(lx, sk + o->unix_addr, &addr))
+        return -1;
+    if (addr == 0)
+        return 0;
+    if (!pv_kernel_ptr(addr) || !pv_read_u32(lx, addr + o->unix_address_len, &n) || n < 2 ||
+        n > 2 + PV_MAX_SUN_PATH)
+        return -1;
+    n -= 2;
+    if (!rd(lx, addr + o->unix_address_name + o->sun_path, out, n))
+        return -1;
+    if (n && out[0]) { /* a path: up to its NUL; an abstract name keeps every byte */
+        uint8_t *z = memchr(out, 0, n);
+        if (z)
+            n = (uint32_t)(z - out);
+    }
+    return (int)n;
+}
+
+bool pv_socket_of(struct pv_linux *lx, uint64_t file, struct pv_endpoint *ep)
+{
+    const struct pv_offsets *o = lx->o;
+    uint64_t sock, sk;
+    uint64_t inode;
+    uint16_t mode;
+    memset(ep, 0, sizeof *ep);
+    if (!kptr(lx, file + o->file_f_inode, &inode) || !rd(lx, inode + o->inode_i_mode, &mode, 2) ||
+        (mode & S_IFMT_) != S_IFSOCK_) /* a name that only looks like a socket's */
+        return false;
+    if (!kptr(lx, file + o->file_private_data, &sock) || !kptr(lx, sock + o->socket_sk, &sk))
+        return false;
+    uint64_t c = sk + (uint64_t)o->sock_sk_common;
+    uint8_t la[16], ra[16], pb[2];
+    uint16_t num;
+    if (!rd16(lx, c + o->skc_family, &ep->family) || !rd16(lx, sk + o->sock_sk_type, &ep->type))
+        return false;
+    ep->sk = sk;
+    if (ep->family == 2 || ep->family == 10) {
+        bool v6 = ep->family == 10;
+        if (v6 && (o->skc_v6_rcv_saddr < 0 || o->skc_v6_daddr < 0))
+            return false;
+        int64_t lo = v6 ? o->skc_v6_rcv_saddr : o->skc_rcv_saddr;
+        int64_t ro = v6 ? o->skc_v6_daddr : o->skc_daddr;
+        size_t alen = v6 ? 16 : 4;
+        if (!rd(lx, c + lo, la, alen) || !rd16(lx, c + o->skc_num, &num) ||
+            !rd(lx, c + ro, ra, alen) || !rd(lx, c + o->skc_dport, pb, 2))
+            return false;
+        ep->local_len = pv_inet_text(ep->family, la, num, ep->local);      /* host order */
+        ep->remote_len = pv_inet_text(ep->family, ra, (uint16_t)(pb[0] << 8 | pb[1]),
+                                      ep->remote);                          /* network order */
+    } else if (ep->family == 1) {
+        if (o->unix_peer < 0)
+            return false;
+        int n = unix_addr(lx, sk, ep->local);
+        if (n < 0 || !pv_read_u64(lx, sk + o->unix_peer, &ep->peer))
+            return false;
+        ep->local_len = (uint32_t)n;
+        if (ep->peer) {
+            if (!pv_kernel_ptr(ep->peer) || (n = unix_addr(lx, ep->peer, ep->remote)) < 0)
+                return false;
+            ep->remote_len = (uint32_t)n;
+        }
+    }
+    return true;
 }
 
 int pv_exe_file(struct pv_linux *lx, const struct pv_task *t, uint64_t *dev, uint64_t *ino,

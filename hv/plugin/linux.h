@@ -39,7 +39,20 @@ struct pv_task {
     uint8_t comm[16];
     uint32_t comm_len;
     uint64_t fs, files, mm;
+    uint32_t cred[8]; /* uid gid suid sgid euid egid fsuid fsgid: valid when ok */
     bool ok;
+};
+
+#define PV_MAX_SUN_PATH 108 /* sizeof sockaddr_un.sun_path: the bound on a unix address */
+#define PV_MAX_ADDR 108     /* the longest local or remote text (hv/linux.py the same) */
+#define PV_SOCKET_PREFIX "socket:["
+
+/* What a socket file is connected to (events.Endpoint but its file index). */
+struct pv_endpoint {
+    uint16_t family, type;
+    uint64_t sk, peer;
+    uint8_t local[PV_MAX_ADDR], remote[PV_MAX_ADDR];
+    uint32_t local_len, remote_len;
 };
 
 struct pv_path_entry {
@@ -56,6 +69,9 @@ struct pv_linux {
     const volatile uint64_t *path_gen; /* bumped by whoever renames: cached paths expire */
     struct pv_path_entry cache[PV_PATH_CACHE];
     uint64_t task_lo, task_len, dkey_lo, dkey_len;
+    int64_t cred_off[8], cred_lo;
+    uint64_t cred_len;
+    uint8_t credblob[0x10000 + 8]; /* member offsets are at most 0x10000 (offsets.c) */
     uint8_t scratch[PV_MAX_STR + 1];
 };
 
@@ -78,9 +94,15 @@ int pv_path_of(struct pv_linux *lx, uint64_t mnt, uint64_t dentry, uint64_t root
                bool have_root, uint8_t *out, uint32_t *mnt_id);
 /* The CWD path of a task (as pv_path_of). */
 int pv_cwd(struct pv_linux *lx, const struct pv_task *t, uint8_t *out, uint32_t *mnt_id);
-/* The file open as fd: 1 (dev, ino, path), 0 not open, -1 unreadable. */
+/* The file open as fd: 1 (dev, ino, path; *file its struct file), 0 not open, -1 unreadable. */
 int pv_fd_file(struct pv_linux *lx, const struct pv_task *t, int64_t fd, uint64_t *dev,
-               uint64_t *ino, uint8_t *path, uint32_t *plen);
+               uint64_t *ino, uint8_t *path, uint32_t *plen, uint64_t *file);
+/* The endpoint of a socket's struct file (file->private_data -> sk): true, or false when
+ * anything is unreadable or the offsets lack what its family needs (hv/linux.py socket_of). */
+bool pv_socket_of(struct pv_linux *lx, uint64_t file, struct pv_endpoint *ep);
+/* "a.b.c.d:port" / "[v6]:port" (RFC 5952, as hv/linux.py inet_text), "" for the unset
+ * address and port; its length (out holds at least 48 bytes). */
+uint32_t pv_inet_text(uint16_t family, const uint8_t *addr, uint16_t port, uint8_t *out);
 /* The task's executable (mm->exe_file, re-read): 1, 0 (none or unknown), -1 unreadable. */
 int pv_exe_file(struct pv_linux *lx, const struct pv_task *t, uint64_t *dev, uint64_t *ino,
                 uint8_t *path, uint32_t *plen);

@@ -1,6 +1,7 @@
 /* See offsets.h. The file is text: a first line "provisor-offsets 1", then "key value" lines
  * (value decimal or 0x hex; "banner" a hex string), '#' comments. Every key is required but
- * mm_struct.exe_file; an unknown key, a repeated key, a bad value or a NUL byte is an error. */
+ * the optional ones (mm_struct.exe_file, the IPv6 and unix socket members: -1 when absent,
+ * hv/profile.py PLUGIN_OPTIONAL); an unknown key, a repeated key, a bad value or a NUL byte is an error. */
 #include "offsets.h"
 
 #include <errno.h>
@@ -45,6 +46,19 @@ static const struct {
     M("mount.mnt_parent", mount_mnt_parent, 1),
     M("mount.mnt_mountpoint", mount_mnt_mountpoint, 1), M("mount.mnt_id", mount_mnt_id, 1),
     M("vfsmount.mnt_root", vfsmount_mnt_root, 1), M("mm_struct.exe_file", mm_exe_file, 0),
+    M("cred.gid", cred_gid, 1), M("cred.suid", cred_suid, 1), M("cred.sgid", cred_sgid, 1),
+    M("cred.euid", cred_euid, 1), M("cred.egid", cred_egid, 1),
+    M("cred.fsuid", cred_fsuid, 1), M("cred.fsgid", cred_fsgid, 1),
+    M("inode.i_mode", inode_i_mode, 1), M("file.private_data", file_private_data, 1), M("socket.sk", socket_sk, 1),
+    M("sock.__sk_common", sock_sk_common, 1), M("sock.sk_type", sock_sk_type, 1),
+    M("sock_common.skc_family", skc_family, 1), M("sock_common.skc_daddr", skc_daddr, 1),
+    M("sock_common.skc_rcv_saddr", skc_rcv_saddr, 1),
+    M("sock_common.skc_dport", skc_dport, 1), M("sock_common.skc_num", skc_num, 1),
+    M("sock_common.skc_v6_daddr", skc_v6_daddr, 0),
+    M("sock_common.skc_v6_rcv_saddr", skc_v6_rcv_saddr, 0),
+    M("unix_sock.addr", unix_addr, 0), M("unix_sock.peer", unix_peer, 0),
+    M("unix_address.len", unix_address_len, 0), M("unix_address.name", unix_address_name, 0),
+    M("sockaddr_un.sun_path", sun_path, 0),
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
 #define MAX_MEMBER_OFFSET 0x10000 /* no member we read lies further into its struct */

@@ -284,6 +284,8 @@ static void put_task(struct pv_event *e, const struct pv_task *t)
     e->start_time = t->start_time;
     if (t->comm_len)
         pv_event_put(e, PV_T_COMM, t->comm, t->comm_len);
+    if (t->ok) /* read with the task: before the call at entry, after it at exit */
+        pv_event_put_cred(e, t->cred);
 }
 
 static void put_cwd(struct vcpu *v, struct pv_event *e, const struct pv_task *t)
@@ -297,14 +299,25 @@ static void put_cwd(struct vcpu *v, struct pv_event *e, const struct pv_task *t)
         pv_event_put(e, PV_T_CWD, v->path, (size_t)n);
 }
 
-/* 1 found (FILE added), 0 not open, -1 unreadable */
+/* 1 found (FILE added, and a socket's SOCK), 0 not open, -1 unreadable
+ * (hv/eventbuild.add_file) */
 static int put_fd_file(struct vcpu *v, struct pv_event *e, const struct pv_task *t, int64_t fd)
 {
-    uint64_t dev, ino;
+    uint64_t dev, ino, file = 0;
     uint32_t plen = 0;
-    int r = pv_fd_file(&v->lx, t, fd, &dev, &ino, v->path, &plen);
-    if (r == 1)
-        pv_event_put_file(e, dev, ino, v->path, plen);
+    int r = pv_fd_file(&v->lx, t, fd, &dev, &ino, v->path, &plen, &file);
+    if (r != 1 || !pv_event_put_file(e, dev, ino, v->path, plen))
+        return r;
+    size_t np = sizeof PV_SOCKET_PREFIX - 1;
+    if (plen < np || memcmp(v->path, PV_SOCKET_PREFIX, np))
+        return r;
+    struct pv_endpoint ep;
+    if (!pv_socket_of(&v->lx, file, &ep)) {
+        e->flags |= PV_F_SOCK_UNREADABLE;
+        return r;
+    }
+    pv_event_put_sock(e, (uint16_t)(e->nfiles - 1), ep.family, ep.type, ep.sk, ep.peer,
+                      ep.local, ep.local_len, ep.remote, ep.remote_len);
     return r;
 }
 

@@ -25,9 +25,15 @@
  *       a coprocess). Keys: phase vcpu nr flags entry_seq ts_ns tgid pid ppid uid start_time
  *       cwd_mnt a0..a5 (decimal or 0x hex), ret (signed; present = the event has a return
  *       value), fd (signed 32-bit, repeatable); comm cwd path argv envp (the guest bytes in hex,
- *       path/argv/envp repeatable), file=DEV:INO:HEX (repeatable). Fields are put in the order
+ *       path/argv/envp repeatable), file=DEV:INO:HEX (repeatable), cred=U:G:SU:SG:EU:EG:FU:FG,
+ *       sock=FILE:FAMILY:TYPE:SK:PEER:LOCALHEX:REMOTEHEX (repeatable; FILE the index of a file
+ *       field, as the plugin gives it). Fields are put in the order
  *       given; event.c groups them by tag as events.encode does. flags is OR'ed in (so a
- *       TRUNCATED that event.c set stays, whatever the order). */
+ *       TRUNCATED that event.c set stays, whatever the order).
+ *
+ *   pv-ringtool --inet
+ *       Read lines "FAMILY ADDRHEX PORT" (family 2: 4 bytes, 10: 16 bytes) and print each
+ *       address as linux.c's pv_inet_text writes it (an empty line for ""). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
@@ -38,6 +44,7 @@
 #include <unistd.h>
 
 #include "event.h"
+#include "linux.h"
 #include "ring.h"
 
 /* the one error line (after the seqs already printed); the exit status 2 */
@@ -241,6 +248,58 @@ static int event_field(struct pv_event *e, char *tok, char *err, size_t errlen)
         e->has_ret = 1, e->ret = s;
         return 0;
     }
+    if (!strcmp(k, "cred")) {
+        uint32_t c[8];
+        char *p = (char *)v;
+        for (int i = 0; i < 8; i++) {
+            char *colon = strchr(p, ':');
+            if ((colon == NULL) != (i == 7)) {
+                snprintf(err, errlen, "cred wants 8 values");
+                return -1;
+            }
+            if (colon)
+                *colon = 0;
+            if (parse_u64(p, &u) || u > 0xFFFFFFFFu) {
+                snprintf(err, errlen, "bad cred value");
+                return -1;
+            }
+            c[i] = (uint32_t)u;
+            p = colon ? colon + 1 : p;
+        }
+        pv_event_put_cred(e, c);
+        return 0;
+    }
+    if (!strcmp(k, "sock")) { /* FILE:FAMILY:TYPE:SK:PEER:LOCALHEX:REMOTEHEX */
+        char *part[7], *p = (char *)v;
+        uint64_t num[5];
+        for (int i = 0; i < 7; i++) {
+            part[i] = p;
+            char *colon = strchr(p, ':');
+            if ((colon == NULL) != (i == 6)) {
+                snprintf(err, errlen, "sock wants 7 parts");
+                return -1;
+            }
+            if (colon)
+                *colon = 0, p = colon + 1;
+        }
+        for (int i = 0; i < 5; i++)
+            if (parse_u64(part[i], &num[i]) || (i < 3 && num[i] > 0xFFFF)) {
+                snprintf(err, errlen, "bad sock value");
+                return -1;
+            }
+        uint8_t *l, *r;
+        size_t nl, nr;
+        if (unhex(part[5], &l, &nl))
+            return snprintf(err, errlen, "bad sock hex"), -1;
+        if (unhex(part[6], &r, &nr)) {
+            free(l);
+            return snprintf(err, errlen, "bad sock hex"), -1;
+        }
+        pv_event_put_sock(e, (uint16_t)num[0], (uint16_t)num[1], (uint16_t)num[2], num[3],
+                          num[4], l, nl, r, nr);
+        free(l), free(r);
+        return 0;
+    }
     if (!strcmp(k, "fd")) {
         if (parse_i64(v, &s) || s < INT32_MIN || s > INT32_MAX) {
             snprintf(err, errlen, "bad value for fd");
@@ -338,15 +397,38 @@ static int event_mode(int argc, char **argv)
     return rc;
 }
 
+static int inet_mode(void)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, stdin) >= 0) {
+        char hex[64];
+        unsigned fam, port;
+        uint8_t *b;
+        size_t n;
+        if (sscanf(line, "%u %63s %u", &fam, hex, &port) != 3 || unhex(hex, &b, &n) ||
+            n != (fam == 2 ? 4u : 16u))
+            return die("bad --inet line");
+        uint8_t out[64];
+        uint32_t len = pv_inet_text((uint16_t)fam, b, (uint16_t)port, out);
+        printf("%.*s\n", (int)len, (char *)out);
+        free(b);
+    }
+    free(line);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0); /* a line per record, out as soon as it is acknowledged */
     if (argc >= 2 && !strcmp(argv[1], "--event"))
         return event_mode(argc, argv);
+    if (argc == 2 && !strcmp(argv[1], "--inet"))
+        return inet_mode();
     if (argc == 4 && !strcmp(argv[2], "hold"))
         return hold(argv[1], argv[3]);
     if (argc >= 5 && argv[1][0] != '-')
         return append(argc, argv);
     return die("usage: pv-ringtool RING POLICY N SIZE [--note TEXT] [--from K] [--vary] | "
-               "RING hold SECONDS | --event [KEY=VALUE ...]");
+               "RING hold SECONDS | --event [KEY=VALUE ...] | --inet");
 }
