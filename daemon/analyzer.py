@@ -158,7 +158,7 @@ class Analyzer:
         self.b.attrs.append((node, key, value if isinstance(value, str) else str(value), ev.seq))
 
     def _cred_attrs(self, node: int, ev: Event) -> None:
-        cred = getattr(ev, "cred", None)
+        cred = ev.cred
         if cred:
             for k, v in zip(CRED_KEYS, cred, strict=False):
                 self._attr(node, k, v, ev)
@@ -401,7 +401,7 @@ class Analyzer:
         """Socket endpoint addresses the producer read: recorded on the socket's version when
         they change, and connected endpoints paired (inet: local/remote; AF_UNIX: the kernel's
         peer pointer)."""
-        for ep in getattr(ev, "endpoints", None) or ():
+        for ep in ev.endpoints:
             if not 0 <= ep.file < len(ev.files):
                 continue
             f = ev.files[ep.file]
@@ -554,6 +554,9 @@ class Analyzer:
             self._generate(c.p, a, c.ev, c.eseq, truncate=True)
         elif flags & O_CREAT and not known:
             self._created(c.p, a, c.ev, c.eseq)
+        if flags & O_CREAT and not known and c.sc.at(Arg.MODE) is not None:
+            # the mode asked for (the umask, which the producer does not read, may clear bits)
+            self._attr(a.node, "mode", f"{c.arg(c.sc.at(Arg.MODE)) & 0o7777:04o}", c.ev)
         self._fd_event(c.p, c.ev, f"{c.sc.name} fd={c.ev.ret} {real}")
 
     def _close(self, c: _Call) -> None:
@@ -721,7 +724,7 @@ class Analyzer:
     def _cred(self, c: _Call) -> None:
         """A credential change: a new process version carrying the credentials read at the
         exit (when the producer read them and they did not change: no version)."""
-        before, after = getattr(c.en, "cred", None), getattr(c.ev, "cred", None)
+        before, after = c.en.cred, c.ev.cred
         if before and after and before == after:
             return
         self._new_version_p(c.p, c.ev, "credentials", c.eseq)

@@ -19,6 +19,7 @@ class Script:
         self.ppid: dict[int, int] = {1: 0}
         self.cwd: dict[int, str] = {}
         self.comm: dict[int, str] = {}  # default p<tgid>
+        self.cred: dict[int, tuple[int, ...]] = {}  # Event.cred per tgid (default: none read)
 
     def _rec(self, ev: Event) -> int:
         self.seq += 1
@@ -34,7 +35,7 @@ class Script:
                    ppid=self.ppid.get(tgid, 1), comm=self.comm.get(tgid, f"p{tgid}"),
                    cwd=self.cwd.get(tgid, "/w"),
                    args=a, paths=list(paths), argv=list(argv) if argv else None,
-                   files=list(files), start_time=tgid * 10)
+                   files=list(files), start_time=tgid * 10, cred=self.cred.get(tgid))
         return self._rec(ev)
 
     def exit(self, entry_seq: int, tgid: int, name: str, ret: int, files=(), out_fds=(),
@@ -42,7 +43,7 @@ class Script:
         ev = Event(nr_of(name), EXIT, entry_seq=entry_seq, tgid=tgid, pid=pid or tgid,
                    ppid=self.ppid.get(tgid, 1), comm=self.comm.get(tgid, f"p{tgid}"), ret=ret,
                    files=list(files),
-                   out_fds=list(out_fds), start_time=tgid * 10)
+                   out_fds=list(out_fds), start_time=tgid * 10, cred=self.cred.get(tgid))
         return self._rec(ev)
 
     def call(self, tgid: int, name: str, args=(), paths=(), ret: int = 0, files=(),

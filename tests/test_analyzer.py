@@ -406,13 +406,13 @@ def test_unlink_of_one_of_two_links_does_not_invalidate(store):
     sc.call(1, "link", (0, 0), ["a", "b"], 0)
     sc.call(1, "unlink", (0,), ["a"], 0)
     store.apply(sc.records)
-    assert [a[1] for a in attrs(store) if a[0].startswith("file:")] == ["unlinked"]
+    assert [a[1] for a in attrs(store) if a[0].startswith("file:")] == ["mode", "unlinked"]
     sc2 = Script()
     sc2.seq = sc.seq
     sc2.call(1, "unlink", (0,), ["b"], 0)
     store.apply(sc2.records)
     assert [a[1] for a in attrs(store) if a[0].startswith("file:")] == [
-        "unlinked", "unlinked", "invalidated_by"]
+        "mode", "unlinked", "unlinked", "invalidated_by"]
 
 
 def test_chown_records_the_owner_and_leaves_minus_one_out(store):
@@ -422,7 +422,7 @@ def test_chown_records_the_owner_and_leaves_minus_one_out(store):
     sc.call(1, "lchown", (0, -1, 50), ["f"], 0)
     store.apply(sc.records)
     assert [a[1:] for a in attrs(store) if a[0].startswith("file:")] == [
-        ("owner_uid", "1000"), ("owner_gid", "50")]
+        ("mode", "0644"), ("owner_uid", "1000"), ("owner_gid", "50")]
     assert ("wasGeneratedBy", "file:/w/f.v3", "p1.v1") in labels(store)
 
 
@@ -590,3 +590,20 @@ def test_vfork_child_that_exits_before_the_parent_resumes_is_one_process(store):
                                "(SELECT min(id) FROM processes WHERE tgid=2) AND version=1"
                                ).fetchone()[0]
     assert first == "first seen"
+
+
+def test_credentials_read_at_exit_are_the_new_versions_and_no_change_makes_none(store):
+    sc = Script()
+    sc.cred[1] = (0,) * 8
+    sc.call(1, "setuid", (0,), (), 0)  # root to root: the creds the producer read are equal
+    e = sc.entry(1, "setresuid", (1000, 1000, 1000))
+    sc.cred[1] = (1000, 0, 1000, 0, 1000, 0, 1000, 0)
+    sc.exit(e, 1, "setresuid", 0)
+    store.apply(sc.records)
+    a = attrs(store)
+    assert [x for x in a if x[0] == "p1.v1" and x[1] in ("uid", "euid")] == [
+        ("p1.v1", "uid", "0"), ("p1.v1", "euid", "0")]
+    assert [x for x in a if x[0] == "p1.v2" and x[1] in ("uid", "gid", "euid")] == [
+        ("p1.v2", "uid", "1000"), ("p1.v2", "gid", "0"), ("p1.v2", "euid", "1000")]
+    assert [x[2] for x in a if x[1] == "cred_call"] == ["setresuid(1000, 1000, 1000)"]
+    assert store.conn.execute("SELECT max(version) FROM processes").fetchone()[0] == 2

@@ -3,12 +3,9 @@
 A workload ``echo > src; cat src > copy; mv copy renamed; ln renamed hard`` is stored through
 the real daemon (ring -> ``Daemon`` -> ``Store.apply``); its PROV-JSON and PROV-N exports are
 read back with ``prov.read`` (the installed prov, 3.2.3, reads PROV-N too: no test-side
-parser is needed) and asked, by the current path alone, where the file came from.
-
-Until the analyzer side of the contract lands (the ``attrs`` table and the "renamed" /
-"linked" versions), :func:`store` inserts the attrs rows the analyzer will write (only where
-the analyzer wrote none: marked SWITCH), and the rename-as-a-version test is a strict xfail
-(SWITCH: drop the mark when it passes).
+parser is needed) and asked, by the current path alone, where the file came from. The
+events carry the credentials a producer reads (``Event.cred``); every attribute checked here
+is the analyzer's own.
 """
 
 from __future__ import annotations
@@ -48,6 +45,8 @@ ALL_FORMATS = {**FORMATS, "prov-xml": "xml", "rdf": "rdf"}
 def workload() -> Script:
     sc = Script()
     sc.cwd[1] = "/stage"
+    sc.cred[1] = sc.cred[50] = (0,) * 8  # root; cat runs as 1000 (set-id binary, say)
+    sc.cred[51] = (1000,) * 8
     sc.fork(1, 50)  # the shell
     sc.open(50, SRC, W, fd=3, ino=10)  # echo hello > src.txt
     sc.call(50, "write", (3, 0, 6), (), 6)
@@ -61,6 +60,7 @@ def workload() -> Script:
     sc.open(51, "src.txt", 0, fd=3, ino=10)
     sc.call(51, "read", (3, 0, 4096), (), 6)
     sc.call(51, "write", (1, 0, 6), (), 6)
+    sc.entry(51, "exit_group", (0,))
     sc.fork(50, 52)  # mv copy.txt renamed.txt
     sc.call(52, "execve", (0, 0, 0), ["/bin/mv"], 0, files=[FileId(8, 501, "/bin/mv")],
             argv=["mv", "copy.txt", "renamed.txt"])
@@ -70,41 +70,6 @@ def workload() -> Script:
     sc.open(53, "/stage/other.txt", W, fd=3, ino=12)
     sc.entry(53, "write", (3, 0, 5), files=[FileId(8, 12, "/stage/other.txt")])
     return sc
-
-
-def _attr_rows(conn: sqlite3.Connection) -> None:
-    """SWITCH: the rows the analyzer will write (contract "Store: version attributes"),
-    inserted only where it wrote none. Remove once daemon/analyzer.py writes attrs, and give
-    the events of p51 (cat) ``cred=(1000,) * 8`` in :func:`workload` instead (Event.cred, the
-    producer side), p1/p50 ``cred=(0,) * 8``."""
-    conn.execute("CREATE TABLE IF NOT EXISTS attrs(node INTEGER, key TEXT, value TEXT, "
-                 "seq INTEGER)")
-
-    def version(tgid: int, reason: str) -> tuple[int, int]:
-        return conn.execute(
-            "SELECT v.id, v.seq FROM versions v JOIN processes p ON p.id = v.object_id "
-            "WHERE v.kind='process' AND p.tgid=? AND v.reason=? ORDER BY v.id LIMIT 1",
-            (tgid, reason)).fetchone()
-
-    def put(node: int, seq: int, key: str, value: str) -> None:
-        if conn.execute("SELECT 1 FROM attrs WHERE node=? AND key=?", (node, key)).fetchone():
-            return  # the analyzer's own row
-        conn.execute("INSERT INTO attrs VALUES (?,?,?,?)", (node, key, value, seq))
-
-    for tgid, reason in ((1, "first seen"), (50, "fork")):
-        n, s = version(tgid, reason)
-        for k in X.CRED_KEYS:
-            put(n, s, k, "0")
-    n, s = version(51, "execve")  # cat runs as uid 1000 (a setuid before exec, say)
-    for k, v in zip(X.CRED_KEYS, ("1000", "1000", "1000", "1000", "1000", "1000", "1000",
-                                  "1000"), strict=True):
-        put(n, s, k, v)
-    put(n, s, "argv", json.dumps(["cat", "src.txt"]))
-    put(n, s, "exit_status", "0")
-    n, s = version(52, "execve")
-    put(n, s, "argv", json.dumps(["mv", "copy.txt", "renamed.txt"]))
-    art = conn.execute("SELECT node, created_seq FROM artifacts WHERE ino=10").fetchone()
-    put(art[0], art[1], "mode", "0644")
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +88,6 @@ def store(tmp_path_factory):
     uuid = dm.consumer.header.uuid_str
     dm.run(once=True)
     dm.close()
-    conn = sqlite3.connect(dpath, isolation_level=None)
-    _attr_rows(conn)
-    conn.close()
     return dpath, uuid
 
 
