@@ -130,6 +130,11 @@ class Analyzer:
         self.by_devino: dict[tuple[int, int], int] = {}
         self.by_path: dict[str, tuple[int, int]] = {}  # path -> (artifact, name id)
         self.pending: dict[int, Event] = {}  # entry seq -> entry event awaiting its exit
+        # the pending entries that write data (DATA_WRITE, TRANSFER), and those of them whose
+        # generation a reader already saw (``_early_writes``): both follow from ``pending``
+        # and the relations, so a restarted daemon rebuilds them (daemon/store.py)
+        self.pending_writes: set[int] = set()
+        self.early_done: set[int] = set()
         self.names_of: dict[int, set[str]] = {}  # artifact -> the paths bound to it now
         self.peer: dict[int, set[int]] = {}  # socket endpoint artifact -> its peers' (UDP: many)
         self.by_endpoint: dict[tuple, int] = {}  # (family, type, local, remote) -> artifact
@@ -478,6 +483,8 @@ class Analyzer:
         if ev.phase == ENTRY:
             if sc is None or not sc.has(Trait.NO_RETURN):
                 self.pending[ev.seq] = ev
+                if sc is not None and sc.family in WRITE_FAMILIES:
+                    self.pending_writes.add(ev.seq)
             else:
                 if sc.family is Family.EXIT_GROUP or ev.pid == ev.tgid:
                     p.exit_seq = ev.seq
@@ -488,6 +495,13 @@ class Analyzer:
         entry = self.pending.pop(ev.entry_seq, None)
         if entry is not None:
             self.b.pending_done.append(entry.seq)
+            self.pending_writes.discard(entry.seq)
+            if entry.seq in self.early_done:
+                self.early_done.discard(entry.seq)
+                if sc is not None and sc.family is Family.DATA_WRITE:
+                    self._dirty_p(p)
+                    return  # its generation is made already
+                ev.flags |= _EARLY  # TRANSFER: its read side is still to make
         if ev.ret is None or ev.ret < 0:
             return  # a failed call is an event, never a relation
         self._exit(p, ev, entry or ev, sc)
@@ -525,9 +539,32 @@ class Analyzer:
             return self._file(c.ev, self._pair_path(c, 0), None) if c.paths else None
         return self._fd_art(c.p, c.arg(c.sc.fd_arg), c.fid, c.ev)
 
+    def _early_writes(self, c: _Call, a: Art) -> None:
+        """A read returned data while writes into ``a`` (or its peers) were still in their
+        calls: a blocked writer's data is visible to the reader before the writer's exit is
+        seen. Their generations are made now, from their entries (once: their exits then
+        make none)."""
+        targets = {a.id, *self.peer.get(a.id, ())}
+        for seq in sorted(self.pending_writes - self.early_done):
+            en = self.pending[seq]
+            sc = BY_NR[en.nr]
+            pos = sc.xfer[1] if sc.xfer else sc.fd_arg
+            f = _arg_files(sc, en).get(pos)
+            aid = self.by_devino.get((f.dev, f.ino)) if f is not None and f.ino else None
+            writer = self.procs.get(en.tgid)
+            if aid is None and writer is not None:
+                ref = writer.fds.get(en.arg(pos))
+                aid = ref[0] if ref else None
+            if aid in targets and writer is not None and writer.exit_seq is None:
+                self.early_done.add(seq)
+                self._generate(writer, self.arts[aid], c.ev, seq)
+                self._dirty_p(writer)
+
     def _data_read(self, c: _Call) -> None:
         a = self._fd_art(c.p, c.arg(c.sc.fd_arg), c.fid, c.ev)
         if a is not None:
+            if self.pending_writes and c.ev.ret > 0:
+                self._early_writes(c, a)
             for peer in sorted(self.peer.get(a.id, ())):
                 self._flow(self.arts[peer], a, c.ev, c.eseq)
             self._use(c.p, a, c.ev, c.eseq)
@@ -641,8 +678,13 @@ class Analyzer:
         i, o = c.sc.xfer or (0, 0)
         src, dst = c.p.fds.get(c.arg(i)), c.p.fds.get(c.arg(o))
         if src:
-            self._use(c.p, self.arts[src[0]], c.ev, c.eseq)
-        if dst:
+            a = self.arts[src[0]]
+            if self.pending_writes and c.ev.ret > 0:
+                self._early_writes(c, a)
+            for peer in sorted(self.peer.get(a.id, ())):
+                self._flow(self.arts[peer], a, c.ev, c.eseq)
+            self._use(c.p, a, c.ev, c.eseq)
+        if dst and not c.ev.flags & _EARLY:
             self._generate(c.p, self.arts[dst[0]], c.ev, c.eseq)
 
     def _named(self, c: _Call, path: str) -> Art:
@@ -855,6 +897,10 @@ _HANDLERS: dict[Family, Callable[[Analyzer, _Call], None]] = {
     Family.SIGNAL: Analyzer._signal,
     Family.SOCKETPAIR: Analyzer._socketpair,
 }  # NONE, EXIT and EXIT_GROUP have no exit effect (the exits are handled at their entry)
+
+
+WRITE_FAMILIES = frozenset({Family.DATA_WRITE, Family.TRANSFER})
+_EARLY = 1 << 31  # an exit's flag, in the analyzer only: its generation was made early
 
 
 def _arg_files(sc: Syscall, en: Event) -> dict[int, FileId]:

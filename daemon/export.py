@@ -258,7 +258,8 @@ class Selection:
         where, args = self._rel_where("r.")
         cur = self.conn.execute(
             f"SELECT r.id, r.src, r.dst, r.entry_seq, r.exit_seq, r.ts_ns, e.name "
-            f"FROM relations r LEFT JOIN events e ON e.seq = r.exit_seq "
+            # the call that made it: its entry (a write seen early by a reader has no exit yet)
+            f"FROM relations r LEFT JOIN events e ON e.seq = coalesce(r.entry_seq, r.exit_seq) "
             f"WHERE r.kind = ? AND {where} ORDER BY r.id", (kind, *args))
         yield from _chunks(cur, self.chunk)
 

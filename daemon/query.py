@@ -382,7 +382,8 @@ def fetch_edges(conn: sqlite3.Connection, nodes: set[int], up: bool, win: Window
     out = []
     for rid, kind, src, dst, en, ex, ts, name in conn.execute(
             f"SELECT r.id, r.kind, r.src, r.dst, r.entry_seq, r.exit_seq, r.ts_ns, e.name "
-            f"FROM relations r LEFT JOIN events e ON e.seq = r.exit_seq "
+            # the call that made it: its entry (a write seen early by a reader has no exit yet)
+            f"FROM relations r LEFT JOIN events e ON e.seq = coalesce(r.entry_seq, r.exit_seq) "
             f"WHERE r.{col} IN (SELECT value FROM json_each(?)) AND r.ts_ns BETWEEN ? AND ?",
             args):
         if not inner or (dst if up else src) in nodes:

@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from daemon import chain, meta
-from daemon.analyzer import Analyzer, Art, Batch, Proc
+from daemon.analyzer import WRITE_FAMILIES, Analyzer, Art, Batch, Proc
 from daemon.meta import APP_ID, SCHEMA_VERSION  # noqa: F401  (re-exported)
 from pmem.layout import Record, RecType
 from provisor import faults, files, locks
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 from provisor.guesttext import escape
+from provisor.syscalls import BY_NR
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -337,6 +338,13 @@ class Store:
         for seq, payload in q("SELECT e.seq, e.payload FROM pending p JOIN events e "
                               "ON e.seq = p.seq ORDER BY e.seq"):
             an.pending[seq] = decode(payload, seq)
+        an.pending_writes = {s for s, e in an.pending.items()
+                             if (sc := BY_NR.get(e.nr)) is not None and sc.family in WRITE_FAMILIES}
+        if an.pending_writes:  # a generation made from a pending entry: a reader saw it
+            an.early_done = {s for (s,) in q(
+                "SELECT DISTINCT entry_seq FROM relations WHERE kind='wasGeneratedBy' AND "
+                "entry_seq IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(an.pending_writes)),))}
 
         def nxt(sql: str) -> int:
             return (q(sql).fetchone()[0] or 0) + 1

@@ -607,3 +607,43 @@ def test_credentials_read_at_exit_are_the_new_versions_and_no_change_makes_none(
         ("p1.v2", "uid", "1000"), ("p1.v2", "gid", "0"), ("p1.v2", "euid", "1000")]
     assert [x[2] for x in a if x[1] == "cred_call"] == ["setresuid(1000, 1000, 1000)"]
     assert store.conn.execute("SELECT max(version) FROM processes").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_read_sees_a_write_still_in_its_call(tmp_path, restart):
+    """One vCPU: the writer's write wakes the blocked reader, which returns with the data
+    before the writer's exit is recorded. The generation is made at the read, from the
+    write's entry, once (a daemon restart in between changes nothing)."""
+    from daemon import verify as V
+    path = str(tmp_path / "p.db")
+    sc = Script()
+    sc.call(1, "pipe2", (0, 0), (), 0, out_fds=[3, 4])
+    sc.fork(1, 2)
+    sc.open(1, "src", 0, fd=5, ino=10)
+    sc.call(1, "read", (5, 0, 5), (), 5)
+    w = sc.entry(1, "write", (4, 0, 5))
+    sc.call(2, "read", (3, 0, 5), (), 5)
+    sc.open(2, "dst", W, fd=6, ino=11)
+    sc.call(2, "write", (6, 0, 5), (), 5)
+    cut = len(sc.records)
+    sc.exit(w, 1, "write", 5)
+    s = Store(path, "test-ring")
+    if restart:
+        s.apply(sc.records[:cut])
+        s.close()
+        s = Store(path, "test-ring")
+    s.apply(sc.records)
+    rel = labels(s)
+    gens = s.conn.execute("SELECT count(*), min(entry_seq) FROM relations r JOIN versions v ON "
+                          "v.id = r.src WHERE r.kind='wasGeneratedBy' AND v.kind='pipe' AND "
+                          "r.dst IN (SELECT id FROM versions WHERE kind='process' AND "
+                          "object_id=1 AND version > 1)").fetchone()
+    assert gens == (1, w)
+    assert any(r[0] == "wasDerivedFrom" and r[1].startswith("file:/w/dst") and
+               r[2].startswith("pipe:") for r in rel)
+    assert ("wasDerivedFrom", "pipe:1.v1", "file:/w/src.v1") in rel
+    assert max(v for (v,) in s.conn.execute("SELECT version FROM versions WHERE kind='pipe'")) == 1
+    s.close()
+    conn = V.sqlite3.connect(path)
+    assert V.verify(conn, path).ok
+    conn.close()
