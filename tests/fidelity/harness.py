@@ -143,15 +143,18 @@ class Run:
     def el(self, ident: str) -> dict:
         return self.elements[ident][1]
 
-    def is_root_activity(self, ident: str) -> bool:
-        sec, rec = self.elements.get(ident, ("", {}))
-        return sec == "activity" and self.root is not None and \
-            self.root in (values(rec, "provisor:process") or [None])
-
-    def is_child_activity(self, ident: str) -> bool:
+    def process_of(self, ident: str) -> int | None:
+        """The processes.id an activity is a version of (None: not an activity)."""
         sec, rec = self.elements.get(ident, ("", {}))
         ps = values(rec, "provisor:process")
-        return sec == "activity" and bool(ps) and ps[0] in self.procs and ps[0] != self.root
+        return int(ps[0]) if sec == "activity" and ps else None
+
+    def is_root_activity(self, ident: str) -> bool:
+        return self.root is not None and self.process_of(ident) == self.root
+
+    def is_child_activity(self, ident: str) -> bool:
+        p = self.process_of(ident)
+        return p is not None and p in self.procs and p != self.root
 
 
 def values(rec: dict, key: str) -> list:

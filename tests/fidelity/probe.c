@@ -28,6 +28,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #define UID 1000
@@ -59,11 +60,31 @@ static int act;
 
 static void own(const char *path) { CHECK(lchown(path, UID, GID) == 0); }
 
+/* Map every page of the binary's image (text, rodata, data) into this task's page tables.
+ * A path literal in a page the task has not touched yet is not mapped when the call enters,
+ * and a producer reading guest memory at entry cannot read it (the open-after-fork case shows
+ * it on purpose). After fork(2) a child's file-backed pages are unmapped again, so each child
+ * the probe forks calls this first (through child()). madvise is not traced. */
+extern char __executable_start[], edata[];
+static void prefault(void)
+{
+    uintptr_t lo = (uintptr_t)__executable_start & ~(uintptr_t)4095;
+    madvise((void *)lo, (uintptr_t)edata - lo, 22 /* MADV_POPULATE_READ */);
+}
+
+static pid_t child(void)
+{
+    pid_t pid = fork();
+    if (pid == 0)
+        prefault();
+    return pid;
+}
+
 /* a stage file, written by a short-lived child: the probe process itself has then neither
  * generated nor used it, so whatever the action does to it is a new relation */
 static void put(const char *path, const char *text)
 {
-    pid_t pid = fork();
+    pid_t pid = child();
     CHECK(pid >= 0);
     if (pid == 0) {
         int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -132,6 +153,17 @@ static void t_open_creat_existing(void)
 {
     drop();
     if (act) CHECK(syscall(SYS_openat, AT_FDCWD, "test.txt", O_RDWR | O_CREAT, 0644) >= 0);
+}
+static void t_open_after_fork(void)
+{
+    drop();
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) { /* the child's first call: its path literal in a page it never touched */
+        if (act) CHECK(syscall(SYS_openat, AT_FDCWD, "test.txt", O_RDONLY) >= 0);
+        _exit(0);
+    }
+    wait_child(pid);
 }
 static void t_close(void)
 {
@@ -254,7 +286,7 @@ static void t_fifo_data(void)
     CHECK(mkfifo("fifo", 0644) == 0);
     own("fifo");
     drop();
-    pid_t pid = fork();
+    pid_t pid = child();
     CHECK(pid >= 0);
     if (pid == 0) {
         if (act) {
@@ -466,7 +498,7 @@ static void signal_test(int use_tkill)
     CHECK(sigaction(SIGUSR1, &sa, NULL) == 0);
     CHECK(pipe(p) == 0);
     drop();
-    pid_t pid = fork();
+    pid_t pid = child();
     CHECK(pid >= 0);
     if (pid == 0) {
         close(p[1]);
@@ -501,7 +533,7 @@ static void t_pipe_io(void)
     int p[2];
     CHECK(pipe(p) == 0);
     drop();
-    pid_t pid = fork();
+    pid_t pid = child();
     CHECK(pid >= 0);
     if (pid == 0) {
         if (act) CHECK(write(p[1], "pipe\n", 5) == 5);
@@ -592,7 +624,7 @@ static void t_socketpair_io(void)
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
     drop();
-    pid_t pid = fork();
+    pid_t pid = child();
     CHECK(pid >= 0);
     if (pid == 0) {
         close(sv[1]);
@@ -656,7 +688,7 @@ static void stream_test(int family, int data_is_action)
     CHECK(bind(ls, sa, n) == 0);
     CHECK(listen(ls, 4) == 0);
     int go = data_is_action || act; /* connect+accept: setup of a data test, else the action */
-    pid_t pid = fork();
+    pid_t pid = child();
     CHECK(pid >= 0);
     if (pid == 0) {
         close(ls);
@@ -695,7 +727,7 @@ static void t_udp_io(void)
     int s = socket(AF_INET, SOCK_DGRAM, 0);
     CHECK(s >= 0);
     CHECK(bind(s, (struct sockaddr *)&ia, sizeof ia) == 0);
-    pid_t pid = fork();
+    pid_t pid = child();
     CHECK(pid >= 0);
     if (pid == 0) {
         int c = socket(AF_INET, SOCK_DGRAM, 0);
@@ -736,7 +768,7 @@ struct test {
 static const struct test tests[] = {
     {"creat", t_creat}, {"open", t_open}, {"openat", t_openat}, {"open-trunc", t_open_trunc},
     {"open-append", t_open_append}, {"open-creat-existing", t_open_creat_existing},
-    {"close", t_close}, {"read", t_read}, {"readv", t_readv}, {"pread", t_pread},
+    {"open-after-fork", t_open_after_fork}, {"close", t_close}, {"read", t_read}, {"readv", t_readv}, {"pread", t_pread},
     {"write", t_write}, {"writev", t_writev}, {"pwrite", t_pwrite}, {"dup", t_dup},
     {"dup2", t_dup2}, {"dup3", t_dup3}, {"fcntl-dupfd", t_fcntl_dupfd}, {"link", t_link},
     {"linkat", t_linkat}, {"symlink", t_symlink}, {"symlinkat", t_symlinkat},
@@ -776,6 +808,7 @@ int main(int argc, char **argv)
     }
     test_name = argv[1];
     act = strcmp(argv[2], "action") == 0;
+    prefault();
     ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
     CHECK(n > 0);
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
