@@ -290,6 +290,12 @@ def norm_element(run: Run, ident: str) -> tuple:
                               if not _volatile(k))))
 
 
+def norm_label(run: Run, ident: str) -> tuple:
+    """An element's object and version, normalized: its type and label."""
+    sec, rec = run.elements[ident]
+    return (sec, _norm_value(rec.get("prov:label", ident), run))
+
+
 def norm_relation(run: Run, ident: str) -> tuple:
     sec, rec = run.relations[ident]
     attrs, ends = [], []

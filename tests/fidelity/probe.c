@@ -716,12 +716,14 @@ static void t_unix_connect(void) { stream_test(AF_UNIX, 0); }
 static void t_unix_io(void) { stream_test(AF_UNIX, 1); }
 static void t_tcp_connect(void) { stream_test(AF_INET, 0); }
 static void t_tcp_io(void) { stream_test(AF_INET, 1); }
-static void t_udp_io(void)
+/* a datagram from a child to the probe over loopback: to an address (sendto, unconnected),
+ * or over a connected UDP socket (connect in the setup of both runs) */
+static void udp_test(int connected)
 {
     struct sockaddr_in ia;
     memset(&ia, 0, sizeof ia);
     ia.sin_family = AF_INET;
-    ia.sin_port = htons(5002);
+    ia.sin_port = htons(connected ? 5003 : 5002);
     ia.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     drop();
     int s = socket(AF_INET, SOCK_DGRAM, 0);
@@ -732,7 +734,11 @@ static void t_udp_io(void)
     if (pid == 0) {
         int c = socket(AF_INET, SOCK_DGRAM, 0);
         CHECK(c >= 0);
-        if (act)
+        if (connected)
+            CHECK(connect(c, (struct sockaddr *)&ia, sizeof ia) == 0);
+        if (act && connected)
+            CHECK(syscall(SYS_sendto, c, "udp\n", 4, 0, NULL, 0) == 4);
+        else if (act)
             CHECK(syscall(SYS_sendto, c, "udp\n", 4, 0, &ia, sizeof ia) == 4);
         _exit(0);
     }
@@ -740,6 +746,8 @@ static void t_udp_io(void)
     if (act)
         CHECK(syscall(SYS_recvfrom, s, buf, sizeof buf, 0, NULL, NULL) == 4);
 }
+static void t_udp_io(void) { udp_test(0); }
+static void t_udp_connected_io(void) { udp_test(1); }
 
 /* -- failed calls: no relation ------------------------------------------------------------- */
 static void t_fail_enoent(void)
@@ -789,6 +797,7 @@ static const struct test tests[] = {
     {"socketpair", t_socketpair}, {"socketpair-io", t_socketpair_io},
     {"unix-bind", t_unix_bind}, {"unix-connect", t_unix_connect}, {"unix-io", t_unix_io},
     {"tcp-connect", t_tcp_connect}, {"tcp-io", t_tcp_io}, {"udp-io", t_udp_io},
+    {"udp-connected-io", t_udp_connected_io},
     {"fail-enoent", t_fail_enoent}, {"fail-ebadf", t_fail_ebadf},
     {"fail-eacces", t_fail_eacces},
 };
