@@ -279,16 +279,19 @@ def p_process(v: View, c: Case) -> None:
         assert not [i for i in v.d.elements if v.child(i)], "a thread is no new process"
         return
     assert v.informed(v.child, v.root), "the child's activity wasInformedBy the probe's"
+    kids = {v.run.process_of(i) for i in v.d.elements if v.child(i)}
+    assert len(kids) == 1, f"one child process, not {len(kids)} (the same task twice?)"
 
 
 def p_exec(v: View, c: Case) -> None:
-    new = both(v.root, lambda i: "execve" in v.attr(i, "reason"))
-    assert v.informed(new, v.root), "a new (execve) version of the probe wasInformedBy the last"
-    assert v.used(new, v.path_is("/bin/probe")), "the new version used the binary /bin/probe"
-    assert any(v.has(i, "exe", "/bin/probe") for i, _ in v.informed(new, v.root)), \
-        "exe /bin/probe"
-    assert any("exec-target" in str(a) for i, _ in v.informed(new, v.root)
-               for a in v.attr(i, "argv")), "the argv attribute"
+    execs = [i for i in v.run.elements if v.root(i) and v.has(i, "reason", "execve")]
+    assert len(execs) == 2, "two execve versions of the probe: the shell's exec, the action's"
+    last = max(execs, key=lambda i: int(v.attr(i, "version")[0]))
+    assert v.informed(lambda i: i == last, v.root), \
+        "the action's execve version of the probe wasInformedBy the previous one"
+    assert v.used(lambda i: i == last, v.path_is("/bin/probe")), "it used the binary /bin/probe"
+    assert v.has(last, "exe", "/bin/probe"), f"exe /bin/probe, not {v.attr(last, 'exe')}"
+    assert any("exec-target" in str(a) for a in v.attr(last, "argv")), "the argv attribute"
 
 
 def p_exit(v: View, c: Case) -> None:
