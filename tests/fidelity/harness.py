@@ -10,7 +10,8 @@ ends are in the run.
 
 Normalization: identifiers, times, sequence numbers, pids, object ids and inode numbers are
 dropped; the stage dir, the mode word (action/control), ephemeral ports and kernel pipe/socket
-numbers in strings are replaced by placeholders. An element is then its PROV type and its
+numbers in strings are replaced by placeholders; a process's first version is "born" whether
+its parent's fork or its own first event made it (a scheduling race). An element is then its PROV type and its
 attributes; a relation its type, its attributes and its ends' normal forms. The difference is
 the multiset of action records minus the control's.
 """
@@ -284,10 +285,22 @@ def _volatile(key: str) -> bool:
     return key in VOLATILE or key.endswith(_VOLATILE_SUFFIX)
 
 
+# A process's first version is made by its parent's fork exit, or by the child's own first
+# event when the scheduler ran the child before the parent's return was recorded: which one is
+# a race, not provenance the action made
+_BIRTH = {"first seen", "fork", "vfork", "clone", "clone3"}
+
+
 def norm_element(run: Run, ident: str) -> tuple:
     sec, rec = run.elements[ident]
-    return (sec, tuple(sorted((k, _norm_value(v, run)) for k, v in rec.items()
-                              if not _volatile(k))))
+    out = []
+    for k, v in rec.items():
+        if _volatile(k):
+            continue
+        if sec == "activity" and k == "provisor:reason" and v in _BIRTH:
+            v = "$BORN"
+        out.append((k, _norm_value(v, run)))
+    return (sec, tuple(sorted(out)))
 
 
 def norm_label(run: Run, ident: str) -> tuple:
