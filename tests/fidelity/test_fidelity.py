@@ -1,10 +1,11 @@
 """ProvMark-style fidelity in real guests (issue 14, docs/FIDELITY.md).
 
 One guest boot per producer (session fixtures): the native plugin, then the gdbstub fallback
-(``--trap gdb``), each runs every case of tests/fidelity/cases.py (about 10 and 20 s). For each case the action run's PROV-JSON export, minus its control's after
-normalization (tests/fidelity/harness.py), must be non-empty and show the group's pattern
-(the contract: /work/shared-contract/issue14.md, recorded in docs/FIDELITY.md); for failed calls
-it must hold no relation and no new version.
+(``--trap gdb``), each runs every case of tests/fidelity/cases.py (about 10 and 20 s). For each
+case the action run's PROV-JSON export, minus its control's after normalization
+(tests/fidelity/harness.py), must be non-empty and show its group's pattern (issue 14's
+contract, recorded in docs/FIDELITY.md); for failed calls it must hold no relation and no new
+version.
 """
 
 from __future__ import annotations
