@@ -198,7 +198,11 @@ def split(b: Boot, cases: list[Case]) -> None:
         for vid, obj in con.execute("SELECT id, object_id FROM versions WHERE kind='process'"):
             pver.setdefault(obj, []).append(vid)
         adj: dict[int, list[tuple[str, int, bool]]] = {}  # node -> (kind, other, other is dst)
-        for kind, src, dst in con.execute("SELECT kind, src, dst FROM relations"):
+        # the relations, and the invalidations (an artifact's last name removed: attrs rows
+        # the export renders as wasInvalidatedBy)
+        for kind, src, dst in con.execute(
+                "SELECT kind, src, dst FROM relations UNION ALL SELECT 'wasInvalidatedBy', "
+                "node, CAST(value AS INTEGER) FROM attrs WHERE key = 'invalidated_by'"):
             adj.setdefault(src, []).append((kind, dst, True))
             adj.setdefault(dst, []).append((kind, src, False))
     finally:
