@@ -314,9 +314,23 @@ class Store:
                                         f"fd={fd} names artifact {aid}, which does not exist")
         current = {a.node: a for a in an.arts.values()}
         pcur = {p.node: p for p in an.proc_by_id.values()}
+        # a store made before the attrs table, opened read-only (a writer creates it)
+        self.has_attrs = q("SELECT 1 FROM sqlite_master WHERE type='table' AND name='attrs'"
+                           ).fetchone() is not None
+        made = {(node, int(v)) for node, v in q(
+            "SELECT node, value FROM attrs WHERE key = 'created_by' AND node IN "
+            "(SELECT node FROM artifacts)")} if self.has_attrs else set()
+        gen_count: dict[tuple[int, int], int] = {}
         for kind, src, dst in q("SELECT kind, src, dst FROM relations WHERE src IN "
                                 "(SELECT node FROM artifacts) OR dst IN (SELECT node FROM "
                                 "artifacts UNION SELECT node FROM processes)"):
+            if kind == "wasGeneratedBy" and (src, dst) in made:
+                # a creation is no write: only a second generation by that node is one
+                gen_count[(src, dst)] = gen_count.get((src, dst), 0) + 1
+                if gen_count[(src, dst)] == 1:
+                    if dst in pcur:
+                        pcur[dst].frozen = True
+                    continue
             if dst in current:
                 current[dst].frozen = True
             if dst in pcur:
@@ -334,7 +348,8 @@ class Store:
                                         f"names artifact {aid}, which does not exist")
             an.by_path[path] = (aid, nid)
             an.names_of.setdefault(aid, set()).add(path)
-        self._load_endpoints()
+        if self.has_attrs:
+            self._load_endpoints()
         for seq, payload in q("SELECT e.seq, e.payload FROM pending p JOIN events e "
                               "ON e.seq = p.seq ORDER BY e.seq"):
             an.pending[seq] = decode(payload, seq)

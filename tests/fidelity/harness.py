@@ -50,7 +50,10 @@ VOLATILE = {"prov:time", "prov:startTime", "prov:endTime", "provisor:seq", "prov
             "provisor:exit_seq", "provisor:ts_ns", "provisor:tgid", "provisor:pid",
             "provisor:process", "provisor:artifact", "provisor:ino", "provisor:dev",
             "provisor:start_time", "provisor:sk", "provisor:peer", "provisor:object",
-            "provisor:node", "provisor:ring", "provisor:machine"}
+            "provisor:node", "provisor:ring", "provisor:machine",
+            # attrs naming another record by its version id, or a kernel address
+            "provisor:created_by", "provisor:invalidated_by",
+            "provisor:endpoint_sk", "provisor:endpoint_peer"}
 _VOLATILE_SUFFIX = ("_seq", "_ns", "_time", "_id")
 
 
