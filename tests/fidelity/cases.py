@@ -103,8 +103,6 @@ GROUP_OF: dict[str, Group] = {c.name: g for g in GROUPS for c in g.cases}
 # case -> the missing piece (xfail strict): what main does not capture yet; the same cases fail
 # under both producers
 XFAIL: dict[str, str] = {
-    "open-after-fork": "producer: the path of a fork child's first call is read as '' (its "
-                       "page is not mapped in the child yet)",
     "udp-io": "producer: an unconnected datagram's destination is only in its sockaddr "
               "argument, which no producer reads (Arg.SOCKADDR): the sender's endpoint has no "
               "remote address to pair it with the receiver",
