@@ -46,6 +46,10 @@ class Source(Protocol):
         """The endpoint of the socket open as ``fd`` (family, type, local, remote, sk, peer);
         None if not open; Unreadable if it cannot be read."""
 
+    def sockaddr(self, va: int, size: int) -> tuple[int, str] | None:
+        """(family, text) of the socket address argument at ``va`` of ``size`` bytes
+        (hv/linux.py ``Linux.user_sockaddr``); None: nothing to record; Unreadable."""
+
 
 def add_file(ev: E.Event, src: Source, fd: int, f: E.FileId) -> None:
     """Append the file open as ``fd`` and, for a socket, its endpoint (F_SOCK_UNREADABLE when
@@ -78,7 +82,11 @@ def read_entry(sc: Syscall, ev: E.Event, src: Source, *, task_ok: bool = True,
                envp: bool = True) -> None:
     """Fill an entry (or an exit-only event) from what its arguments point to: PATH strings
     (``paths``, in argument order), ARGV/ENVP lists, the files of FD and DIRFD arguments
-    (AT_FDCWD and the NEWFD target excepted). Needs the task (``task_ok``) for its files."""
+    (AT_FDCWD and the NEWFD target excepted), the socket address a caller gives (``addr``:
+    connect, bind, sendto; F_ADDR_UNREADABLE when it cannot be read). Needs the task
+    (``task_ok``) for its files."""
+    if sc.addr_arg is not None:
+        read_addr(sc, ev, src)
     reads = sc.entry_reads
     if not reads:
         return
@@ -115,6 +123,25 @@ def read_entry(sc: Syscall, ev: E.Event, src: Source, *, task_ok: bool = True,
                 ev.argv = lst
             else:
                 ev.envp = lst
+
+
+def read_addr(sc: Syscall, ev: E.Event, src: Source) -> None:
+    """The socket address argument (``sc.addr_arg``: the pointer, then its size) into
+    ``ev.addr`` and ``ev.addr_family``; a NULL pointer (sendto on a connected socket), a size
+    below 2 or an unknown family record nothing, a failed read sets F_ADDR_UNREADABLE."""
+    assert sc.addr_arg is not None
+    va, size = ev.args[sc.addr_arg[0]], ev.args[sc.addr_arg[1]] & 0xFFFFFFFF
+    if va == 0 or not 2 <= size < 1 << 31:  # the size is a C int
+        return
+    try:
+        if not src.user_space():
+            raise Unreadable("no user address space")
+        got = src.sockaddr(va, size)
+    except Unreadable:
+        ev.flags |= E.F_ADDR_UNREADABLE
+        return
+    if got is not None:
+        ev.addr_family, ev.addr = got
 
 
 def returns_fd(sc: Syscall, ev: E.Event) -> bool:

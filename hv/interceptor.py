@@ -485,6 +485,9 @@ class _TaskSource:
     def socket(self, fd: int) -> tuple[int, int, str, str, int, int] | None:
         return self.ic.linux.fd_socket(self.task, fd)
 
+    def sockaddr(self, va: int, size: int) -> tuple[int, str] | None:
+        return self.ic.linux.user_sockaddr(va, size)
+
 
 @dataclass(frozen=True)
 class BootPoint:

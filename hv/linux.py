@@ -36,6 +36,7 @@ SOCK_MEMBERS = (
 )
 SOCKET_PREFIX = "socket:["  # the kernel's name of a socket's file (sockfs dentries)
 MAX_SUN_PATH = 108  # sizeof sockaddr_un.sun_path: the bound on a unix address
+MAX_SOCKADDR = 128  # sizeof struct sockaddr_storage: the most of an address argument read
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 S_IFMT, S_IFSOCK, S_IFIFO = 0o170000, 0o140000, 0o010000
 
@@ -158,6 +159,29 @@ def inet_text(family: int, addr: bytes, port: int) -> str:
     if family == AF_INET:
         return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}:{port}"
     return f"[{ipv6_text(addr)}]:{port}"
+
+
+def sockaddr_text(raw: bytes) -> tuple[int, str] | None:
+    """(family, text) of the socket address bytes a caller passed (its size given: ``raw`` is
+    what that size covers, at most MAX_SOCKADDR bytes), the text as an endpoint's (inet_text;
+    AF_UNIX: the path up to its NUL, an abstract name whole, its leading NUL kept, guest
+    text). None for what holds no address of a known family: fewer than 2 bytes, a family
+    other than AF_INET, AF_INET6, AF_UNIX, or fewer bytes than its sockaddr_in (16) or
+    sockaddr_in6 without scope id (24): the kernel refuses those (hv/plugin/linux.c
+    pv_sockaddr_text is the same)."""
+    if len(raw) < 2:
+        return None
+    family = raw[0] | raw[1] << 8
+    if family == AF_INET and len(raw) >= 16:
+        return family, inet_text(AF_INET, raw[4:8], raw[2] << 8 | raw[3])
+    if family == AF_INET6 and len(raw) >= 24:
+        return family, inet_text(AF_INET6, raw[8:24], raw[2] << 8 | raw[3])
+    if family == AF_UNIX:
+        path = raw[2:2 + MAX_SUN_PATH]
+        if path[:1] != b"\0":
+            path = path.split(b"\0", 1)[0]
+        return family, escape(path)
+    return None
 
 
 def encode_dev(kdev: int) -> int:
@@ -555,6 +579,17 @@ class Linux:
                 p += 8
         except Unreadable:
             return (out if out else None), False, True
+
+    def user_sockaddr(self, va: int, size: int) -> tuple[int, str] | None:
+        """The socket address argument at ``va`` of ``size`` bytes (a C int: the register's
+        low 32 bits), as sockaddr_text gives it: at most MAX_SOCKADDR bytes read, never more
+        than ``size``. None for a NULL pointer, a size below 2 (negative included) or no
+        address of a known family; Unreadable when it cannot be read (not a user pointer, a
+        failed read)."""
+        n = size & 0xFFFFFFFF
+        if va == 0 or n < 2 or n >= 1 << 31:
+            return None
+        return sockaddr_text(self.mem.read(user_ptr(va), min(n, MAX_SOCKADDR)))
 
     def user_ints(self, va: int, count: int) -> list[int] | None:
         try:

@@ -419,6 +419,9 @@ class _Model:
     def cwd(self) -> tuple[str | None, int]:
         return self.proc.cwd, self.proc.cwd_mnt
 
+    def sockaddr(self, va: int, size: int) -> tuple[int, str] | None:
+        return None  # the model makes no socket calls with an address
+
 
 class Guest:
     """The simulated guest. ``run`` writes its events into a ring; ``events`` returns a list."""

@@ -35,6 +35,7 @@ F_FILE_UNREADABLE = 1 << 5
 F_TRUNCATED = 1 << 6  # a string or list hit its bound
 F_COMPAT = 1 << 7  # entered through the 32-bit ABI (int 0x80, sysenter, compat syscall)
 F_SOCK_UNREADABLE = 1 << 8  # a socket file's endpoint could not be read (no SOCK field for it)
+F_ADDR_UNREADABLE = 1 << 9  # a socket address argument could not be read (no ADDR field)
 
 _FIXED = struct.Struct("<BBHHHQQIIIIQqQ6Q")
 _TLV = struct.Struct("<BH")
@@ -42,16 +43,18 @@ _FILE = struct.Struct("<QQ")
 _I32 = struct.Struct("<i")
 _CRED = struct.Struct("<8I")
 _SOCK = struct.Struct("<HHHHQQ")  # file index, family, type, local length, sk, peer
+_U16 = struct.Struct("<H")
 
 _FIXED_SIZE = _FIXED.size
 _unpack_fixed = _FIXED.unpack_from
 _unpack_tlv = _TLV.unpack_from
 
 T_COMM, T_CWD, T_PATH, T_ARGV, T_ENVP, T_FILE, T_OUTFD = 1, 2, 3, 4, 5, 6, 7
-T_CRED, T_SOCK = 8, 9
+T_CRED, T_SOCK, T_ADDR = 8, 9, 10
 MAX_FIELD = 0xFFFF
 MAX_SOCK_ADDR = 108  # producers' bound on an endpoint's local or remote text (sun_path)
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+ADDR_FAMILIES = (AF_UNIX, AF_INET, AF_INET6)  # the families an ADDR field may carry
 
 
 class EventDecodeError(ProvisorError, ValueError):
@@ -109,6 +112,10 @@ class Event:
     # before the call, exit: after it); None when the task was unreadable
     cred: tuple[int, ...] | None = None
     endpoints: list[Endpoint] = field(default_factory=list)  # one per socket in files
+    # the socket address argument (connect, bind, sendto's destination) read at entry, as
+    # text like Endpoint.local ("127.0.0.1:5000", "[::1]:80", a unix path); None: none read
+    addr: str | None = None
+    addr_family: int = 0  # its sa_family (AF_UNIX, AF_INET, AF_INET6) when addr is not None
 
     @property
     def name(self) -> str:
@@ -156,6 +163,8 @@ def encode(ev: Event) -> bytes:
         local = _s(ep.local)
         put(T_SOCK, _SOCK.pack(ep.file, ep.family, ep.type, len(local), ep.sk, ep.peer)
             + local + _s(ep.remote))
+    if ev.addr is not None:
+        put(T_ADDR, _U16.pack(ev.addr_family) + _s(ev.addr))
     parts[0] = _FIXED.pack(
         EVENT_VERSION, ev.phase, ev.vcpu, ev.nr, flags, ev.entry_seq, ev.ts_ns, ev.tgid,
         ev.pid, ev.ppid, ev.uid, ev.start_time, ev.ret or 0, ev.cwd_mnt, *args[:6])
@@ -182,6 +191,8 @@ def decode(data: bytes, seq: int = 0) -> Event:
         envp: list[str] | None = None
         cred: tuple[int, ...] | None = None
         endpoints: list[Endpoint] = []
+        addr: str | None = None
+        addr_family = 0
         off = _FIXED_SIZE
         while off < end:
             if off + 3 > end:
@@ -227,6 +238,13 @@ def decode(data: bytes, seq: int = 0) -> Event:
                     raise EventDecodeError("socket fields out of file order")
                 endpoints.append(Endpoint(fi, fam, typ, escape(data[a:a + ln]),
                                           escape(data[a + ln:nxt]), sk, peer))
+            elif tag == T_ADDR:
+                if not 2 <= n <= 2 + MAX_SOCK_ADDR or addr is not None:
+                    raise EventDecodeError("bad or repeated address field")
+                addr_family = _U16.unpack_from(data, off)[0]
+                if addr_family not in ADDR_FAMILIES:
+                    raise EventDecodeError(f"address field of family {addr_family}")
+                addr = escape(data[off + 2:nxt])
             else:
                 raise EventDecodeError(f"unknown field tag {tag}")
             off = nxt
@@ -235,7 +253,7 @@ def decode(data: bytes, seq: int = 0) -> Event:
         return Event(nr, phase, ts, vcpu, entry_seq, tgid, pid, ppid, uid, start,
                      ret if flags & F_HAS_RET else None, mnt, (a0, a1, a2, a3, a4, a5),
                      flags & ~F_HAS_RET, comm, cwd, paths, argv, envp, files, out_fds, seq,
-                     data, cred, endpoints)
+                     data, cred, endpoints, addr, addr_family)
     except EventDecodeError:
         raise
     except Exception as e:  # struct.error and friends: still a clean, typed error

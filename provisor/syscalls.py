@@ -21,7 +21,9 @@ i386 has no such call (accept: only through socketcall). Take it from
 ``/usr/include/x86_64-linux-gnu/asm/unistd_32.h``; tests/test_syscalls.py checks it there.
 Derived per row: ``path_pairs`` (each ``PATH`` with the ``DIRFD`` just before it, in argument
 order, which is the order of the event's paths), ``flags_arg`` (the ``FLAGS`` argument),
-``fd_arg`` (the first ``FD``) and ``entry_reads`` (the arguments a producer follows at entry).
+``fd_arg`` (the first ``FD``), ``entry_reads`` (the arguments a producer follows at entry) and
+``addr_arg`` (a ``SOCKADDR`` with the ``SIZE`` after it: an address the caller gives, read at
+entry; one the kernel fills, followed by a ``PTR``, is not read).
 ``BY_NR32`` maps an i386 number to its row.
 """
 
@@ -60,7 +62,7 @@ class Arg(IntEnum):
     PTR = 21  # a pointer provisor does not follow
     BUF = 22  # a data buffer (never read)
     IOVEC = 23  # an array of buffers (never read)
-    SOCKADDR = 24  # a socket address (not read yet)
+    SOCKADDR = 24  # a socket address: read at entry when a SIZE follows it (``addr_arg``)
     UID = 25  # a user id (-1: unchanged)
     GID = 26  # a group id (-1: unchanged)
     PID = 27  # a process (or, for tkill/tgkill, thread) id a signal is sent to
@@ -135,6 +137,9 @@ class Syscall:
     flags_arg: int | None = field(init=False)
     fd_arg: int | None = field(init=False)
     entry_reads: tuple[tuple[int, Arg], ...] = field(init=False)  # what a producer follows
+    # (sockaddr, size) positions of an address the caller gives (connect, bind, sendto's
+    # destination: a SOCKADDR followed by its SIZE), read at entry; None: none
+    addr_arg: tuple[int, int] | None = field(init=False)
 
     def __post_init__(self) -> None:
         pairs = tuple((i - 1 if i and self.args[i - 1] is Arg.DIRFD else None, i)
@@ -144,6 +149,9 @@ class Syscall:
         object.__setattr__(self, "fd_arg", self.at(Arg.FD))
         object.__setattr__(self, "entry_reads", tuple(
             (i, k) for i, k in enumerate(self.args) if k in _ENTRY_READS))
+        object.__setattr__(self, "addr_arg", next(
+            ((i, i + 1) for i, k in enumerate(self.args[:-1])
+             if k is Arg.SOCKADDR and self.args[i + 1] is Arg.SIZE), None))
 
     def has(self, trait: Trait) -> bool:
         """Whether the row has ``trait`` (on the plain ints: Flag operators cost microseconds)."""

@@ -14,6 +14,7 @@ from provisor.events import (
     ENTRY,
     EXIT,
     F_TRUNCATED,
+    T_ADDR,
     T_ARGV,
     T_COMM,
     T_CRED,
@@ -47,7 +48,7 @@ _events = st.builds(
     ret=st.none() | st.integers(-(2**63), 2**63 - 1),
     cwd_mnt=u64,
     args=st.tuples(u64, u64, u64, u64, u64, u64),
-    flags=st.integers(0, 0x1FF).map(lambda f: f & ~1),
+    flags=st.integers(0, 0x3FF).map(lambda f: f & ~1),
     comm=text | guest_bytes, cwd=st.none() | guest_bytes,
     paths=st.lists(guest_bytes, max_size=3),
     argv=st.none() | st.lists(text | guest_bytes, min_size=1, max_size=4),
@@ -68,6 +69,8 @@ def _with_endpoints(draw, base=_events) -> Event:
         else []
     ev.endpoints = [Endpoint(i, draw(u16), draw(u16), draw(addr), draw(addr), draw(u64),
                              draw(u64)) for i in sorted(which)]
+    if draw(st.booleans()):  # the socket address argument (connect, bind, sendto)
+        ev.addr_family, ev.addr = draw(st.sampled_from([1, 2, 10])), draw(addr)
     return ev
 
 
@@ -219,11 +222,32 @@ def _base(files: int = 2) -> bytes:
      "order"),
     ("files backwards", _tlv(T_SOCK, struct.pack("<HHHHQQ", 1, 2, 1, 0, 0, 0))
      + _tlv(T_SOCK, struct.pack("<HHHHQQ", 0, 2, 1, 0, 0, 0)), "order"),
-    ("unknown tag 10", _tlv(10, b""), "unknown field tag 10"),
+    ("unknown tag 11", _tlv(11, b""), "unknown field tag 11"),
+    ("empty addr", _tlv(T_ADDR, b""), "address"),
+    ("addr without family", _tlv(T_ADDR, b"\x02"), "address"),
+    ("addr text past 108", _tlv(T_ADDR, b"\x01\x00" + b"a" * 109), "address"),
+    ("two addrs", _tlv(T_ADDR, b"\x02\x00") * 2, "repeated address"),
+    ("addr of family 0", _tlv(T_ADDR, b"\x00\x00"), "family 0"),
+    ("addr of family 3", _tlv(T_ADDR, b"\x03\x00x"), "family 3"),
 ])
 def test_bad_cred_and_socket_fields_are_refused(name: str, extra: bytes, match: str) -> None:
     with pytest.raises(EventDecodeError, match=match):
         decode(_base() + extra)
+
+
+def test_addr_field_layout_and_bounds() -> None:
+    """T_ADDR is u16 family then the address text (docs/FORMAT.md): 2 to 110 bytes, once;
+    the address is guest text (a unix abstract name keeps its NUL)."""
+    ev = Event(42, addr="127.0.0.1:5002", addr_family=2)
+    data = encode(ev)
+    assert data == encode(Event(42)) + _tlv(T_ADDR, b"\x02\x00127.0.0.1:5002")
+    back = decode(data)
+    assert (back.addr, back.addr_family) == ("127.0.0.1:5002", 2) and encode(back) == data
+    for fam, text in ((1, ""), (1, escape(b"\0" + b"\xff" * 107)), (10, "[::1]:80")):
+        d = encode(Event(49, addr=text, addr_family=fam))
+        assert (decode(d).addr, decode(d).addr_family) == (text, fam)
+        assert encode(decode(d)) == d
+    assert decode(encode(Event(44))).addr is None
 
 
 def test_socket_field_bounds_accepted() -> None:

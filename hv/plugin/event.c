@@ -5,10 +5,10 @@
 #include <string.h>
 
 /* per-tag section capacities: bound the whole payload (and so every record); SOCK: 8 fields
- * of PV_SOCK_HEAD (24) bytes and two addresses of at most 255 */
+ * of PV_SOCK_HEAD (24) bytes and two addresses of at most 255; ADDR: one, family and text (PV_ADDR_MAX_TEXT, 108) */
 static const uint32_t caps[PV_N_SECTIONS] = {
     0, 3 + 16, 3 + 4096 * 4, 2 * (3 + 4096), 3 * 256 + 32 * 1024 + 64, 3 * 256 + 32 * 1024 + 64,
-    8 * (3 + 16 + 4096 * 4), 2 * 7, 3 + 32, 8 * (3 + 24 + 2 * 255),
+    8 * (3 + 16 + 4096 * 4), 2 * 7, 3 + 32, 8 * (3 + 24 + 2 * 255), 3 + 2 + 108,
 };
 
 int pv_event_init(struct pv_event *e)
@@ -111,6 +111,21 @@ void pv_event_put_sock(struct pv_event *e, uint16_t file, uint16_t family, uint1
     if (nr)
         memcpy(b + PV_SOCK_HEAD + nl, remote, nr);
     put2(e, PV_T_SOCK, b, PV_SOCK_HEAD + nl + nr, NULL, 0);
+}
+
+void pv_event_put_addr(struct pv_event *e, uint16_t family, const void *text, size_t n)
+{
+    uint8_t b[2 + PV_ADDR_MAX_TEXT];
+    if (e->sect[PV_T_ADDR].len)
+        return;
+    if (n > PV_ADDR_MAX_TEXT) {
+        e->flags |= PV_F_TRUNCATED;
+        return;
+    }
+    memcpy(b, &family, 2);
+    if (n)
+        memcpy(b + 2, text, n);
+    put2(e, PV_T_ADDR, b, 2 + n, NULL, 0);
 }
 
 void pv_event_put_fd(struct pv_event *e, int32_t fd)

@@ -1,6 +1,6 @@
 /* The EVENT payload of provisor/events.py (version 1), built in place: the fixed 112-byte
  * struct, then tagged, length-prefixed fields in the order events.encode writes them (comm,
- * cwd, paths, argv, envp, files, out fds, cred, sockets). Guest strings are copied as the
+ * cwd, paths, argv, envp, files, out fds, cred, sockets, address). Guest strings are copied as the
  * guest's bytes. */
 #ifndef PV_EVENT_H
 #define PV_EVENT_H
@@ -22,10 +22,12 @@ enum { PV_ENTRY = 0, PV_EXIT = 1 };
 #define PV_F_TRUNCATED (1u << 6)
 #define PV_F_COMPAT (1u << 7)
 #define PV_F_SOCK_UNREADABLE (1u << 8)
+#define PV_F_ADDR_UNREADABLE (1u << 9)
 
 enum { PV_T_COMM = 1, PV_T_CWD, PV_T_PATH, PV_T_ARGV, PV_T_ENVP, PV_T_FILE, PV_T_OUTFD,
-       PV_T_CRED, PV_T_SOCK };
-#define PV_N_SECTIONS 10 /* indexed by tag; 0 unused */
+       PV_T_CRED, PV_T_SOCK, PV_T_ADDR };
+#define PV_N_SECTIONS 11 /* indexed by tag; 0 unused */
+#define PV_ADDR_MAX_TEXT 108u /* an ADDR field's text (events.MAX_SOCK_ADDR) */
 #define PV_SOCK_HEAD 24u /* u16 file, family, type, local length; u64 sk, peer */
 
 /* One growable-but-bounded byte section per tag, joined at the end. */
@@ -66,6 +68,9 @@ void pv_event_put_cred(struct pv_event *e, const uint32_t cred[8]);
 void pv_event_put_sock(struct pv_event *e, uint16_t file, uint16_t family, uint16_t type,
                        uint64_t sk, uint64_t peer, const void *local, size_t nl,
                        const void *remote, size_t nr);
+/* The ADDR field (u16 family, the address text, at most PV_ADDR_MAX_TEXT bytes: a longer one
+ * is left out with PV_F_TRUNCATED); a second one is ignored. */
+void pv_event_put_addr(struct pv_event *e, uint16_t family, const void *text, size_t n);
 /* Encode into out (capacity cap); returns the payload length. */
 size_t pv_event_encode(struct pv_event *e, uint8_t *out, size_t cap);
 /* The largest payload pv_event_encode can produce. */

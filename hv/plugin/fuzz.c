@@ -4,12 +4,15 @@
  *   pv-fuzz SEED ITERATIONS [OFFSETS]
  *       Build a fake guest memory from SEED (below), then for ITERATIONS rounds call
  *       pv_task_read, pv_cwd, pv_fd_file, pv_exe_file, pv_path_of, pv_current_task,
- *       pv_socket_of and pv_user_string on chosen and random addresses, mutating the memory between rounds.
+ *       pv_socket_of, pv_user_string and pv_user_sockaddr on chosen and random addresses,
+ *       mutating the memory between rounds.
  *       The layout is OFFSETS (a file hv.profile.plugin_offsets wrote), else a built-in copy
  *       of a Debian 6.1 kernel's; a further quarter of the rounds uses random offsets. Then
  *       mutated copies of the offsets text go through pv_offsets_parse. Checked per call: at
  *       most MAX_READS memory reads (no unbounded loop), every read of a sane size, every
- *       returned length within its buffer (paths: PV_MAX_PATH; user strings: the limit; the
+ *       returned length within its buffer (paths: PV_MAX_PATH; user strings: the limit;
+ *       socket address arguments: PV_MAX_ADDR, read with one read of at most PV_MAX_SOCKADDR
+ *       bytes and never more than their size; the
  *       buffers are malloc'd to exactly that size, so ASan sees one byte more), and a cached
  *       path equal to a fresh walk of the same memory (renames between rounds bump the path
  *       generation, as the plugin does), an fd outside 0..PV_MAX_FDS-1 never open and never
@@ -74,7 +77,7 @@ struct page {
     uint8_t *data;
 };
 static struct page pages[NSLOTS];
-static uint64_t seam_reads, call_reads, bad_read_len;
+static uint64_t seam_reads, call_reads, bad_read_len, call_max_len;
 
 static uint8_t *page_of(uint64_t va)
 {
@@ -127,6 +130,8 @@ static bool seam_read(void *ctx, uint64_t va, void *buf, size_t n)
     call_reads++;
     if (n > MAX_READ_LEN)
         bad_read_len = n;
+    if (n > call_max_len)
+        call_max_len = n;
     if (va + n < va)
         return false;
     uint8_t *out = buf;
@@ -407,7 +412,8 @@ static void mutate(const struct pv_offsets *o)
 /* ------------------------------------------------------------------------------- checks */
 
 static struct {
-    uint64_t seed, round, calls, reads, failed, max_reads, paths, max_path, strings, sockets;
+    uint64_t seed, round, calls, reads, failed, max_reads, paths, max_path, strings, sockets,
+        addrs;
 } st;
 
 __attribute__((format(printf, 1, 2))) static void violation(const char *fmt, ...)
@@ -422,7 +428,7 @@ __attribute__((format(printf, 1, 2))) static void violation(const char *fmt, ...
     exit(1);
 }
 
-static void begin(void) { call_reads = 0, bad_read_len = 0; }
+static void begin(void) { call_reads = 0, bad_read_len = 0, call_max_len = 0; }
 
 static void end(const char *what)
 {
@@ -591,6 +597,37 @@ static void round_once(struct pv_linux *lx, struct pv_linux *fresh, uint8_t *pa,
     if (n > 0)
         st.strings++;
     free(s);
+
+    /* a socket address argument: often a plausible family planted at the pointer */
+    va = chance(80) ? UBASE + below((UPAGES + 1) * PAGE) : chance(50) ?
+         UTOP + PAGE - below(140) : tops[below(sizeof tops / 8)];
+    static const uint16_t afams[] = {1, 2, 10, 0, 16, 0xffff};
+    if (chance(60) && pv_user_ptr(va)) {
+        uint16_t fam = afams[below(sizeof afams / 2)];
+        w(va, &fam, 2);
+        if (fam == 1 && chance(30)) /* an abstract name */
+            w(va + 2, "", 1);
+    }
+    static const uint64_t sizes[] = {0, 1, 2, 3, 15, 16, 23, 24, 28, 109, 110, 111, 128, 129,
+                                     0x7fffffff, 0x80000000u, 0xffffffffu, 0x100000010ull,
+                                     0xffffffffffffffffull};
+    uint64_t size = chance(50) ? below(140) : sizes[below(sizeof sizes / 8)];
+    uint8_t *out = malloc(PV_MAX_ADDR); /* exactly PV_MAX_ADDR: ASan sees one byte more */
+    uint16_t family = 0;
+    begin();
+    int ra = pv_user_sockaddr(lx, va, size, &family, out);
+    end("pv_user_sockaddr");
+    uint32_t isize = (uint32_t)size;
+    if (ra < -1 || ra > (int)PV_MAX_ADDR + 1 || call_reads > 1 || call_max_len > PV_MAX_SOCKADDR ||
+        (call_reads && call_max_len > isize) ||
+        (ra > 0 && family != 1 && family != 2 && family != 10) ||
+        (ra != 0 && (va == 0 || isize < 2 || isize >= 1u << 31)))
+        violation("pv_user_sockaddr(%#llx, %#llx): %d, family %u, %llu reads of up to %llu",
+                  (unsigned long long)va, (unsigned long long)size, ra, family,
+                  (unsigned long long)call_reads, (unsigned long long)call_max_len);
+    if (ra > 0)
+        st.addrs++;
+    free(out);
 }
 
 /* ------------------------------------------------------------------------------ offsets */
@@ -816,11 +853,11 @@ int main(int argc, char **argv)
     unmap_all();
     free(filetext);
     printf("pv-fuzz: seed %llu: calls %llu, reads %llu, failed reads %llu, max reads per call "
-           "%llu, paths %llu (longest %llu), strings %llu, sockets %llu\n",
+           "%llu, paths %llu (longest %llu), strings %llu, sockets %llu, addrs %llu\n",
            (unsigned long long)st.seed, (unsigned long long)st.calls,
            (unsigned long long)st.reads, (unsigned long long)st.failed,
            (unsigned long long)st.max_reads, (unsigned long long)st.paths,
            (unsigned long long)st.max_path, (unsigned long long)st.strings,
-           (unsigned long long)st.sockets);
+           (unsigned long long)st.sockets, (unsigned long long)st.addrs);
     return 0;
 }

@@ -405,6 +405,45 @@ uint32_t pv_inet_text(uint16_t family, const uint8_t *addr, uint16_t port, uint8
     return n;
 }
 
+int pv_sockaddr_text(const uint8_t *raw, uint32_t n, uint16_t *family, uint8_t *out)
+{
+    if (n < 2)
+        return -1;
+    uint16_t fam = (uint16_t)(raw[0] | raw[1] << 8);
+    uint16_t port = n >= 4 ? (uint16_t)(raw[2] << 8 | raw[3]) : 0;
+    *family = fam;
+    if (fam == 2 && n >= 16)
+        return (int)pv_inet_text(2, raw + 4, port, out);
+    if (fam == 10 && n >= 24)
+        return (int)pv_inet_text(10, raw + 8, port, out);
+    if (fam == 1) {
+        uint32_t len = n - 2 < PV_MAX_SUN_PATH ? n - 2 : PV_MAX_SUN_PATH;
+        if (len && raw[2]) { /* a path: up to its NUL; an abstract name keeps every byte */
+            const uint8_t *z = memchr(raw + 2, 0, len);
+            if (z)
+                len = (uint32_t)(z - (raw + 2));
+        }
+        memcpy(out, raw + 2, len);
+        return (int)len;
+    }
+    return -1;
+}
+
+int pv_user_sockaddr(struct pv_linux *lx, uint64_t va, uint64_t size, uint16_t *family,
+                     uint8_t *out)
+{
+    uint32_t n = (uint32_t)size; /* a C int */
+    if (va == 0 || n < 2 || n >= 1u << 31)
+        return 0;
+    if (n > PV_MAX_SOCKADDR)
+        n = PV_MAX_SOCKADDR;
+    uint8_t raw[PV_MAX_SOCKADDR];
+    if (!pv_user_ptr(va) || !rd(lx, va, raw, n))
+        return -1;
+    int len = pv_sockaddr_text(raw, n, family, out);
+    return len < 0 ? 0 : len + 1;
+}
+
 /* the bound address of a unix socket: its length in out, 0 unbound, -1 unreadable */
 static int unix_addr(struct pv_linux *lx, uint64_t sk, uint8_t *out)
 {

@@ -45,6 +45,7 @@ struct pv_task {
 
 #define PV_MAX_SUN_PATH 108 /* sizeof sockaddr_un.sun_path: the bound on a unix address */
 #define PV_MAX_ADDR 108     /* the longest local or remote text (hv/linux.py the same) */
+#define PV_MAX_SOCKADDR 128 /* sizeof struct sockaddr_storage: the most of an address read */
 #define PV_SOCKET_PREFIX "socket:["
 
 /* What a socket file is connected to (events.Endpoint but its file index). */
@@ -103,6 +104,15 @@ bool pv_socket_of(struct pv_linux *lx, uint64_t file, struct pv_endpoint *ep);
 /* "a.b.c.d:port" / "[v6]:port" (RFC 5952, as hv/linux.py inet_text), "" for the unset
  * address and port; its length (out holds at least 48 bytes). */
 uint32_t pv_inet_text(uint16_t family, const uint8_t *addr, uint16_t port, uint8_t *out);
+/* The text of the n bytes of a socket address a caller passed (hv/linux.py sockaddr_text):
+ * its length in out (at most PV_MAX_ADDR), *family set; -1 for no address of a known family
+ * (n < 2, another family, shorter than sockaddr_in / sockaddr_in6 without scope id). */
+int pv_sockaddr_text(const uint8_t *raw, uint32_t n, uint16_t *family, uint8_t *out);
+/* The socket address argument at va of size bytes (a C int; at most PV_MAX_SOCKADDR read):
+ * 1 + its text length in out (PV_MAX_ADDR bytes), 0 nothing to record (NULL, size below 2,
+ * unknown family), -1 unreadable (hv/linux.py Linux.user_sockaddr). */
+int pv_user_sockaddr(struct pv_linux *lx, uint64_t va, uint64_t size, uint16_t *family,
+                     uint8_t *out);
 /* The task's executable (mm->exe_file, re-read): 1, 0 (none or unknown), -1 unreadable. */
 int pv_exe_file(struct pv_linux *lx, const struct pv_task *t, uint64_t *dev, uint64_t *ino,
                 uint8_t *path, uint32_t *plen);

@@ -361,10 +361,35 @@ static void put_strv(struct vcpu *v, struct pv_event *e, int tag, uint64_t va, b
     }
 }
 
+/* the position of a SOCKADDR the caller gives (a SIZE after it), -1: none
+ * (provisor/syscalls.py Syscall.addr_arg) */
+static int addr_arg(const struct pv_syscall *sc)
+{
+    for (int i = 0; i + 1 < sc->nargs; i++)
+        if (sc->args[i] == PV_ARG_SOCKADDR && sc->args[i + 1] == PV_ARG_SIZE)
+            return i;
+    return -1;
+}
+
+/* the socket address argument (hv/eventbuild.read_addr); compat pointers are the 32 bits
+ * on_entry kept */
+static void read_addr(struct vcpu *v, int i, struct pv_event *e)
+{
+    uint16_t family = 0;
+    int r = pv_user_sockaddr(&v->lx, e->args[i], e->args[i + 1], &family, v->str);
+    if (r < 0)
+        e->flags |= PV_F_ADDR_UNREADABLE;
+    else if (r > 0)
+        pv_event_put_addr(e, family, v->str, (size_t)(r - 1));
+}
+
 /* what an entry's arguments point to, in argument order (hv/eventbuild.read_entry) */
 static void read_entry(struct vcpu *v, const struct pv_syscall *sc, struct pv_event *e,
                        const struct pv_task *t, bool compat)
 {
+    int ai = addr_arg(sc);
+    if (ai >= 0)
+        read_addr(v, ai, e);
     for (int i = 0; i < sc->nargs; i++) {
         int kind = sc->args[i];
         if (kind == PV_ARG_PATH) {

@@ -27,13 +27,19 @@
  *       value), fd (signed 32-bit, repeatable); comm cwd path argv envp (the guest bytes in hex,
  *       path/argv/envp repeatable), file=DEV:INO:HEX (repeatable), cred=U:G:SU:SG:EU:EG:FU:FG,
  *       sock=FILE:FAMILY:TYPE:SK:PEER:LOCALHEX:REMOTEHEX (repeatable; FILE the index of a file
- *       field, as the plugin gives it). Fields are put in the order
+ *       field, as the plugin gives it), addr=FAMILY:HEX (the ADDR field; a second one is
+ *       ignored, as the plugin does). Fields are put in the order
  *       given; event.c groups them by tag as events.encode does. flags is OR'ed in (so a
  *       TRUNCATED that event.c set stays, whatever the order).
  *
  *   pv-ringtool --inet
  *       Read lines "FAMILY ADDRHEX PORT" (family 2: 4 bytes, 10: 16 bytes) and print each
- *       address as linux.c's pv_inet_text writes it (an empty line for ""). */
+ *       address as linux.c's pv_inet_text writes it (an empty line for "").
+ *
+ *   pv-ringtool --sockaddr
+ *       Read lines "VA SIZE MEMHEX": guest memory holds MEMHEX at 0x10000 (any other byte is
+ *       unreadable); print what linux.c's pv_user_sockaddr gives for the argument pointer VA
+ *       and size SIZE: "FAMILY TEXTHEX", "-" (nothing to record) or "!" (unreadable). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
@@ -300,6 +306,19 @@ static int event_field(struct pv_event *e, char *tok, char *err, size_t errlen)
         free(l), free(r);
         return 0;
     }
+    if (!strcmp(k, "addr")) { /* FAMILY:HEX */
+        char *colon = strchr(v, ':');
+        uint8_t *b;
+        size_t n;
+        if (!colon)
+            return snprintf(err, errlen, "addr wants FAMILY:HEX"), -1;
+        *colon = 0;
+        if (parse_u64(v, &u) || u > 0xFFFF || unhex(colon + 1, &b, &n))
+            return snprintf(err, errlen, "bad addr value"), -1;
+        pv_event_put_addr(e, (uint16_t)u, b, n);
+        free(b);
+        return 0;
+    }
     if (!strcmp(k, "fd")) {
         if (parse_i64(v, &s) || s < INT32_MIN || s > INT32_MAX) {
             snprintf(err, errlen, "bad value for fd");
@@ -418,6 +437,58 @@ static int inet_mode(void)
     return 0;
 }
 
+#define SA_BASE 0x10000u
+struct sa_mem {
+    uint8_t *b;
+    size_t n;
+};
+
+static bool sa_read(void *ctx, uint64_t va, void *buf, size_t n)
+{
+    struct sa_mem *m = ctx;
+    if (va < SA_BASE || va - SA_BASE > m->n || n > m->n - (va - SA_BASE))
+        return false;
+    memcpy(buf, m->b + (va - SA_BASE), n);
+    return true;
+}
+
+static int sockaddr_mode(void)
+{
+    static struct pv_offsets o;
+    static struct pv_linux lx;
+    static const volatile uint64_t gen;
+    struct sa_mem m = {0};
+    pv_linux_init(&lx, &o, &gen);
+    lx.mem.read = sa_read, lx.mem.ctx = &m;
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, stdin) >= 0) {
+        char *hex = malloc(strlen(line) + 1);
+        unsigned long long va, size;
+        if (!hex)
+            return die("out of memory");
+        hex[0] = 0;
+        if (sscanf(line, "%llu %llu %s", &va, &size, hex) < 2 || unhex(hex, &m.b, &m.n))
+            return die("bad --sockaddr line");
+        free(hex);
+        uint8_t out[PV_MAX_ADDR + 64];
+        uint16_t family = 0;
+        int r = pv_user_sockaddr(&lx, va, size, &family, out);
+        if (r <= 0) {
+            puts(r < 0 ? "!" : "-");
+        } else {
+            printf("%u ", family);
+            for (int i = 0; i < r - 1; i++)
+                printf("%02x", out[i]);
+            putchar('\n');
+        }
+        free(m.b);
+        m.b = NULL;
+    }
+    free(line);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0); /* a line per record, out as soon as it is acknowledged */
@@ -425,10 +496,12 @@ int main(int argc, char **argv)
         return event_mode(argc, argv);
     if (argc == 2 && !strcmp(argv[1], "--inet"))
         return inet_mode();
+    if (argc == 2 && !strcmp(argv[1], "--sockaddr"))
+        return sockaddr_mode();
     if (argc == 4 && !strcmp(argv[2], "hold"))
         return hold(argv[1], argv[3]);
     if (argc >= 5 && argv[1][0] != '-')
         return append(argc, argv);
     return die("usage: pv-ringtool RING POLICY N SIZE [--note TEXT] [--from K] [--vary] | "
-               "RING hold SECONDS | --event [KEY=VALUE ...] | --inet");
+               "RING hold SECONDS | --event [KEY=VALUE ...] | --inet | --sockaddr");
 }
