@@ -144,6 +144,25 @@ def read_addr(sc: Syscall, ev: E.Event, src: Source) -> None:
         ev.addr_family, ev.addr = got
 
 
+def reread_paths(sc: Syscall, ev: E.Event, src: Source) -> None:
+    """An exit whose entry had F_PATH_UNREADABLE: its PATH arguments read again, into the
+    exit's ``paths`` (argument order; '' and F_PATH_UNREADABLE for one still unreadable). By
+    the return the kernel has read each string, so its page is mapped (a fork child's first
+    call names a literal in a page it had not touched). Not after an execve that succeeded:
+    the pointers were into the image it replaced."""
+    if not sc.path_pairs or (sc.has(Trait.EXECS) and ev.ret == 0):
+        return
+    ok = src.user_space()
+    for _, i in sc.path_pairs:
+        s, trunc = src.string(ev.args[i]) if ok else (None, False)
+        if s is None:
+            ev.flags |= E.F_PATH_UNREADABLE
+            s = ""
+        if trunc:
+            ev.flags |= E.F_TRUNCATED
+        ev.paths.append(s)
+
+
 def returns_fd(sc: Syscall, ev: E.Event) -> bool:
     """Whether a successful return of this call is a new fd (fcntl: only F_DUPFD*)."""
     if sc.has(Trait.RETURNS_FD):

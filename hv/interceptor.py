@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hv.eventbuild import normalize_args, read_entry, read_exit
+from hv.eventbuild import normalize_args, read_entry, read_exit, reread_paths
 from hv.gdbstub import GdbClient, GdbError, GuestExited, Regs
 from hv.linux import Linux, Task
 from hv.memory import Unreadable, Virtual
@@ -117,6 +117,7 @@ class Pending:
     pid: int
     start_time: int
     site: int = 0
+    reread: bool = False  # the entry's paths were unreadable: read them again at the exit
 
 
 @dataclass
@@ -307,7 +308,8 @@ class Interceptor:
         seq = self._append(ev)
         if sc.has(Trait.NO_RETURN) or not task.ok:
             return None
-        p = Pending(seq, sc, args, task.pid, task.start_time, site)
+        p = Pending(seq, sc, args, task.pid, task.start_time, site,
+                    bool(ev.flags & E.F_PATH_UNREADABLE) and bool(sc.path_pairs))
         self.pending[taddr] = p
         return p
 
@@ -325,6 +327,8 @@ class Interceptor:
                 if task.ok:
                     ev.cwd, ev.cwd_mnt = self.linux.cwd(task)
                 self._decode_args(p.sc, ev, task)
+            if task.ok and p.reread:
+                reread_paths(p.sc, ev, _TaskSource(self, task))
             if task.ok:
                 self._exit_files(p.sc, ev, task)
         except Exception:  # noqa: BLE001 - as in _entry

@@ -78,6 +78,7 @@ struct pending {
     uint32_t pid;
     int16_t row;
     uint8_t compat;
+    uint8_t reread; /* the entry's paths were unreadable: read them again at the exit */
 };
 static struct pending pend[PENDING_CAP];
 static atomic_int npending;
@@ -383,6 +384,26 @@ static void read_addr(struct vcpu *v, int i, struct pv_event *e)
         pv_event_put_addr(e, family, v->str, (size_t)(r - 1));
 }
 
+/* an exit whose entry had PV_F_PATH_UNREADABLE: its PATH arguments again (by the return the
+ * kernel has read them, so their pages are mapped); not after a successful execve, whose
+ * pointers were into the image it replaced (hv/eventbuild.reread_paths) */
+static void reread_paths(struct vcpu *v, const struct pv_syscall *sc, struct pv_event *e)
+{
+    if (sc->npaths == 0 || ((sc->traits & PV_TRAIT_EXECS) && e->ret == 0))
+        return;
+    for (int k = 0; k < sc->npaths; k++) {
+        bool trunc;
+        int n = pv_user_string(&v->lx, e->args[sc->paths[k].path], v->str, PV_MAX_STR, &trunc);
+        if (n < 0) {
+            e->flags |= PV_F_PATH_UNREADABLE;
+            n = 0;
+        }
+        if (trunc)
+            e->flags |= PV_F_TRUNCATED;
+        pv_event_put(e, PV_T_PATH, v->str, (size_t)n);
+    }
+}
+
 /* what an entry's arguments point to, in argument order (hv/eventbuild.read_entry) */
 static void read_entry(struct vcpu *v, const struct pv_syscall *sc, struct pv_event *e,
                        const struct pv_task *t, bool compat)
@@ -548,7 +569,8 @@ static void on_entry(unsigned int idx, void *udata)
     ADD(by_row[row], 1);
     if (seq > 0 && t.ok && !(sc->traits & PV_TRAIT_NO_RETURN)) {
         struct pending p = {.seq = (uint64_t)seq, .start_time = t.start_time, .pid = t.pid,
-                            .row = row, .compat = compat};
+                            .row = row, .compat = compat,
+                            .reread = (e->flags & PV_F_PATH_UNREADABLE) && sc->npaths};
         memcpy(p.args, a, sizeof a);
         pending_put(taddr, &p);
     }
@@ -601,6 +623,8 @@ static void on_return(unsigned int idx, void *udata)
     if (sc->traits & PV_TRAIT_MOVES_NAME)
         __atomic_add_fetch(&path_gen, 1, __ATOMIC_SEQ_CST); /* every vCPU's cached paths */
     put_task(e, &t);
+    if (t.ok && p.reread)
+        reread_paths(v, sc, e);
     if (t.ok)
         read_exit(v, sc, e, &t);
     ADD(decode_ns, now_ns(CLOCK_MONOTONIC) - t0);
