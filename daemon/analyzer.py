@@ -43,11 +43,22 @@ from provisor.abi import (
     S_IFSOCK,
     to_signed,
 )
-from provisor.events import ENTRY, Event, FileId
+from provisor.events import AF_INET, AF_INET6, ENTRY, F_PATH_UNREADABLE, Event, FileId
 from provisor.syscalls import BY_NR, Arg, Family, Syscall, Trait, name_of
 
 USED_CAP = 4096  # bound on the per-process set of versions read since exec
 PEERS_CAP = 256  # bound on the endpoints remembered per remote address (by_remote)
+
+
+def _destinations(family: int, addr: str) -> tuple[str, ...]:
+    """The local addresses a datagram sent to ``addr`` may be received at: itself and, for a
+    loopback address, the wildcard with its port (a server bound to 0.0.0.0 or [::])."""
+    host, _, port = addr.rpartition(":")
+    if family == AF_INET and host.startswith("127."):
+        return addr, f"0.0.0.0:{port}"
+    if family == AF_INET6 and host == "[::1]":
+        return addr, f"[::]:{port}"
+    return (addr,)
 
 USED, GENERATED, INFORMED, DERIVED = "used", "wasGeneratedBy", "wasInformedBy", "wasDerivedFrom"
 # the attrs keys of a process version's credentials, in Event.cred order
@@ -140,8 +151,9 @@ class Analyzer:
         self.peer: dict[int, set[int]] = {}  # socket endpoint artifact -> its peers' (UDP: many)
         self.by_endpoint: dict[tuple, int] = {}  # (family, type, local, remote) -> artifact
         self.by_sk: dict[int, int] = {}  # AF_UNIX: kernel struct sock address -> artifact
-        # (family, type, remote) -> the endpoints connected to that address, newest last (an
-        # unconnected UDP server finds its clients here; bounded: PEERS_CAP per address)
+        # (family, type, remote) -> the endpoints connected to that address, or that sent a
+        # datagram to it unconnected (``_sent_to``), newest last (an unconnected UDP server
+        # finds its clients here; bounded: PEERS_CAP per address)
         self.by_remote: dict[tuple, dict[int, None]] = {}
         self.endpoint_of: dict[int, tuple] = {}  # artifact -> its last endpoint key, sk
         self.next_proc = 1
@@ -441,6 +453,42 @@ class Analyzer:
                     if other != aid:
                         self._pair(a, self.arts[other], ev)
 
+    def _sent_to(self, ev: Event) -> None:
+        """A datagram sent to an address (sendto's destination, ``Event.addr``, at its entry)
+        from a socket with no remote: that socket is a client of the address, paired with the
+        endpoint bound there unconnected (a UDP server: key (family, type, addr, "")), now or
+        when that endpoint is seen (``by_remote``), so what the server then receives derives
+        from what was sent (``_flow``). Recorded as attrs ``sent_to`` (once per address while
+        remembered) and ``peer``, for a restart (daemon/store.py ``_load_endpoints``)."""
+        ep = next((e for e in ev.endpoints if e.file == 0), None)  # the fd argument's socket
+        if ep is None or ep.remote or ep.peer or ep.family != ev.addr_family:
+            return
+        f = ev.files[0]
+        aid = self.by_devino.get((f.dev, f.ino)) if f.ino else None
+        if aid is None:
+            return
+        a = self.arts[aid]
+        if self._register_client(aid, ep.family, ep.type, ev.addr):
+            self._attr(a.node, "sent_to", f"{ep.family}:{ep.type}:{ev.addr}", ev)
+        for dest in _destinations(ep.family, ev.addr):
+            other = self.by_endpoint.get((ep.family, ep.type, dest, ""))
+            if other is not None and other != aid:
+                self._pair(a, self.arts[other], ev)
+                break
+
+    def _register_client(self, aid: int, family: int, typ: int, addr: str) -> bool:
+        """``aid`` sent to ``addr`` unconnected: one of its clients in ``by_remote`` (under
+        the loopback wildcard too); whether it is new there."""
+        new = False
+        for dest in _destinations(family, addr):
+            clients = self.by_remote.setdefault((family, typ, dest), {})
+            new = new or aid not in clients
+            clients.pop(aid, None)
+            clients[aid] = None
+            if len(clients) > PEERS_CAP:
+                del clients[next(iter(clients))]
+        return new
+
     def _register_endpoint(self, aid: int, key: tuple, sk: int) -> None:
         if key[2] or key[3]:
             self.by_endpoint[key] = aid
@@ -506,6 +554,8 @@ class Analyzer:
                     self._attr(p.node, "exit_status", ev.args[0] & 0xFF, ev)
             if ev.files:
                 self._endpoints(ev)
+                if ev.addr is not None and sc is not None and sc.family is Family.DATA_WRITE:
+                    self._sent_to(ev)
             return
         entry = self.pending.pop(ev.entry_seq, None)
         if entry is not None:
@@ -534,8 +584,11 @@ class Analyzer:
             # else the file of its FD argument; never a DIRFD's (that is the directory)
             fid = ev.files[0] if ev.files else files.get(sc.fd_arg) if sc.fd_arg is not None \
                 else None
-            handler(self, _Call(p, ev, en, sc, en.seq if en is not ev else None, fid,
-                                en.paths or ev.paths, files))
+            # an entry whose paths were unreadable: the exit read them again (FORMAT.md)
+            paths = ev.paths if en is not ev and en.flags & F_PATH_UNREADABLE and ev.paths \
+                else en.paths or ev.paths
+            handler(self, _Call(p, ev, en, sc, en.seq if en is not ev else None, fid, paths,
+                                files))
         elif sc.fd_arg is not None:  # bind, connect, listen: the fd's file stays as it was
             self._fd_event(p, ev, f"{sc.name} fd={to_signed(en.args[sc.fd_arg])}")
         self._dirty_p(p)

@@ -388,17 +388,24 @@ class Store:
                     "hash chain's state (edited?); run provisor verify")
 
     def _load_endpoints(self) -> None:
-        """Socket pairings and the last endpoint addresses of each socket, from attrs."""
+        """Socket pairings, the last endpoint addresses of each socket and the addresses it
+        sent datagrams to unconnected, from attrs."""
         an = self.an
         ep: dict[int, dict[str, str]] = {}
         for aid, key, value in self.conn.execute(
                 "SELECT v.object_id, a.key, a.value FROM attrs a JOIN versions v ON v.id = a.node "
-                "WHERE v.kind = 'socket' AND (a.key = 'peer' OR a.key LIKE 'endpoint_%') "
-                "ORDER BY a.rowid"):
+                "WHERE v.kind = 'socket' AND (a.key IN ('peer', 'sent_to') OR "
+                "a.key LIKE 'endpoint_%') ORDER BY a.rowid"):
             if key == "peer":
                 other = value.rpartition(":")[2]
                 if other.isdigit():
                     an.peer.setdefault(aid, set()).add(int(other))
+            elif key == "sent_to":  # FAMILY:TYPE:ADDR, a datagram's destination
+                fam, typ, addr = value.split(":", 2) + [""] * (2 - value.count(":"))
+                if not (fam.isdigit() and typ.isdigit()):
+                    raise meta.DamagedStore(f"{self.path}: damaged store: the sent_to attr of "
+                                            f"artifact {aid} is malformed")
+                an._register_client(aid, int(fam), int(typ), addr)
             else:
                 ep.setdefault(aid, {})[key] = value
         for aid, d in ep.items():

@@ -29,28 +29,34 @@ class Script:
         return self.seq
 
     def entry(self, tgid: int, name: str, args=(), paths=(), pid: int | None = None,
-              argv=None, files=()) -> int:
+              argv=None, files=(), endpoints=(), addr: str | None = None,
+              addr_family: int = 0, flags: int = 0) -> int:
         a = tuple(x & U64 for x in args) + (0,) * (6 - len(args))
         ev = Event(nr_of(name), ENTRY, tgid=tgid, pid=pid or tgid,
                    ppid=self.ppid.get(tgid, 1), comm=self.comm.get(tgid, f"p{tgid}"),
                    cwd=self.cwd.get(tgid, "/w"),
                    args=a, paths=list(paths), argv=list(argv) if argv else None,
-                   files=list(files), start_time=tgid * 10, cred=self.cred.get(tgid))
+                   files=list(files), start_time=tgid * 10, cred=self.cred.get(tgid),
+                   endpoints=list(endpoints), addr=addr, addr_family=addr_family, flags=flags)
         return self._rec(ev)
 
     def exit(self, entry_seq: int, tgid: int, name: str, ret: int, files=(), out_fds=(),
-             pid: int | None = None) -> int:
+             pid: int | None = None, paths=(), flags: int = 0) -> int:
         ev = Event(nr_of(name), EXIT, entry_seq=entry_seq, tgid=tgid, pid=pid or tgid,
                    ppid=self.ppid.get(tgid, 1), comm=self.comm.get(tgid, f"p{tgid}"), ret=ret,
                    files=list(files),
-                   out_fds=list(out_fds), start_time=tgid * 10, cred=self.cred.get(tgid))
+                   out_fds=list(out_fds), start_time=tgid * 10, cred=self.cred.get(tgid),
+                   paths=list(paths), flags=flags)
         return self._rec(ev)
 
     def call(self, tgid: int, name: str, args=(), paths=(), ret: int = 0, files=(),
-             out_fds=(), pid: int | None = None, argv=None, entry_files=()) -> tuple[int, int]:
+             out_fds=(), pid: int | None = None, argv=None, entry_files=(), endpoints=(),
+             addr: str | None = None, addr_family: int = 0) -> tuple[int, int]:
         """An entry and its exit; ``files`` are the exit's, ``entry_files`` the entry's (the
-        files of its FD and DIRFD arguments, in argument order)."""
-        e = self.entry(tgid, name, args, paths, pid, argv, entry_files)
+        files of its FD and DIRFD arguments, in argument order) with their ``endpoints``
+        and the socket address argument (``addr``)."""
+        e = self.entry(tgid, name, args, paths, pid, argv, entry_files, endpoints, addr,
+                       addr_family)
         return e, self.exit(e, tgid, name, ret, files, out_fds, pid)
 
     # conveniences mirroring libc

@@ -6,7 +6,7 @@ import pytest
 from eventscript import Script
 
 from daemon.store import Store
-from provisor.events import FileId
+from provisor.events import Endpoint, FileId
 
 O_WRONLY, O_CREAT, O_TRUNC, O_CLOEXEC = 0o1, 0o100, 0o1000, 0o2000000
 W = O_WRONLY | O_CREAT | O_TRUNC
@@ -647,3 +647,104 @@ def test_a_read_sees_a_write_still_in_its_call(tmp_path, restart):
     conn = V.sqlite3.connect(path)
     assert V.verify(conn, path).ok
     conn.close()
+
+
+def _udp(sc: Script, tgid: int, ino: int) -> FileId:
+    """socket(AF_INET, SOCK_DGRAM) as fd 3 of ``tgid``."""
+    s = FileId(9, ino, f"socket:[{ino}]")
+    sc.call(tgid, "socket", (2, 2, 0), (), 3, files=[s])
+    return s
+
+
+def _ep(local: str = "", sk: int = 0) -> list[Endpoint]:
+    return [Endpoint(0, 2, 2, local, "", sk, 0)]
+
+
+@pytest.mark.parametrize("order", ["sent-first", "receiver-waits", "restart", "wildcard"])
+def test_unconnected_udp_flow_from_sender_to_bound_server(tmp_path, order):
+    """A sendto on an unconnected UDP socket names its destination only in its address
+    argument (Event.addr): the sender pairs with the endpoint bound there unconnected, whether
+    the server's endpoint is seen before the datagram (blocked in recvfrom) or after it, and
+    across a daemon restart; a server bound to 0.0.0.0 receives a datagram sent to loopback.
+    What the server then receives derives from what the sender wrote."""
+    from daemon import verify as V
+    path = str(tmp_path / "p.db")
+    sc = Script()
+    srv = _udp(sc, 1, 601)
+    bind_to = "0.0.0.0:5002" if order == "wildcard" else "127.0.0.1:5002"
+    sc.call(1, "bind", (3, 0x1000, 16), (), 0, entry_files=[srv], endpoints=_ep(sk=0xA1),
+            addr=bind_to, addr_family=2)
+    sc.fork(1, 2)
+    sc.open(2, "src", 0, fd=5, ino=10)
+    sc.call(2, "read", (5, 0, 4), (), 4)
+    cli = _udp(sc, 2, 602)
+    recv = None
+    if order == "receiver-waits":
+        recv = sc.entry(1, "recvfrom", (3, 0, 4, 0, 0, 0), files=[srv],
+                        endpoints=_ep(bind_to, 0xA1))
+    sc.call(2, "sendto", (3, 0, 4, 0, 0x2000, 16), (), 4, entry_files=[cli],
+            endpoints=_ep(sk=0xA2),
+            addr="127.0.0.1:5002", addr_family=2)
+    s = Store(path, "test-ring")
+    n = len(sc.records)
+    if order == "restart":
+        s.apply(sc.records)
+        s.close()
+        s = Store(path, "test-ring")
+    if recv is None:
+        sc.call(1, "recvfrom", (3, 0, 4, 0, 0, 0), (), 4, entry_files=[srv],
+                endpoints=_ep(bind_to, 0xA1))
+    else:
+        sc.exit(recv, 1, "recvfrom", 4)
+    sc.open(1, "dst", W, fd=6, ino=11)
+    sc.call(1, "write", (6, 0, 4), (), 4)
+    s.apply(sc.records[n:] if order == "restart" else sc.records)
+    rel = labels(s)
+    # the server's socket is artifact 1, the file src 2, the sender's socket 3
+    assert ("wasDerivedFrom", "socket:1.v1", "socket:3.v1") in rel, rel
+    assert any(r[0] == "used" and r[2] == "socket:1.v1" for r in rel)
+    assert ("wasDerivedFrom", "socket:3.v1", "file:/w/src.v1") in rel
+    assert any(r[0] == "wasDerivedFrom" and r[1].startswith("file:/w/dst") and r[2] ==
+               "socket:1.v1" for r in rel)
+    assert [v for _, k, v in attrs(s, "sent_to")] == ["2:2:127.0.0.1:5002"]
+    s.close()
+    conn = V.sqlite3.connect(path)
+    assert V.verify(conn, path).ok
+    conn.close()
+
+
+def test_udp_datagram_to_another_address_pairs_nothing(store):
+    """A datagram to an address no endpoint here is bound at (or a connected sender) makes
+    no pairing: the server's later read derives from nothing the sender wrote."""
+    sc = Script()
+    srv = _udp(sc, 1, 601)
+    sc.call(1, "bind", (3, 0x1000, 16), (), 0, entry_files=[srv], endpoints=_ep(sk=0xA1),
+            addr="127.0.0.1:5002", addr_family=2)
+    sc.fork(1, 2)
+    cli = _udp(sc, 2, 602)
+    sc.call(2, "sendto", (3, 0, 4, 0, 0x2000, 16), (), 4, entry_files=[cli],
+            endpoints=_ep(sk=0xA2),
+            addr="10.0.0.1:5002", addr_family=2)
+    sc.call(1, "recvfrom", (3, 0, 4, 0, 0, 0), (), 4, entry_files=[srv],
+            endpoints=_ep("127.0.0.1:5002", 0xA1))
+    store.apply(sc.records)
+    assert not attrs(store, "peer")
+    assert not any(r[0] == "wasDerivedFrom" and r[1].startswith("socket:1.")
+                   for r in labels(store))
+
+
+def test_path_unreadable_at_entry_is_taken_from_the_exit(store):
+    """A fork child's first call names a path in a page it has not faulted in: the entry has
+    paths [''] and F_PATH_UNREADABLE, the exit the path read again (docs/FORMAT.md, "Paths at
+    an EXIT"); the analyzer acts on the exit's."""
+    from provisor.events import F_PATH_UNREADABLE
+    sc = Script()
+    sc.open(1, "gone", W, fd=3, ino=10)
+    sc.fork(1, 2)
+    e = sc.entry(2, "unlinkat", (-100, 0x1000, 0), [""], flags=F_PATH_UNREADABLE)
+    sc.exit(e, 2, "unlinkat", 0, paths=["gone"])
+    e = sc.entry(2, "openat", (-100, 0x1000, W, 0o644), [""], flags=F_PATH_UNREADABLE)
+    sc.exit(e, 2, "openat", 4, paths=["new"])
+    store.apply(sc.records)
+    live = bound(store)
+    assert "/w/gone" not in live and "/w/new" in live and "/w" not in live
