@@ -1,15 +1,23 @@
-/* Credentials and socket endpoints, for the producers' cred and endpoint fields: TCP over
- * 127.0.0.1 and ::1, a unix socketpair, UDP datagrams, then setresgid/setresuid to 1000. Every
- * address and port is fixed, so a test knows what each event's endpoints must say.
+/* Credentials, socket endpoints and address arguments, for the producers' cred, endpoint and
+ * address fields: TCP over 127.0.0.1 and ::1, a unix socketpair, UDP datagrams (to an address
+ * and connected), unix datagrams to an abstract name and to a path, then setresgid/setresuid
+ * to 1000. Every address and port is fixed, so a test knows what each event's endpoints and
+ * addresses must say. First, a fork child's first call names a path in a page the child has
+ * not faulted in (the producers cannot read it at entry and read it again at the exit).
  * Static (gcc -static): the initramfs has no libc. Exits 0 only if every call worked. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int fails;
@@ -56,9 +64,30 @@ static void tcp(int family, int sport, int cport)
     close(c), close(s), close(ls);
 }
 
+/* a page of its own holding only this name: nothing but the child's unlinkat touches it */
+static const char fork_name[4096] __attribute__((aligned(4096))) = "pv-fork-literal";
+
 int main(void)
 {
     char buf[8];
+    /* the parent makes the file; a fork child (its file-backed pages unmapped again) unlinks
+     * it as its first call, through the raw syscall (the parent touches the page first, so
+     * that its own open can read the name at entry) */
+    *(volatile const char *)fork_name;
+    int f = open(fork_name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK(f);
+    close(f);
+    pid_t pid = fork();
+    CHECK(pid);
+    if (pid == 0)
+        _exit(syscall(SYS_unlinkat, AT_FDCWD, fork_name, 0) == 0 ? 0 : 1);
+    int status = 1;
+    CHECK(waitpid(pid, &status, 0));
+    if (status != 0) {
+        fprintf(stderr, "the fork child's unlinkat failed\n");
+        fails++;
+    }
+
     /* the initramfs leaves lo down: up, with 127.0.0.1 and ::1 */
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
@@ -87,7 +116,24 @@ int main(void)
     CHECK(connect(u2, (struct sockaddr *)&a1, sizeof a1)); /* a connected datagram socket */
     CHECK(write(u2, "v", 1));
     CHECK(read(u1, buf, 1));
+    CHECK(sendto(u2, "w", 1, 0, NULL, 0)); /* connected: no address argument */
     close(u1), close(u2);
+
+    /* unix datagrams: to an abstract name (its size exactly the name's) and to a path (the
+     * size the whole sockaddr_un: the path ends at its NUL), from an unbound socket */
+    struct sockaddr_un ua = {.sun_family = AF_UNIX}, up = {.sun_family = AF_UNIX};
+    memcpy(ua.sun_path, "\0pv-abs", 7);
+    strcpy(up.sun_path, "/pv.sock");
+    socklen_t ualen = offsetof(struct sockaddr_un, sun_path) + 7;
+    int x1 = socket(AF_UNIX, SOCK_DGRAM, 0), x2 = socket(AF_UNIX, SOCK_DGRAM, 0),
+        x3 = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(bind(x1, (struct sockaddr *)&ua, ualen));
+    CHECK(bind(x2, (struct sockaddr *)&up, sizeof up));
+    CHECK(sendto(x3, "a", 1, 0, (struct sockaddr *)&ua, ualen));
+    CHECK(sendto(x3, "p", 1, 0, (struct sockaddr *)&up, sizeof up));
+    CHECK(recvfrom(x1, buf, 1, 0, NULL, NULL));
+    CHECK(recvfrom(x2, buf, 1, 0, NULL, NULL));
+    close(x1), close(x2), close(x3);
 
     CHECK(setresgid(1000, 1000, 1000));
     CHECK(setresuid(1000, 1000, 1000));

@@ -167,13 +167,16 @@ def build_sockcred(bindir: Path) -> None:
 def check_sockcred(evs: list[E.Event]) -> None:
     """What tests/guest_sockcred.c did, as its events must say it (either producer): the
     endpoints of every socket it used at each call (the local and remote addresses and ports,
-    before the call at entry, the new socket at exit), the socketpair's two ends pointing at
-    each other, and the credentials before and after setresgid/setresuid."""
+    before the call at entry, the new socket at exit), the address arguments of connect, bind
+    and sendto, the socketpair's two ends pointing at each other, the credentials before and
+    after setresgid/setresuid, and the fork child's first path, unreadable at entry, in the
+    exit."""
     evs = [e for e in evs if e.comm == "sockcred"]
     assert evs, "sockcred left no events"
     by_seq = {e.seq: e for e in evs}
+    bad = E.F_TASK_UNREADABLE | E.F_SOCK_UNREADABLE | E.F_ADDR_UNREADABLE
     for e in evs:
-        assert e.cred is not None and not e.flags & (E.F_TASK_UNREADABLE | E.F_SOCK_UNREADABLE), e
+        assert e.cred is not None and not e.flags & bad, e
         assert e.uid == e.cred[0]
         socks = [i for i, f in enumerate(e.files) if f.path.startswith("socket:[")]
         assert [ep.file for ep in e.endpoints] == socks, e  # one endpoint per socket file
@@ -198,8 +201,29 @@ def check_sockcred(evs: list[E.Event]) -> None:
                               (2, 2, f"{V4}:5003", "")]
     assert eps("listen") == [(2, 1, tcp4[1], ""), (10, 1, tcp6[1], "")]
     assert eps("accept", E.EXIT) == [(2, 1, *tcp4[::-1]), (10, 1, *tcp6[::-1])]
-    assert eps("sendto") == [(2, 2, f"{V4}:5003", "")]
-    assert eps("recvfrom") == [(2, 2, f"{V4}:5002", "")]
+    assert eps("sendto") == [(2, 2, f"{V4}:5003", ""), (2, 2, f"{V4}:5003", f"{V4}:5002"),
+                             (1, 2, "", ""), (1, 2, "", "")]
+    assert eps("recvfrom") == [(2, 2, f"{V4}:5002", ""), (1, 2, "\\x00pv-abs", ""),
+                               (1, 2, "/pv.sock", "")]
+    # the address arguments, read at entry; nothing at exit, nothing for other calls
+    def addrs(name: str) -> list[tuple]:
+        return [(e.addr_family, e.addr) for e in evs if e.name == name and e.phase == E.ENTRY]
+
+    assert addrs("connect") == [(2, f"{V4}:5000"), (10, f"{V6}:6000"), (2, f"{V4}:5002")]
+    assert addrs("bind") == [(2, f"{V4}:5000"), (2, f"{V4}:40001"), (10, f"{V6}:6000"),
+                             (10, f"{V6}:40002"), (2, f"{V4}:5002"), (2, f"{V4}:5003"),
+                             (1, "\\x00pv-abs"), (1, "/pv.sock")]
+    assert addrs("sendto") == [(2, f"{V4}:5002"), (0, None), (1, "\\x00pv-abs"),
+                               (1, "/pv.sock")]
+    assert not [e for e in evs if e.addr is not None and (
+        e.phase == E.EXIT or e.name not in ("connect", "bind", "sendto"))]
+    # the fork child's unlinkat: its path unreadable at entry, read again at the exit
+    (ue,) = [e for e in evs if e.name == "unlinkat" and e.phase == E.ENTRY]
+    (ux,) = [e for e in evs if e.name == "unlinkat" and e.phase == E.EXIT]
+    assert ux.entry_seq == ue.seq and ux.ret == 0
+    assert ue.paths == [""] and ue.flags & E.F_PATH_UNREADABLE, ue
+    assert ux.paths == ["pv-fork-literal"] and not ux.flags & E.F_PATH_UNREADABLE, ux
+    assert not [e for e in evs if e.phase == E.EXIT and e.paths and e is not ux]
     # the socketpair: both ends at exit, each the other's peer; the write and read use them
     (sp,) = [e for e in evs if e.name == "socketpair" and e.phase == E.EXIT]
     assert sp.ret == 0 and len(sp.out_fds) == 2 and len(sp.files) == 2
@@ -229,7 +253,8 @@ def check_sockcred(evs: list[E.Event]) -> None:
 
 def test_credentials_and_socket_endpoints(shm_dir, tmp_path) -> None:
     """tests/guest_sockcred.c under the plugin: cred before and after setresgid/setresuid,
-    and the endpoints of TCP (v4 and v6), a socketpair and UDP (check_sockcred)."""
+    the endpoints of TCP (v4 and v6), a socketpair, UDP and unix datagrams, the address
+    arguments, a fork child's path re-read at the exit (check_sockcred)."""
     cfg, kit, profile = _kit()
     inc = tmp_path / "inc"
     build_sockcred(inc / "bin")
@@ -240,9 +265,10 @@ def test_credentials_and_socket_endpoints(shm_dir, tmp_path) -> None:
                             profile) as vm:
         vm.run(300)
     evs = ring_events(rp)
-    (ex,) = [e for e in evs if e.comm == "sockcred" and e.name == "exit_group"
+    exits = [e for e in evs if e.comm == "sockcred" and e.name == "exit_group"
              and e.phase == E.ENTRY]
-    assert ex.arg(0) == 0, "sockcred failed in the guest"
+    assert len(exits) == 2, exits  # its fork child's and its own
+    assert all(e.arg(0) == 0 for e in exits), "sockcred failed in the guest"
     check_sockcred(evs)
 
 
