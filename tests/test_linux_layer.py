@@ -648,3 +648,65 @@ def test_eventbuild_adds_endpoints_and_flags_unreadable_ones() -> None:
     assert len(ev.files) == 3 and len(ev.endpoints) == 1 and ev.flags & E.F_SOCK_UNREADABLE
     assert src.asked == [4, 7]
     assert E.decode(E.encode(ev)).endpoints == ev.endpoints
+
+
+def test_eventbuild_reads_the_address_argument_and_rereads_paths_at_exit() -> None:
+    """hv/eventbuild (the gdbstub producer's builder): read_entry records a connect's or
+    sendto's address argument (NULL, a size below 2 or negative: nothing; Unreadable:
+    F_ADDR_UNREADABLE), accept's kernel-filled one is never read; reread_paths fills an exit's
+    paths from the PATH arguments (still unreadable: '' and F_PATH_UNREADABLE), but not after
+    a successful execve."""
+    from hv.eventbuild import read_entry, reread_paths
+    from hv.linux import sockaddr_text
+    from provisor import events as E
+    from provisor.syscalls import BY_NAME
+
+    class Src:
+        def __init__(self, mem: dict[int, bytes]) -> None:
+            self.mem, self.asked = mem, []
+
+        def user_space(self) -> bool:
+            return True
+
+        def string(self, va: int):
+            s = self.mem.get(va)
+            return (None, False) if s is None else (s.decode(), False)
+
+        def fd_file(self, fd: int):
+            return None
+
+        def sockaddr(self, va: int, size: int):
+            self.asked.append((va, size))
+            if va not in self.mem:
+                raise Unreadable("gone")
+            return sockaddr_text(self.mem[va][:min(size, 128)])
+
+    sin = b"\x02\x00\x13\x8a\x7f\x00\x00\x01" + bytes(8)
+    src = Src({0x1000: sin, 0x3000: b"/etc/x"})
+    for name, args, want, flagged in (
+            ("connect", (3, 0x1000, 16), (2, "127.0.0.1:5002"), False),
+            ("sendto", (3, 0, 1, 0, 0x1000, 16), (2, "127.0.0.1:5002"), False),
+            ("sendto", (3, 0, 1, 0, 0, 0), (0, None), False),  # connected: NULL
+            ("bind", (3, 0x1000, 1), (0, None), False),
+            ("bind", (3, 0x1000, 2**32 - 1), (0, None), False),  # -1 as a C int
+            ("bind", (3, 0x2000, 16), (0, None), True),  # unreadable
+            ("connect", (3, 0x1000, 15), (0, None), False),  # short of a sockaddr_in
+            ("accept", (3, 0x1000, 0x1000), (0, None), False)):  # filled by the kernel
+        ev = E.Event(BY_NAME[name].nr, args=args + (0,) * (6 - len(args)))
+        read_entry(BY_NAME[name], ev, src)
+        assert (ev.addr_family, ev.addr) == want, (name, args)
+        assert bool(ev.flags & E.F_ADDR_UNREADABLE) == flagged, (name, args)
+        assert E.decode(E.encode(ev)).addr == ev.addr
+    assert (0x1000, 0x1000) not in src.asked  # accept's
+    # paths at the exit
+    ren = BY_NAME["renameat"]
+    ex = E.Event(ren.nr, E.EXIT, ret=0, args=(-100, 0x3000, -100, 0x4000, 0, 0))
+    reread_paths(ren, ex, src)
+    assert ex.paths == ["/etc/x", ""] and ex.flags & E.F_PATH_UNREADABLE
+    exe = BY_NAME["execve"]
+    ex = E.Event(exe.nr, E.EXIT, ret=0, args=(0x3000, 0, 0, 0, 0, 0))
+    reread_paths(exe, ex, src)
+    assert ex.paths == []
+    ex.ret = -2  # a failed execve: the old image is still there
+    reread_paths(exe, ex, src)
+    assert ex.paths == ["/etc/x"]
