@@ -102,8 +102,4 @@ GROUP_OF: dict[str, Group] = {c.name: g for g in GROUPS for c in g.cases}
 
 # case -> the missing piece (xfail strict): what main does not capture yet; the same cases fail
 # under both producers
-XFAIL: dict[str, str] = {
-    "udp-io": "producer: an unconnected datagram's destination is only in its sockaddr "
-              "argument, which no producer reads (Arg.SOCKADDR): the sender's endpoint has no "
-              "remote address to pair it with the receiver",
-}
+XFAIL: dict[str, str] = {}
