@@ -126,8 +126,9 @@ def test_smp2_every_syscall_of_both_vcpus_in_causal_order(shm_dir, tmp_path) -> 
 
 
 def test_compat_and_prefixed_entries_are_traced(shm_dir, tmp_path) -> None:
-    """`int 0x80` (i386 numbers, 32-bit registers) and a prefixed `syscall` (66 2e 0f 05)
-    are recorded like any other call: the gdbstub path sees neither."""
+    """`int 0x80` (i386 numbers, 32-bit registers, a socket address through a 32-bit
+    pointer) and a prefixed `syscall` (66 2e 0f 05) are recorded like any other call: the
+    gdbstub path sees neither."""
     cfg, kit, profile = _kit()
     inc = tmp_path / "inc"
     (inc / "bin").mkdir(parents=True)
@@ -152,6 +153,13 @@ def test_compat_and_prefixed_entries_are_traced(shm_dir, tmp_path) -> None:
     pre = next(e for e in opens if by_seq[e.entry_seq].paths == ["/root/prefixed64.txt"])
     assert not pre.flags & E.F_COMPAT and pre.ret >= 0
     assert pre.files[0].path == "/root/prefixed64.txt"
+    # i386 bind and connect: the address argument through a 32-bit pointer
+    (b,) = [e for e in evs if e.name == "bind" and e.phase == E.ENTRY]
+    (c,) = [e for e in evs if e.name == "connect" and e.phase == E.ENTRY]
+    assert b.flags & E.F_COMPAT and c.flags & E.F_COMPAT
+    assert (b.addr_family, b.addr) == (2, "0.0.0.0:5010") and b.arg(1) < 1 << 32, b
+    assert (c.addr_family, c.addr) == (2, "127.0.0.1:5011"), c
+    assert next(e for e in evs if e.entry_seq == b.seq).ret == 0  # the bind worked
 
 
 SOCKCRED_C = Path(__file__).resolve().parent / "guest_sockcred.c"
