@@ -321,14 +321,19 @@ class Interceptor:
         self._fill_task(ev, task.addr, task)
         if p.sc.has(Trait.MOVES_NAME):
             self.linux.invalidate_paths()
+        if task.ok and p.reread:  # the entry's paths were unreadable: read them again
+            try:
+                reread_paths(p.sc, ev, _TaskSource(self, task))
+            except Exception:  # noqa: BLE001 - as in _entry; the exit's files still follow
+                self.stats.decode_errors += 1
+                ev.flags |= E.F_PATH_UNREADABLE
+                ev.paths = [""] * len(p.sc.path_pairs)
         try:
             if self.mode == "exit-only":
                 st.by_name[p.sc.name] = st.by_name.get(p.sc.name, 0) + 1
                 if task.ok:
                     ev.cwd, ev.cwd_mnt = self.linux.cwd(task)
                 self._decode_args(p.sc, ev, task)
-            if task.ok and p.reread:
-                reread_paths(p.sc, ev, _TaskSource(self, task))
             if task.ok:
                 self._exit_files(p.sc, ev, task)
         except Exception:  # noqa: BLE001 - as in _entry
