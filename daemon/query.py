@@ -306,12 +306,22 @@ def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, di
         out[vid] = d
     if procs:
         exes: dict[int, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
-        for obj, ver, paths, cwd in conn.execute(
-                "SELECT v.object_id, v.version, en.paths, en.cwd FROM versions v "
+        # the analyzer's image of an execve version (attrs exe: the binary as the kernel
+        # resolved it, against execveat's dirfd too), else its entry's path made absolute
+        has = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='attrs'"
+                           ).fetchone() is not None
+        image = "(SELECT a.value FROM attrs a WHERE a.node = v.id AND a.key = 'exe' " \
+                "ORDER BY a.rowid DESC LIMIT 1)" if has else "NULL"
+        for obj, ver, paths, cwd, img in conn.execute(
+                f"SELECT v.object_id, v.version, en.paths, en.cwd, {image} FROM versions v "
                 "JOIN events x ON x.seq = v.seq JOIN events en ON en.seq = x.entry_seq "
                 "WHERE v.kind='process' AND v.reason='execve' AND v.object_id IN "
                 "(SELECT value FROM json_each(?)) ORDER BY v.version", (_ints(procs),)):
-            if paths:
+            if img:
+                vs, es = exes[obj]
+                vs.append(ver)
+                es.append(img)
+            elif paths:
                 p = paths.split("\n", 1)[0]
                 vs, es = exes[obj]
                 vs.append(ver)

@@ -141,7 +141,7 @@ def values(doc, kind, attr) -> set[str]:
 
 def check_exports(db: str, d: Path, path: str, comm: str, exe: str, image: str) -> None:
     """``exe`` as the kernel named the binary, ``image`` as a process version ran it (the
-    execve path, normalised)."""
+    analyzer's: the kernel's name of the new image)."""
     for fmt in EXPORT_FORMATS:
         out = d / f"out.{fmt}"
         cli("export", "--db", db, "--format", fmt, "-o", str(out))
@@ -206,7 +206,7 @@ def test_arbitrary_bytes_in_every_string_field(tmp_path_factory, comm, cwd, name
     fa, fb = fingerprint(live), fingerprint(forensic)
     assert fa == fb, diff(fa, fb)
     path = check_store(live, comm, cwd, name, argv, exe, note)
-    image = escape(bnorm(exe))
+    image = escape(exe)  # the binary as the kernel named it at the exit (the analyzer's exe)
     check_queries(live, path, escape(comm), escape(exe), image)
     check_exports(live, d, path, escape(comm), escape(exe), image)
     for db in (live, forensic):
