@@ -120,9 +120,10 @@ def boot(tmp: Path, cases: list[Case], trap: str) -> Boot:
 def load(tmp: Path, cases: list[Case], trap: str, seconds: float = 0.0) -> Boot:
     """The store of a collected boot in ``tmp``: export it, read the console, split it."""
     db, out = str(tmp / "f.db"), tmp / "f.json"
-    r = provisor("export", "--db", db, "--format", "prov-json", "-o", str(out))
-    if r.returncode != 0:
-        raise RuntimeError(f"export failed: {r.stderr[-2000:]}")
+    for fmt, path in (("prov-json", out), ("prov-n", tmp / "f.provn")):
+        r = provisor("export", "--db", db, "--format", fmt, "-o", str(path))
+        if r.returncode != 0:
+            raise RuntimeError(f"export --format {fmt} failed: {r.stderr[-2000:]}")
     text = (tmp / "f.serial").read_text(errors="replace")
     rcs = {(m[1], m[2]): int(m[3]) for m in
            re.finditer(r"fidelity: (\S+) (action|control) rc=(\d+)", text)}

@@ -408,3 +408,67 @@ def test_gdbstub(boot_gdb, case: Case) -> None:
 
 def test_every_group_has_a_pattern() -> None:
     assert set(PATTERNS) == {g.name for g in GROUP_OF.values()}
+
+
+# -- "where did this file come from", by its path alone, with nothing but prov --------------
+_READ: dict[tuple[str, str], object] = {}
+
+
+def _prov_doc(b: H.Boot, fmt: str):
+    """The boot's export in ``fmt`` as ``prov.read`` gives it (read once per boot)."""
+    import prov
+
+    key = (b.db, fmt)
+    if key not in _READ:
+        path = Path(b.db).with_suffix(".json" if fmt == "json" else ".provn")
+        _READ[key] = prov.read(str(path), format=fmt)
+    return _READ[key]
+
+
+def _where_from(doc, path: str) -> set:
+    """The records the entity now carrying ``path`` (its latest version) came from, through
+    used / wasGeneratedBy / wasInformedBy / wasDerivedFrom: what a PROV consumer can do."""
+    from prov.model import (
+        ProvCommunication,
+        ProvDerivation,
+        ProvEntity,
+        ProvGeneration,
+        ProvRelation,
+        ProvUsage,
+    )
+
+    named = [e for e in doc.get_records(ProvEntity) if path in e.get_attribute("provisor:path")]
+    assert named, f"no entity carries {path}"
+    start = max(named, key=lambda e: next(iter(e.get_attribute("provisor:seq"))))
+    up: dict = {}
+    for r in doc.get_records(ProvRelation):
+        if isinstance(r, ProvDerivation | ProvGeneration | ProvUsage | ProvCommunication):
+            up.setdefault(r.args[0], []).append(r.args[1])
+    seen, todo = {start.identifier}, [start.identifier]
+    while todo:
+        for cause in up.get(todo.pop(), ()):
+            if cause not in seen:
+                seen.add(cause)
+                todo.append(cause)
+    return seen
+
+
+@pytest.mark.parametrize("fmt", ["json", "provn"])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES.values()])
+def test_where_each_file_came_from(boot_plugin, case: Case, fmt: str) -> None:
+    """For every file of every case's action run, its current path alone leads a PROV
+    consumer (``prov.read`` of the PROV-JSON and PROV-N exports) back to a process of that
+    run: the one that made or changed it (the probe, or the child that wrote test.txt)."""
+    from prov.model import ProvActivity
+
+    run = boot_plugin.run(case.name, "action")
+    paths = {str(p) for _sec, rec in run.elements.values()
+             for p in H.values(rec, "provisor:path") if str(p).startswith(run.stage + "/")}
+    assert paths, f"{case.name}: no file of the run's stage dir in the export"
+    doc = _prov_doc(boot_plugin, fmt)
+    acts = {a.identifier: a for a in doc.get_records(ProvActivity)}
+    for p in sorted(paths):
+        came = _where_from(doc, p)
+        procs = {int(next(iter(acts[i].get_attribute("provisor:process"))))
+                 for i in came if i in acts}
+        assert procs & run.procs, f"{case.name}: {p} leads back to no process of the run"
