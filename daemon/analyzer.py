@@ -558,22 +558,24 @@ class Analyzer:
                     self._sent_to(ev)
             return
         entry = self.pending.pop(ev.entry_seq, None)
+        early = False  # a reader already took this write's generation (``_early_writes``)
         if entry is not None:
             self.b.pending_done.append(entry.seq)
             self.pending_writes.discard(entry.seq)
             if entry.seq in self.early_done:
                 self.early_done.discard(entry.seq)
+                early = True
                 if sc is not None and sc.family is Family.DATA_WRITE:
                     self._dirty_p(p)
-                    return  # its generation is made already
-                ev.flags |= _EARLY  # TRANSFER: its read side is still to make
+                    return  # its generation is made already (TRANSFER: its read is not)
         if ev.ret is None or ev.ret < 0:
             return  # a failed call is an event, never a relation
-        self._exit(p, ev, entry or ev, sc)
+        self._exit(p, ev, entry or ev, sc, early)
         if ev.files:
             self._endpoints(ev)
 
-    def _exit(self, p: Proc, ev: Event, en: Event, sc: Syscall | None) -> None:
+    def _exit(self, p: Proc, ev: Event, en: Event, sc: Syscall | None,
+              early: bool = False) -> None:
         """A successful call's effect: the handler of its row's family (``_HANDLERS``)."""
         if sc is None:
             return
@@ -588,7 +590,7 @@ class Analyzer:
             paths = ev.paths if en is not ev and en.flags & F_PATH_UNREADABLE and ev.paths \
                 else en.paths or ev.paths
             handler(self, _Call(p, ev, en, sc, en.seq if en is not ev else None, fid, paths,
-                                files))
+                                files, early))
         elif sc.fd_arg is not None:  # bind, connect, listen: the fd's file stays as it was
             self._fd_event(p, ev, f"{sc.name} fd={to_signed(en.args[sc.fd_arg])}")
         self._dirty_p(p)
@@ -753,7 +755,7 @@ class Analyzer:
             for peer in sorted(self.peer.get(a.id, ())):
                 self._flow(self.arts[peer], a, c.ev, c.eseq)
             self._use(c.p, a, c.ev, c.eseq)
-        if dst and not c.ev.flags & _EARLY:
+        if dst and not c.early:
             self._generate(c.p, self.arts[dst[0]], c.ev, c.eseq)
 
     def _named(self, c: _Call, path: str) -> Art:
@@ -929,6 +931,7 @@ class _Call:
     fid: FileId | None  # what the call made (exit), else its FD argument's file (entry)
     paths: list[str]
     files: dict[int, FileId]  # the entry's FD and DIRFD files, by argument position
+    early: bool = False  # a write whose generation a reader already made from its entry
 
     def arg(self, i: int | None) -> int:
         """Argument ``i`` of the entry, signed (fds, AT_FDCWD, flags)."""
@@ -969,7 +972,6 @@ _HANDLERS: dict[Family, Callable[[Analyzer, _Call], None]] = {
 
 
 WRITE_FAMILIES = frozenset({Family.DATA_WRITE, Family.TRANSFER})
-_EARLY = 1 << 31  # an exit's flag, in the analyzer only: its generation was made early
 
 
 def _arg_files(sc: Syscall, en: Event) -> dict[int, FileId]:
