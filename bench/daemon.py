@@ -16,8 +16,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from daemon.apply import Applier  # noqa: E402
 from daemon.service import Daemon  # noqa: E402
-from daemon.store import Store  # noqa: E402
 from hv import synth  # noqa: E402
 from pmem import ring as R  # noqa: E402
 from pmem.layout import RecType  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> None:
     dm.close()
 
     # the ceiling: the same event rows, bare executemany, one transaction, same schema
-    Store(f"{d}/c.db", "x").close()
+    Applier(f"{d}/c.db", "x").close()
     evs = [decode(x, i + 1) for i, x in enumerate(pls)]
     rows = [(e.seq, e.ts_ns, e.vcpu, "exit" if e.phase else "entry", e.entry_seq or None, e.nr,
              e.name, e.tgid, e.pid, e.ppid, e.uid, e.start_time, e.comm, e.cwd,

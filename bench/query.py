@@ -1,6 +1,6 @@
 """Lineage query latency on a store of at least 1,000,000 relations (goal: < 100 ms median).
 
-The store is built once from the synthetic guest (hv/synth.py) through ``Store.apply``, the
+The store is built once from the synthetic guest (hv/synth.py) through ``Applier.apply``, the
 daemon's own path, and kept (default /dev/shm/provisor-bench-query.db) for reruns. Targets:
 
 * ancestors of a *deep* file: of the last few hundred file versions written, the one with
@@ -10,7 +10,7 @@ daemon's own path, and kept (default /dev/shm/provisor-bench-query.db) for rerun
 * for scale, the worst case: descendants of the file every process reads at start
   (/etc/ld.so.cache), which is most of the graph; shown, not part of the goal.
 
-Each query is the full ``daemon.query.lineage`` call (walk, edges, node labels, outcome-unknown
+Each query is the full ``examiner.query.lineage`` call (walk, edges, node labels, outcome-unknown
 events), as ``provisor query`` runs it, minus printing: for the table output (edges from the
 covering index alone) and for JSON/DOT (each edge's ids, ring seqs and syscall too). The
 machine's load is printed with the table: the figures are wall-clock medians. Prints Markdown.
@@ -29,8 +29,8 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from daemon import query as Q  # noqa: E402
-from daemon.store import Store  # noqa: E402
+from daemon.apply import Applier  # noqa: E402
+from examiner import query as Q  # noqa: E402
 from pmem.layout import Record, RecType  # noqa: E402
 from provisor.events import encode  # noqa: E402
 
@@ -44,7 +44,7 @@ def build(path: str, relations: int, seed: int) -> dict[str, int]:
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
-    store = Store(path, "bench-query")
+    store = Applier(path, "bench-query")
     guest = Guest(seed)
     seq = 1
     recs: list[Record] = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from provisor.abi import (
     AT_FDCWD,
@@ -44,7 +45,9 @@ from provisor.abi import (
     to_signed,
 )
 from provisor.events import AF_INET, AF_INET6, ENTRY, F_PATH_UNREADABLE, Event, FileId
+from provisor.guestpath import normpath
 from provisor.syscalls import BY_NR, Arg, Family, Syscall, Trait, name_of
+from store.schema import ARTIFACTS, PROCESSES
 
 USED_CAP = 4096  # bound on the per-process set of versions read since exec
 PEERS_CAP = 256  # bound on the endpoints remembered per remote address (by_remote)
@@ -64,6 +67,10 @@ USED, GENERATED, INFORMED, DERIVED = "used", "wasGeneratedBy", "wasInformedBy", 
 # the attrs keys of a process version's credentials, in Event.cred order
 CRED_KEYS = ("uid", "gid", "suid", "sgid", "euid", "egid", "fsuid", "fsgid")
 _FILE_TYPES = {S_IFIFO: "fifo", S_IFCHR: "chr", S_IFBLK: "blk", S_IFSOCK: "sock"}
+
+
+_PROC_ROW = attrgetter(*PROCESSES.cols)
+_ART_ROW = attrgetter(*ARTIFACTS.cols)
 
 
 @dataclass
@@ -88,9 +95,8 @@ class Proc:
     fds: dict[int, tuple[int, int]] = field(default_factory=dict)  # fd -> (artifact, cloexec)
 
     def row(self) -> tuple:
-        return (self.id, self.tgid, self.start_time, self.parent_id, self.exe, self.comm,
-                self.cwd, self.cwd_mnt, self.uid, self.version, self.node, self.first_seq,
-                self.last_seq, self.exit_seq)
+        """The processes row (store/schema order: the fields are named as its columns)."""
+        return _PROC_ROW(self)
 
 
 @dataclass
@@ -108,8 +114,8 @@ class Art:
     derived: set[int] = field(default_factory=set)  # what the current version derives from
 
     def row(self) -> tuple:
-        return (self.id, self.kind, self.dev, self.ino, self.path, self.version, self.node,
-                self.created_seq)
+        """The artifacts row (store/schema order: the fields are named as its columns)."""
+        return _ART_ROW(self)
 
 
 @dataclass
@@ -981,17 +987,3 @@ def _arg_files(sc: Syscall, en: Event) -> dict[int, FileId]:
     pos = [i for i, k in sc.entry_reads
            if k is Arg.FD or (k is Arg.DIRFD and en.arg(i) != AT_FDCWD)]
     return dict(zip(pos, en.files, strict=True)) if len(pos) == len(en.files) else {}
-
-
-def normpath(path: str) -> str:
-    """Lexical normalisation of an absolute guest path (the guest's symlinks are unknown)."""
-    parts: list[str] = []
-    for seg in path.split("/"):
-        if seg in ("", "."):
-            continue
-        if seg == "..":
-            if parts:
-                parts.pop()
-        else:
-            parts.append(seg)
-    return "/" + "/".join(parts)

@@ -8,7 +8,6 @@ import socket
 
 import click
 
-from daemon import cli_query
 from daemon.service import Daemon
 
 
@@ -78,4 +77,3 @@ def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int |
 
 
 COMMANDS: list[click.Command] = [daemon_cmd]
-COMMANDS += cli_query.COMMANDS  # query, export, verify, status (daemon/cli_query.py)

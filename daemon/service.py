@@ -1,6 +1,6 @@
 """The daemon loop: drain the ring into the store, release only what is committed.
 
-Order per batch: read records -> ``Store.apply`` (one durable transaction) -> ``release`` up to
+Order per batch: read records -> ``Applier.apply`` (one durable transaction) -> ``release`` up to
 the batch's last sequence number. A crash anywhere in between loses nothing (unreleased records
 are read again) and duplicates nothing (applied ones are skipped).
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from daemon.store import Store
+from daemon.apply import Applier
 from pmem import layout as L
 from pmem.ring import Consumer
 from provisor.errors import ProvisorError
@@ -51,7 +51,7 @@ class Daemon:
         self.readonly = readonly  # forensic: read the image, never write it (no release)
         self.consumer = Consumer.open(ring_path, readonly=readonly)
         try:
-            self.store = Store(db_path, self.consumer.header.uuid_str, force=force)
+            self.store = Applier(db_path, self.consumer.header.uuid_str, force=force)
             self.store.bind_ring(self.consumer.header.uuid_str)
             if machine is not None:  # the live daemon (not recovery: its host is not the guest's)
                 self.store.record_machine(
@@ -96,7 +96,7 @@ class Daemon:
     def commit(self, recs: list[L.Record], *, release: bool = True,
                gaps_ok: bool = False) -> int:
         """Apply ``recs`` (sequence order, this ring's) in one transaction through
-        ``Store.apply``, then release the ring up to the last of them the store now holds, and
+        ``Applier.apply``, then release the ring up to the last of them the store now holds, and
         never further: a record is released only once it is stored. A record with a negative
         offset is not in the ring (recovery's NOTE about a gap) and never a release point.
         Returns the applied seq."""

@@ -142,22 +142,19 @@ def stop_daemon(proc: subprocess.Popen, timeout: float = 60.0) -> int:
 
 
 def db_counts(db: str) -> dict[str, int]:
-    from daemon.store import check_files
+    """The store's summary counts (store/base.counts), or {} when there is no store yet."""
+    from store import base, sqlite
 
     if not os.path.exists(db):
         return {}
-    check_files(db, readonly=True, error=CollectError)  # never a planted DB or side file
-    out: dict[str, int] = {}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    # the same checks as every opener: never a planted DB or side file, a checked meta
+    conn, _ = sqlite.open_conn(db, readonly=True, error=CollectError)
     try:
-        for t in ("events", "processes", "artifacts", "versions", "relations"):
-            try:
-                out[t] = con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-            except sqlite3.Error:
-                pass
+        return base.counts(lambda sql: conn.execute(sql).fetchall())
+    except sqlite3.Error as e:
+        raise CollectError(f"{db}: {e}") from None
     finally:
-        con.close()
-    return out
+        conn.close()
 
 
 def collect(cfg: dict[str, Any], workload: str, include: str | None = None,

@@ -46,11 +46,12 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 def _register() -> None:
     import daemon.cli
+    import examiner.cli
     import hv.cli
     import pmem.cli
     import recovery.cli
 
-    for mod in (pmem.cli, hv.cli, daemon.cli, recovery.cli):
+    for mod in (pmem.cli, hv.cli, daemon.cli, recovery.cli, examiner.cli):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

@@ -35,9 +35,9 @@ def sh(args: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess
 
 
 def counts(db: str) -> dict[str, int]:
-    from daemon.store import Store
+    from daemon.apply import Applier
 
-    s = Store(db, readonly=True)
+    s = Applier(db, readonly=True)
     try:
         return s.counts()
     finally:

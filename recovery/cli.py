@@ -56,9 +56,9 @@ def recover_cmd(cfg: dict, image: str, db: str | None, read_only: bool | None, l
     if report_path:  # before the image is read or the DB touched
         files.check_output(report_path)
     rec = Recovery(image, db or cfg["daemon"]["db"], read_only=ro, force=force)
-    from daemon.cli_query import _progress  # a bar on a terminal only: logs get no stray line
+    from provisor.progress import progress  # a bar on a terminal only: logs get no stray line
 
-    with _progress("replaying", rec.data_size) as bar:
+    with progress("replaying", rec.data_size) as bar:
         rep = rec.run(progress=bar.update)
     click.echo(rep.summary())
     if report_path:

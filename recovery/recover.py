@@ -1,6 +1,6 @@
 """Recovery after a host crash, panic or power loss; forensic reading of ring images.
 
-Recovery stores records through the daemon's own path (``Daemon.commit``: ``Store.apply`` in
+Recovery stores records through the daemon's own path (``Daemon.commit``: ``Applier.apply`` in
 one transaction, then release up to what is stored), with a report around it. There is no
 second apply path: what recovery stores is exactly what the live daemon would have stored.
 
@@ -179,11 +179,11 @@ class Recovery:
             else:
                 self._chain(progress)
             rep.db_applied_after = store.applied_seq
-            q = store.conn.execute
+            q = store.db.q
             lo = rep.db_applied_before
             rep.loss_records = [{"seq": s, "lost": n, "lost_total": t} for s, n, t in q(
                 "SELECT seq, lost, lost_total FROM losses WHERE seq > ? ORDER BY seq", (lo,))]
-            rep.outcome_unknown = q("SELECT count(*) FROM pending").fetchone()[0]
+            rep.outcome_unknown = store.counts()["outcome_unknown"]
         finally:
             d.close()
         rep.sha256_after = sha256_file(rep.image)
@@ -203,9 +203,9 @@ class Recovery:
         end = c.last_end
         rep.chain_end = ({"reason": end.reason, "offset": end.offset, "expected_seq": end.seq}
                          if end else {})
-        q = d.store.conn.execute
+        q = d.store.db.q
         rep.records_replayed = sum(
-            q(f"SELECT count(*) FROM {t} WHERE seq > ?", (rep.db_applied_before,)).fetchone()[0]
+            q(f"SELECT count(*) FROM {t} WHERE seq > ?", (rep.db_applied_before,))[0][0]
             for t in ("events", "notes", "losses"))
 
     def _salvage(self, progress: Callable[[int], None] | None) -> None:

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
-from daemon.store import Store
+from daemon.apply import Applier
 from hv import synth
 from pmem import ring as R
 from pmem.layout import Record, RecType
@@ -55,7 +55,7 @@ def filled_ring(path: str, pls: list[bytes], size: int = 8 << 20) -> None:
 
 def reference(db: str, pls: list[bytes], uuid: str = "") -> dict:
     """The store of an uninterrupted run over ``pls`` (sequence numbers 1..n)."""
-    s = Store(db, uuid or None)
+    s = Applier(db, uuid or None)
     try:
         recs = [Record(i + 1, RecType.EVENT, 0, p) for i, p in enumerate(pls)]
         for i in range(0, len(recs), 1000):

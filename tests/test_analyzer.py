@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from eventscript import Script
 
-from daemon.store import Store
+from daemon.apply import Applier
 from provisor.events import Endpoint, FileId
 
 O_WRONLY, O_CREAT, O_TRUNC, O_CLOEXEC = 0o1, 0o100, 0o1000, 0o2000000
@@ -14,12 +14,12 @@ W = O_WRONLY | O_CREAT | O_TRUNC
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store(str(tmp_path / "p.db"), "test-ring")
+    s = Applier(str(tmp_path / "p.db"), "test-ring")
     yield s
     s.close()
 
 
-def labels(store: Store) -> set[tuple[str, str, str]]:
+def labels(store: Applier) -> set[tuple[str, str, str]]:
     """Relations as (kind, src, dst) with readable node labels: p<tgid>.v<n> / f<name>.v<n>."""
     q = store.conn.execute
     names = {aid: path for aid, path in q(
@@ -215,10 +215,10 @@ def test_reused_pid_is_a_new_process(store):
 
 def test_db_of_another_ring_is_refused(tmp_path):
     from provisor.errors import ProvisorError
-    Store(str(tmp_path / "d.db"), "ring-a").close()
+    Applier(str(tmp_path / "d.db"), "ring-a").close()
     with pytest.raises(ProvisorError, match="belongs to ring ring-a"):
-        Store(str(tmp_path / "d.db"), "ring-b")
-    Store(str(tmp_path / "d.db"), "ring-b", force=True).close()
+        Applier(str(tmp_path / "d.db"), "ring-b")
+    Applier(str(tmp_path / "d.db"), "ring-b", force=True).close()
 
 
 def test_mmap_read_and_shared_write(store):
@@ -295,12 +295,12 @@ def test_state_survives_a_restart(tmp_path):
     sc.exit(e, 5, "read", 4)
     sc.open(5, "b", W, fd=4)
     sc.call(5, "write", (4, 0, 4), (), 4)
-    one = Store(str(tmp_path / "one.db"), "r")
+    one = Applier(str(tmp_path / "one.db"), "r")
     one.apply(sc.records)
-    two = Store(str(tmp_path / "two.db"), "r")
+    two = Applier(str(tmp_path / "two.db"), "r")
     two.apply(sc.records[:half])
     two.close()
-    two = Store(str(tmp_path / "two.db"), "r")
+    two = Applier(str(tmp_path / "two.db"), "r")
     two.apply(sc.records[half:])
     for t in ("events", "relations", "versions", "processes", "artifacts", "fds", "names",
               "pending", "proc_used"):
@@ -326,7 +326,7 @@ def test_exec_through_proc_self_exe_names_the_binary(store):
 AT_FDCWD, O_DIRECTORY = -100, 0o200000
 
 
-def attrs(store: Store, key: str | None = None) -> list[tuple[str, str, str]]:
+def attrs(store: Applier, key: str | None = None) -> list[tuple[str, str, str]]:
     """attrs rows as (node label, key, value)."""
     q = store.conn.execute
     tgids = dict(q("SELECT id, tgid FROM processes"))
@@ -340,7 +340,7 @@ def attrs(store: Store, key: str | None = None) -> list[tuple[str, str, str]]:
     return out
 
 
-def bound(store: Store) -> dict[str, int]:
+def bound(store: Applier) -> dict[str, int]:
     return dict(store.conn.execute(
         "SELECT path, artifact_id FROM names WHERE unbind_seq IS NULL"))
 
@@ -503,18 +503,18 @@ def test_socketpair_flow_from_writer_to_reader(store):
 
 
 def test_socket_pairing_survives_a_daemon_restart(tmp_path):
-    from daemon import verify as V
+    from examiner import verify as V
     path = str(tmp_path / "p.db")
     sc = Script()
     a, b = _socketpair(sc)
     sc.fork(1, 2)
-    s = Store(path, "test-ring")
+    s = Applier(path, "test-ring")
     s.apply(sc.records)
     s.close()
     n = len(sc.records)
     sc.call(1, "write", (3, 0, 5), (), 5, entry_files=[a])
     sc.call(2, "read", (4, 0, 5), (), 5, entry_files=[b])
-    s = Store(path, "test-ring")
+    s = Applier(path, "test-ring")
     s.apply(sc.records[n:])
     assert ("wasDerivedFrom", "socket:2.v1", "socket:1.v1") in labels(s)
     s.close()
@@ -614,7 +614,7 @@ def test_a_read_sees_a_write_still_in_its_call(tmp_path, restart):
     """One vCPU: the writer's write wakes the blocked reader, which returns with the data
     before the writer's exit is recorded. The generation is made at the read, from the
     write's entry, once (a daemon restart in between changes nothing)."""
-    from daemon import verify as V
+    from examiner import verify as V
     path = str(tmp_path / "p.db")
     sc = Script()
     sc.call(1, "pipe2", (0, 0), (), 0, out_fds=[3, 4])
@@ -627,11 +627,11 @@ def test_a_read_sees_a_write_still_in_its_call(tmp_path, restart):
     sc.call(2, "write", (6, 0, 5), (), 5)
     cut = len(sc.records)
     sc.exit(w, 1, "write", 5)
-    s = Store(path, "test-ring")
+    s = Applier(path, "test-ring")
     if restart:
         s.apply(sc.records[:cut])
         s.close()
-        s = Store(path, "test-ring")
+        s = Applier(path, "test-ring")
     s.apply(sc.records)
     rel = labels(s)
     gens = s.conn.execute("SELECT count(*), min(entry_seq) FROM relations r JOIN versions v ON "
@@ -667,7 +667,7 @@ def test_unconnected_udp_flow_from_sender_to_bound_server(tmp_path, order):
     the server's endpoint is seen before the datagram (blocked in recvfrom) or after it, and
     across a daemon restart; a server bound to 0.0.0.0 receives a datagram sent to loopback.
     What the server then receives derives from what the sender wrote."""
-    from daemon import verify as V
+    from examiner import verify as V
     path = str(tmp_path / "p.db")
     sc = Script()
     srv = _udp(sc, 1, 601)
@@ -685,12 +685,12 @@ def test_unconnected_udp_flow_from_sender_to_bound_server(tmp_path, order):
     sc.call(2, "sendto", (3, 0, 4, 0, 0x2000, 16), (), 4, entry_files=[cli],
             endpoints=_ep(sk=0xA2),
             addr="127.0.0.1:5002", addr_family=2)
-    s = Store(path, "test-ring")
+    s = Applier(path, "test-ring")
     n = len(sc.records)
     if order == "restart":
         s.apply(sc.records)
         s.close()
-        s = Store(path, "test-ring")
+        s = Applier(path, "test-ring")
     if recv is None:
         sc.call(1, "recvfrom", (3, 0, 4, 0, 0, 0), (), 4, entry_files=[srv],
                 endpoints=_ep(bind_to, 0xA1))

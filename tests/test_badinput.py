@@ -186,7 +186,7 @@ def test_times_outside_int64_nanoseconds_are_refused(store, shm_dir, when, flag)
 
 
 def test_time_parsing_bounds():
-    from daemon.query import QueryError, parse_time
+    from examiner.query import QueryError, parse_time
 
     assert parse_time("1677-09-22T00:00:00Z") < 0 < parse_time("2262-04-10T00:00:00Z")
     assert parse_time("1970-01-01T01:00:00+01:00") == 0

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.apply import Applier
 from hv.collect import Summary, db_counts, kernel_symbols
 from provisor import events as E
+from provisor.errors import ProvisorError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "config" / "guest" / "workloads" / "demo.sh"
@@ -48,12 +50,16 @@ def test_summary_and_counts(tmp_path) -> None:
     assert "no daemon" in "\n".join(Summary().lines())
     assert db_counts(str(tmp_path / "none.db")) == {}
     db = tmp_path / "x.db"
-    con = sqlite3.connect(db)
+    Applier(str(db), "u").close()
+    assert db_counts(str(db)) == {"events": 0, "processes": 0, "artifacts": 0, "versions": 0,
+                                  "relations": 0, "outcome_unknown": 0}
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
     con.execute("CREATE TABLE processes (id)")
-    con.execute("INSERT INTO processes VALUES (1)")
     con.commit()
     con.close()
-    assert db_counts(str(db)) == {"processes": 1}
+    with pytest.raises(ProvisorError, match="not a provisor database"):
+        db_counts(str(other))
 
 
 def test_cli_errors_are_one_line(tmp_path) -> None:
@@ -130,7 +136,7 @@ def test_demo_end_to_end(shm_dir, tmp_path) -> None:
     assert all(e.entry_seq in by_seq for e in evs if e.phase == E.EXIT and e.entry_seq)
 
     # the store derives b2.txt and c.txt from a.txt, through the right processes
-    from daemon import query
+    from examiner import query
 
     for target in ("/root/b2.txt", "/root/c.txt", "/root/e.txt"):
         res = query.lineage(con, target, up=True)

@@ -14,7 +14,7 @@ import time
 import pytest
 from crashutil import PROVISOR, diff, filled_ring, fingerprint, payloads, reference, run
 
-from daemon.store import Store
+from daemon.apply import Applier
 from pmem import layout as L
 from pmem import ring as R
 
@@ -182,7 +182,7 @@ def test_sigterm_finishes_batch_and_exits_zero(shm_dir, small_batches):
     assert int(meta["applied_seq"]) == chain[-1][1] == max_seq == applied
     assert chain[-2][1] < applied < n  # the k-th batch added records; some are left
     assert (records, batches) == (applied, k)
-    st = Store(db, readonly=True)
+    st = Applier(db, readonly=True)
     try:
         assert summary_counts == st.counts()
     finally:

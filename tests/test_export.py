@@ -23,9 +23,9 @@ from prov.model import (
 )
 from test_query import workload
 
-from daemon import export as X
-from daemon import query as Q
-from daemon.store import Store
+from daemon.apply import Applier
+from examiner import export as X
+from examiner import query as Q
 from pmem.layout import Record, RecType
 from provisor.errors import ProvisorError
 from provisor.events import encode
@@ -45,7 +45,7 @@ def db(tmp_path_factory):
     from hv.synth import Guest
 
     path = str(tmp_path_factory.mktemp("export") / "p.db")
-    s = Store(path, "test-ring")
+    s = Applier(path, "test-ring")
     sc, _ = workload()
     s.apply(sc.records)
     base = sc.seq

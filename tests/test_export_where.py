@@ -1,7 +1,7 @@
 """The export says what the store knows (issue 14), read with nothing but ``prov``.
 
 A workload ``echo > src; cat src > copy; mv copy renamed; ln renamed hard`` is stored through
-the real daemon (ring -> ``Daemon`` -> ``Store.apply``); its PROV-JSON and PROV-N exports are
+the real daemon (ring -> ``Daemon`` -> ``Applier.apply``); its PROV-JSON and PROV-N exports are
 read back with ``prov.read`` (the installed prov, 3.2.3, reads PROV-N too: no test-side
 parser is needed) and asked, by the current path alone, where the file came from. The
 events carry the credentials a producer reads (``Event.cred``); every attribute checked here
@@ -29,8 +29,8 @@ from prov.model import (
     ProvUsage,
 )
 
-from daemon import export as X
-from daemon import query as Q
+from examiner import export as X
+from examiner import query as Q
 from provisor.events import FileId
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -141,12 +141,12 @@ def test_group_policy_makes_new_files_0640_with_that_group(d):
 
 def test_library_users_get_private_files_without_the_cli(d):
     """No umask from the CLI here: the creators set the mode themselves."""
-    from daemon.store import Store
+    from daemon.apply import Applier
 
     old = os.umask(0o022)
     try:
         ring.create(str(d / "lib.ring"), 1 << 20)
-        s = Store(str(d / "lib.db"))
+        s = Applier(str(d / "lib.db"))
         try:
             for p in ("lib.ring", "lib.db", "lib.db-wal", "lib.db-shm"):
                 assert mode(d / p) == 0o600, p
@@ -473,7 +473,7 @@ def test_serial_log_is_opened_by_us_and_handed_to_qemu(d):
 
 @needs_root
 def test_planted_verified_marker_is_not_believed(d, store):
-    from daemon import verify
+    from examiner import verify
 
     _, db = store
     marker = Path(verify.state_path(str(db)))

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from prov.model import ProvActivity, ProvEntity
 from test_query import W
 
-from daemon.query import EXPORT_FORMATS
+from examiner.query import EXPORT_FORMATS
 from pmem import layout as L
 from pmem import ring as R
 from pmem.layout import RecType

@@ -10,8 +10,8 @@ import sys
 import pytest
 from eventscript import Script
 
-from daemon import query as Q
-from daemon.store import Store
+from daemon.apply import Applier
+from examiner import query as Q
 from provisor.errors import ProvisorError
 from provisor.events import FileId
 
@@ -82,7 +82,7 @@ def drained_ring(directory, name: str, **daemon_kw) -> tuple[str, str]:
 @pytest.fixture
 def db(tmp_path):
     path = str(tmp_path / "p.db")
-    s = Store(path, "test-ring")
+    s = Applier(path, "test-ring")
     sc, marks = workload()
     s.apply(sc.records)
     s.close()
@@ -253,7 +253,7 @@ def test_cli_outputs_and_errors(db, tmp_path):
 
 def test_old_database_gets_query_indexes(tmp_path):
     path = str(tmp_path / "old.db")
-    Store(path, "r").close()
+    Applier(path, "r").close()
     import sqlite3
     c = sqlite3.connect(path)
     c.execute("DROP INDEX relations_up")
@@ -289,7 +289,7 @@ def test_fast_breadth_first_depths_match_a_real_bfs(tmp_path):
     from provisor.events import encode
 
     path = str(tmp_path / "s.db")
-    s = Store(path, "r")
+    s = Applier(path, "r")
     evs = Guest(11).events(6000)
     s.apply([Record(e.seq, RecType.EVENT, 0, encode(e)) for e in evs])
     s.close()

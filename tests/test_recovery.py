@@ -20,7 +20,7 @@ import time
 import pytest
 from crashutil import diff, filled_ring, fingerprint, payloads, reference, run
 
-from daemon.store import Store
+from daemon.apply import Applier
 from pmem import layout as L
 from pmem import ring as R
 from pmem.layout import Record, RecType
@@ -42,7 +42,7 @@ class PrefixReference:
     """Reference stores for growing prefixes of one stream, built in one pass."""
 
     def __init__(self, path: str, pls: list[bytes]) -> None:
-        self.store = Store(path, None)
+        self.store = Applier(path, None)
         self.pls = pls
         self.path = path
 
@@ -236,7 +236,7 @@ def test_power_loss_at_every_fence(shm_dir):
     acked = 0
     # each mark: (highest acknowledged seq, applied_seq of the daemon's DB); the DB is
     # another device: what it committed stays committed whatever the ring loses
-    live_db = Store(f"{shm_dir}/live.db", prod.header.uuid_str)
+    live_db = Applier(f"{shm_dir}/live.db", prod.header.uuid_str)
     i = 0
     rng = random.Random(3)
     while i < len(pls):

@@ -15,7 +15,7 @@ import time
 import pytest
 from crashutil import PROVISOR, diff, filled_ring, fingerprint, payloads, reference, run
 
-from daemon.store import Store, StoreError
+from daemon.apply import Applier, StoreError
 from pmem import ring as R
 from pmem.layout import Record, RecType
 from provisor import locks
@@ -196,7 +196,7 @@ def test_force_never_releases_records_the_store_did_not_take(shm_dir):
 
 def test_force_rebinds_only_an_empty_store(shm_dir):
     ring, db = f"{shm_dir}/e.ring", f"{shm_dir}/e.db"
-    Store(db, "0f0f0f0f-0000-4000-8000-00000000000b").close()  # bound, holds nothing
+    Applier(db, "0f0f0f0f-0000-4000-8000-00000000000b").close()  # bound, holds nothing
     filled_ring(ring, payloads(300, seed=36), size=1 << 20)
     one_line(run(["daemon", "--ring", ring, "--db", db, "--once"]), "belongs to ring",
              "--force rebinds only a store that holds nothing yet")
@@ -205,7 +205,7 @@ def test_force_rebinds_only_an_empty_store(shm_dir):
     assert r.returncode == 0, r.stderr
     assert seqs(db) == list(range(1, 301)) and checkpoint(ring) == 300
     with R.Consumer.open(ring, readonly=True) as c:
-        assert Store(db, readonly=True).ring_uuid == c.header.uuid_str
+        assert Applier(db, readonly=True).ring_uuid == c.header.uuid_str
 
 
 def test_daemon_refuses_a_store_missing_released_records(shm_dir):
@@ -217,7 +217,7 @@ def test_daemon_refuses_a_store_missing_released_records(shm_dir):
     filled_ring(ring, pls)
     with R.Consumer.open(ring, readonly=True) as c:
         uuid = c.header.uuid_str
-    s = Store(behind, uuid)
+    s = Applier(behind, uuid)
     s.apply([Record(i + 1, RecType.EVENT, 0, p) for i, p in enumerate(pls[:1000])])
     s.close()
     assert run(["daemon", "--ring", ring, "--db", full, "--once", "--quiet"]).returncode == 0
@@ -227,7 +227,7 @@ def test_daemon_refuses_a_store_missing_released_records(shm_dir):
     one_line(r, "records 1001..3000 were released", "provisor recover")
     assert diff(fingerprint(behind), before) == ""
     # and the store refuses a record that does not continue it, whoever calls apply
-    s = Store(behind, uuid)
+    s = Applier(behind, uuid)
     try:
         with pytest.raises(StoreError, match="records 1001..1001 are missing"):
             s.apply([Record(1002, RecType.EVENT, 0, pls[1001])])

@@ -11,8 +11,8 @@ import time
 import pytest
 from test_query import drained_ring
 
-from daemon import status as S
-from daemon import verify as V
+from examiner import status as S
+from examiner import verify as V
 
 CLI = [sys.executable, "-c", "from provisor.cli import main; main()"]
 

@@ -1,4 +1,4 @@
-"""Store.apply never advances past a record without keeping it: a record of a type this
+"""Applier.apply never advances past a record without keeping it: a record of a type this
 provisor does not know, or an event that does not decode, is stored as a NOTE that holds its
 exact bytes (guest text)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from daemon.store import Store
+from daemon.apply import Applier
 from pmem.layout import Record, RecType
 from provisor.guesttext import unescape
 
@@ -14,7 +14,7 @@ from provisor.guesttext import unescape
 def test_unknown_type_and_undecodable_event_are_kept_whole(tmp_path):
     db = str(tmp_path / "s.db")
     odd, junk = b"\x00\xffnew producer\x1b[2J", b"\x07not an event"
-    s = Store(db)
+    s = Applier(db)
     try:
         assert s.apply([Record(1, 99, 0, odd), Record(2, RecType.EVENT, 0, junk)]) == 2
     finally:

@@ -14,7 +14,7 @@ import pytest
 from eventscript import Script
 from test_analyzer import labels
 
-from daemon.store import Store
+from daemon.apply import Applier
 from hv import eventbuild
 from provisor import events as E
 from provisor import syscalls as S
@@ -259,7 +259,7 @@ def test_the_analyzer_handles_a_new_row_with_no_code(new_rows, tmp_path) -> None
     sc.call(1, "read_again", (3, 0, 10), (), 10)
     sc.open(1, "out", O_WRONLY | O_CREAT | O_TRUNC, fd=4, ino=42)
     sc.call(1, "write", (4, 0, 10), (), 10)
-    s = Store(str(tmp_path / "p.db"), "test-ring")
+    s = Applier(str(tmp_path / "p.db"), "test-ring")
     try:
         s.apply(sc.records)
         rel = labels(s)

@@ -11,14 +11,14 @@ import sys
 import pytest
 from test_query import drained_ring, workload
 
-from daemon import chain
-from daemon import verify as V
-from daemon.query import connect
-from daemon.store import Store
+from daemon.apply import Applier
+from examiner import verify as V
+from examiner.query import connect
 from pmem import layout as L
 from pmem.layout import Record, RecType
 from provisor.errors import ProvisorError
 from provisor.events import decode, encode
+from store import chain
 
 
 def build(path: str) -> list[int]:
@@ -26,7 +26,7 @@ def build(path: str) -> list[int]:
     returns the NOTE's seq."""
     from hv.synth import Guest
 
-    s = Store(path, "test-ring")
+    s = Applier(path, "test-ring")
     sc, _ = workload()
     recs = list(sc.records)
     note = Record(sc.seq + 1, RecType.NOTE, 0, b"operator: backup started")
@@ -209,8 +209,8 @@ def truncate_consistently(c: sqlite3.Connection, n: int) -> None:
     lo, last_rel, digest = c.execute("SELECT last_seq, coalesce(last_rel, 0), digest FROM chain "
                                      "WHERE batch=?", (n - 1,)).fetchone()
     batches = V._batches(c, V.Report(""), "2")[:n - 1]
-    an = V.Analyzer()
-    for _ in V._replayed(c, batches, an):
+    rp = V.Replay()
+    for _ in V._replayed(c, batches, rp):
         pass
     c.execute("DELETE FROM chain WHERE batch=?", (n,))
     for t in ("events", "notes", "losses", "versions", "attrs"):
@@ -218,7 +218,7 @@ def truncate_consistently(c: sqlite3.Connection, n: int) -> None:
     c.execute("DELETE FROM relations WHERE id > ?", (last_rel,))
     c.execute("DELETE FROM names WHERE bind_seq > ?", (lo,))
     c.execute("UPDATE names SET unbind_seq=NULL WHERE unbind_seq > ?", (lo,))
-    for t, rows in V._final_rows(an).items():
+    for t, rows in rp.state_rows().items():
         c.execute(f"DELETE FROM {t}")
         if rows:
             marks = ",".join("?" * len(next(iter(rows.values()))))
@@ -395,7 +395,7 @@ def test_a_batch_committed_during_verify_is_not_seen_half_way(db, monkeypatch):
         out = real(conn, b)
         if not done:
             done.append(1)
-            s = Store(path, "test-ring")
+            s = Applier(path, "test-ring")
             evs = Guest(9).events(200, start_seq=int(last) + 1)
             s.apply([Record(e.seq, RecType.EVENT, 0, encode(e)) for e in evs])
             s.close()
@@ -410,10 +410,10 @@ def test_a_batch_committed_during_verify_is_not_seen_half_way(db, monkeypatch):
 
 
 def test_unknown_chain_encoding_is_refused(tmp_path):
-    from daemon.store import Store
-    from daemon.verify import VerifyError, verify
+    from daemon.apply import Applier
+    from examiner.verify import VerifyError, verify
 
-    s = Store(str(tmp_path / "e.db"), "r")
+    s = Applier(str(tmp_path / "e.db"), "r")
     s.conn.execute("UPDATE meta SET value='99' WHERE key='chain_encoding'")
     with pytest.raises(VerifyError, match="encoding 99"):
         verify(s.conn, str(tmp_path / "e.db"))
@@ -500,7 +500,7 @@ def test_the_daemon_does_not_chain_edited_state(db):
     k = _keys_of(c)
     c.execute("UPDATE processes SET exe='/bin/forged' WHERE id=?", (k["p"],))
     with pytest.raises(ProvisorError, match=r"damaged store: the processes rows differ"):
-        Store(path, "test-ring")
+        Applier(path, "test-ring")
     f = first(check(path))
     assert (f.table, f.key) == ("processes", f"id={k['p']}")
 
@@ -511,13 +511,13 @@ def test_an_encoding_1_store_still_verifies_and_grows_in_encoding_1(tmp_path):
     from hv.synth import Guest
 
     path = str(tmp_path / "old.db")
-    s = Store(path, "r")
+    s = Applier(path, "r")
     s.conn.execute("ALTER TABLE chain DROP COLUMN state")
     s.conn.execute("UPDATE meta SET value='1' WHERE key='chain_encoding'")
     s.close()
     recs = [Record(e.seq, RecType.EVENT, 0, encode(e)) for e in Guest(2).events(400)]
     for i in range(0, 400, 100):
-        s = Store(path, "r")
+        s = Applier(path, "r")
         s.apply(recs[i:i + 100])
         s.close()
     rep = check(path)

@@ -21,18 +21,19 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from store import schema
+
 GENESIS = bytes(32)
 ENCODING = "3"  # meta chain_encoding of new stores: bump whenever digest() changes
 ENCODINGS = ("1", "2", "3")  # what this provisor writes and verifies
 _LEN = struct.Struct("<I")
 
-# the columns that are chained, in order (a prefix of each table's schema)
-EVENT_COLS = ("seq", "ts_ns", "vcpu", "phase", "entry_seq", "nr", "name", "tgid", "pid", "ppid",
-              "uid", "start_time", "comm", "cwd", "paths", "ret", "flags", "payload")
-RELATION_COLS = ("id", "kind", "src", "dst", "entry_seq", "exit_seq", "ts_ns")
-VERSION_COLS = ("id", "kind", "object_id", "version", "seq", "ts_ns", "reason")
-NAME_COLS = ("id", "artifact_id", "path", "bind_seq")  # unbind_seq is chained when it is set
-ATTR_COLS = ("node", "key", "value", "seq")
+# the columns that are chained, in order: each table's declared columns (store/schema)
+EVENT_COLS = schema.EVENTS.cols
+RELATION_COLS = schema.RELATIONS.cols
+VERSION_COLS = schema.VERSIONS.cols
+NAME_COLS = schema.NAMES.cols[:4]  # unbind_seq is chained when it is set
+ATTR_COLS = schema.ATTRS.cols
 
 
 @dataclass
@@ -87,13 +88,7 @@ def digest(prev: bytes, events: Iterable[Sequence[object]],
 # added as it is, so the store keeps the sums in step with the tables at a cost per row written,
 # and verify recomputes them with one scan per table. Finding other rows with the same sum is a
 # 2048-bit knapsack problem.
-STATE_TABLES = {
-    "processes": "SELECT * FROM processes",
-    "fds": "SELECT * FROM fds",
-    "proc_used": "SELECT * FROM proc_used",
-    "artifacts": "SELECT * FROM artifacts",
-    "pending": "SELECT seq FROM pending",
-}
+STATE_TABLES = {t: schema.TABLES[t].select() for t in schema.STATE_TABLES}
 _BITS = 2048
 _MOD = 1 << _BITS
 

@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from daemon import meta
-from daemon.analyzer import normpath
-from daemon.store import QUERY_INDEXES, check_files, ensure_indexes
 from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
+from provisor.guestpath import normpath
 from provisor.guesttext import canonical
+from store import schema, sqlite
+
+# the covering indexes the lineage walks read (store/schema), added to an older store on open
+_QUERY_INDEXES = tuple(n for n, _ in schema.RELATIONS.indexes if n.startswith("relations_"))
 
 NO_LIMIT = 1 << 62
 EXPORT_FORMATS = ("prov-json", "prov-n", "prov-xml", "rdf", "dot")  # daemon/export.py
@@ -57,8 +59,8 @@ class QueryError(ProvisorError):
 
 # -- opening and input ---------------------------------------------------------------------
 def connect(path: str) -> sqlite3.Connection:
-    """Open a provisor DB for reading; add missing query indexes first when it is writable
-    (an older DB), so walks never fall back to a table scan."""
+    """Open a provisor DB for reading (store/sqlite's checks); add missing query indexes
+    first when it is writable (an older DB), so walks never fall back to a table scan."""
     if not path:
         raise QueryError("no database given (--db, or [daemon] db in the config)")
     if os.path.isdir(path):
@@ -69,31 +71,14 @@ def connect(path: str) -> sqlite3.Connection:
                                                       os.W_OK)
     # never a symlink or another user's DB (or -wal/-shm/-journal beside it), before SQLite
     # opens them by name
-    if not check_files(path, readonly=not writable, error=QueryError):
-        raise QueryError(f"{path}: no such database")
+    conn, exists = sqlite.open_conn(path, readonly=not writable, error=QueryError)
     try:
-        conn = sqlite3.connect(path if writable else f"file:{path}?mode=ro", uri=not writable,
-                               isolation_level=None, check_same_thread=False)
-    except sqlite3.Error as e:
-        raise QueryError(f"{path}: {e}") from None
-    try:
-        try:
-            conn.execute("PRAGMA busy_timeout=10000")
-            meta.read(conn, path)  # a damaged store: one line, nothing written
-        except sqlite3.OperationalError as e:
-            # a WAL store on read-only media, without its -shm file: nothing can write it
-            # there, so it may be read as immutable
-            if writable or "unable to open" not in str(e) or os.access(
-                    os.path.dirname(os.path.abspath(path)), os.W_OK):
-                raise
-            conn.close()
-            conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
-                                   isolation_level=None, check_same_thread=False)
-            meta.read(conn, path)
+        if not exists:
+            raise QueryError(f"{path}: no such database")
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a deep walk revisits index pages
         have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        if writable and any(sql.split()[5] not in have for sql in QUERY_INDEXES):
-            ensure_indexes(conn)
+        if writable and any(name not in have for name in _QUERY_INDEXES):
+            sqlite.migrate(conn)
         conn.execute("PRAGMA query_only=1")
     except sqlite3.Error as e:
         conn.close()

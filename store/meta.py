@@ -1,7 +1,7 @@
 """The store's ``meta`` table, read and checked in one place.
 
-Every opener (the daemon's and recovery's ``Store``, and ``query``/``export``/``verify``/
-``status`` through ``daemon.query.connect``) reads the meta table through :func:`read`. A
+Every opener (the daemon's and recovery's ``Applier``, and ``query``/``export``/``verify``/
+``status`` through ``examiner.query.connect``) reads the meta table through :func:`read`. A
 value that is missing, of the wrong type or out of range makes the store *damaged*: one line
 (``p.db: damaged store: meta applied_seq is not an integer``) and exit 2, before anything is
 written, instead of a traceback somewhere later.

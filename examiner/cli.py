@@ -1,7 +1,7 @@
 """``provisor query|export|verify|status``: what examiners and auditors run against a store.
 
-Kept apart from daemon/cli.py (the daemon's own command) so that each side edits its own file;
-daemon/cli.py appends these to its ``COMMANDS``.
+The examiner's side of the CLI: it reads a store and never writes one (provisor/cli.py
+registers these beside the daemon's own command).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import click
 
-from daemon import query as Q
+from examiner import query as Q
 from provisor.params import MAX_STEPS
+from provisor.progress import progress
 
 OUTPUTS = ("table", "json", "dot")
 
@@ -185,25 +186,6 @@ def q_writers(cfg: dict, path: str, **kw) -> None:
     _run(cfg, "writers", path, **kw)
 
 
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def update(self, n: int) -> None:
-        pass
-
-
-def _progress(label: str, total: int):
-    """A progress bar on stderr when it is a terminal (else nothing: logs stay clean)."""
-    err = click.get_text_stream("stderr")
-    if not err.isatty():
-        return _NoBar()
-    return click.progressbar(length=max(total, 1), label=label, file=err)
-
-
 @click.command("export")
 @click.option("--db", "db_path", default=None, help="SQLite store (default: config).")
 @click.option("--format", "fmt", type=click.Choice(list(Q.EXPORT_FORMATS)), default="prov-json",
@@ -234,7 +216,7 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
       provisor export --format prov-json --object /w/out.txt -o out.json
       provisor export --format dot --since 2026-11-23T08:00:00Z -o g.dot && dot -Tsvg g.dot
     """
-    from daemon.export import export
+    from examiner.export import export
     from provisor import files
 
     win = Q.Window(Q.parse_time(since), Q.parse_time(until))
@@ -244,7 +226,7 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
         total = conn.execute("SELECT (SELECT count(*) FROM relations) + "
                              "(SELECT count(*) FROM versions)").fetchone()[0]
         # all or nothing through a private temporary file; a device or FIFO written directly
-        with files.output(output) as out, _progress(f"export {fmt}", total) as bar:
+        with files.output(output) as out, progress(f"export {fmt}", total) as bar:
             counts = export(conn, out, fmt, win, target, chunk, bar.update)
     except OSError as e:  # writing OUT failed (ENOSPC on /dev/full, EIO)
         if output == "-" and isinstance(e, BrokenPipeError):
@@ -281,14 +263,14 @@ def verify_cmd(cfg: dict, db_path: str | None, ring_path: str | None, head: str 
     """
     import json
 
-    from daemon import verify as V
+    from examiner import verify as V
 
     db = _db(cfg, db_path)
     conn = Q.connect(db)
     total = conn.execute("SELECT (SELECT count(*) FROM events) + "
                          "(SELECT count(*) FROM relations)").fetchone()[0]
     conn.close()
-    with _progress("verify", total) as bar:
+    with progress("verify", total) as bar:
         rep = V.run(db, ring_path, bar.update, head)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=2))
@@ -331,7 +313,7 @@ def status_cmd(cfg: dict, ring_path: str | None, db_path: str | None, run_verify
     """
     import json
 
-    from daemon.status import render, status
+    from examiner.status import render, status
 
     s = status(_db(cfg, db_path), ring_path or cfg["ring"]["path"], cfg["daemon"]["db"],
                ring_required=ring_path is not None, run_verify=run_verify)

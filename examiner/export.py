@@ -74,7 +74,7 @@ from prov.constants import PROV
 from prov.identifier import Namespace
 from prov.model import ProvDocument
 
-from daemon import query as Q
+from examiner import query as Q
 from provisor.errors import ProvisorError
 
 NS = "urn:provisor:"

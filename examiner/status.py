@@ -13,9 +13,10 @@ import sqlite3
 
 import psutil
 
-from daemon import verify as V
-from daemon.query import connect, fmt_ts
+from examiner import verify as V
+from examiner.query import connect, fmt_ts
 from provisor.errors import ProvisorError
+from store import base
 
 
 def ring_status(path: str) -> dict:
@@ -40,12 +41,12 @@ def db_status(path: str) -> dict:
         q = conn.execute
         meta = dict(q("SELECT key, value FROM meta").fetchall())
         lost = q("SELECT max(lost_total), count(*) FROM losses").fetchone()
+        counts = base.counts(lambda sql: q(sql).fetchall())
         return {"path": path, "ring_uuid": meta.get("ring_uuid") or None,
                 "applied_seq": int(meta.get("applied_seq") or 0),
                 "batches": int(meta.get("batches") or 0), "chain_head": meta.get("chain_head"),
-                "events": q("SELECT count(*) FROM events").fetchone()[0],
-                "relations": q("SELECT count(*) FROM relations").fetchone()[0],
-                "outcome_unknown": q("SELECT count(*) FROM pending").fetchone()[0],
+                "events": counts["events"], "relations": counts["relations"],
+                "outcome_unknown": counts["outcome_unknown"],
                 "lost_reported": lost[0] or 0, "loss_records": lost[1]}
     except sqlite3.DatabaseError as e:
         raise ProvisorError(f"{path}: {e}") from None

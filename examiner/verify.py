@@ -34,11 +34,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from daemon import chain
-from daemon.analyzer import Analyzer
-from daemon.analyzer import Batch as ABatch
+from daemon.replay import Batch as ABatch
+from daemon.replay import Replay, event_row
 from provisor.errors import ProvisorError
-from provisor.events import EventDecodeError, decode
+from store import chain
 
 EV_SQL = f"SELECT {', '.join(chain.EVENT_COLS)} FROM events"
 REL_SQL = f"SELECT {', '.join(chain.RELATION_COLS)} FROM relations"
@@ -240,20 +239,9 @@ def _keys(conn: sqlite3.Connection, b: Batch, ev: list[tuple], rel: list[tuple],
     return found
 
 
-def _derived_row(ev_payload: bytes, seq: int) -> tuple | str:
-    """The events row the analyzer makes from a payload (its own code, not a copy)."""
-    try:
-        ev = decode(ev_payload, seq)
-    except EventDecodeError as e:
-        return f"payload no longer decodes ({e})"
-    an = Analyzer()
-    an.event(ev)
-    return an.b.events[0]
-
-
 def _events(b: Batch, ev: list[tuple], rep: Report) -> bool:
     for row in ev:
-        want = _derived_row(row[-1], row[0])
+        want = event_row(row[-1], row[0])
         if isinstance(want, str):
             rep.add("altered", "events", f"seq={row[0]}", b.n, want)
             return True
@@ -310,18 +298,15 @@ def _swaps(prev: bytes, ev: list[tuple], rel: list[tuple], want: bytes,
                 yield name, rows[a][0], rows[c][0]
 
 
-def _replayed(conn: sqlite3.Connection, batches: list[Batch], an: Analyzer | None = None
+def _replayed(conn: sqlite3.Connection, batches: list[Batch], rp: Replay | None = None
               ) -> Iterator[tuple[Batch, ABatch]]:
     """The stored events through a fresh analyzer, batch by batch: what the daemon wrote."""
-    an = an or Analyzer()
+    rp = rp or Replay()
     for b in batches:
         for (seq, payload) in conn.execute("SELECT seq, payload FROM events WHERE seq > ? AND "
                                            "seq <= ? ORDER BY seq", (b.lo, b.hi)):
-            try:
-                an.event(decode(payload, seq))
-            except EventDecodeError:
-                continue
-        yield b, an.take()
+            rp.feed(seq, payload)
+        yield b, rp.take()
 
 
 def _differ(cols: tuple[str, ...], stored: tuple, want: tuple) -> str:
@@ -530,19 +515,6 @@ def _locate(conn: sqlite3.Connection, batches: list[Batch], i: int, prev: bytes,
 
 
 # -- encoding 2: the rows later batches rewrite ----------------------------------------------
-def _final_rows(an: Analyzer) -> dict[str, dict[tuple, tuple]]:
-    """What the state tables hold after a replay, by key (as daemon/store.py writes them)."""
-    procs = an.proc_by_id.values()
-    return {
-        "processes": {(p.id,): p.row() for p in procs},
-        "fds": {(p.id, fd): (p.id, fd, a, x) for p in procs for fd, (a, x) in p.fds.items()},
-        "proc_used": {(p.id, pos): (p.id, pos, node) for p in procs
-                      for node, pos in p.used.items()},
-        "artifacts": {(a.id,): a.row() for a in an.arts.values()},
-        "pending": {(s,): (s,) for s in an.pending},
-    }
-
-
 _STATE_KEYS = {"processes": 1, "fds": 2, "proc_used": 2, "artifacts": 1, "pending": 1}
 _STATE_COLS = {"processes": ("id", "tgid", "start_time", "parent_id", "exe", "comm", "cwd",
                              "cwd_mnt", "uid", "version", "node", "first_seq", "last_seq",
@@ -563,10 +535,10 @@ def _check_state(conn: sqlite3.Connection, batches: list[Batch], rep: Report) ->
     bad = [t for t, d in have.items() if want.get(t) != d]
     if not bad:
         return
-    an = Analyzer()
-    for _ in _replayed(conn, batches, an):
+    rp = Replay()
+    for _ in _replayed(conn, batches, rp):
         pass
-    final = _final_rows(an)
+    final = rp.state_rows()
     for t in bad:
         k = _STATE_KEYS[t]
         stored = {tuple(r[:k]): tuple(r) for r in conn.execute(chain.STATE_TABLES[t])}
@@ -684,7 +656,7 @@ def load_state(db: str) -> dict | None:
 
 def run(db: str, ring: str | None = None, tick: Callable[[int], None] = lambda n: None,
         expected_head: str | None = None) -> Report:
-    from daemon.query import connect
+    from examiner.query import connect
 
     if expected_head is not None:
         h = expected_head.strip().lower()
