@@ -11,7 +11,7 @@ more outgoing edges; an edge that would leave a frozen node goes from a new vers
 object instead. Then every node's outgoing edges predate its incoming ones, so no cycle can
 close (each edge of a cycle would have to be older than the one before it).
 
-The analyzer only computes rows; daemon/store.py writes them (and this state) in the same
+The analyzer only computes rows; daemon/apply.py and store/sqlite.py writes them (and this state) in the same
 transaction that advances the applied sequence number.
 """
 
@@ -150,7 +150,7 @@ class Analyzer:
         self.pending: dict[int, Event] = {}  # entry seq -> entry event awaiting its exit
         # the pending entries that write data (DATA_WRITE, TRANSFER), and those of them whose
         # generation a reader already saw (``_early_writes``): both follow from ``pending``
-        # and the relations, so a restarted daemon rebuilds them (daemon/store.py)
+        # and the relations, so a restarted daemon rebuilds them (daemon/apply.py and store/sqlite.py)
         self.pending_writes: set[int] = set()
         self.early_done: set[int] = set()
         self.names_of: dict[int, set[str]] = {}  # artifact -> the paths bound to it now
@@ -465,7 +465,7 @@ class Analyzer:
         endpoint bound there unconnected (a UDP server: key (family, type, addr, "")), now or
         when that endpoint is seen (``by_remote``), so what the server then receives derives
         from what was sent (``_flow``). Recorded as attrs ``sent_to`` (once per address while
-        remembered) and ``peer``, for a restart (daemon/store.py ``_load_endpoints``)."""
+        remembered) and ``peer``, for a restart (daemon/apply.py and store/sqlite.py ``_load_endpoints``)."""
         ep = next((e for e in ev.endpoints if e.file == 0), None)  # the fd argument's socket
         if ep is None or ep.remote or ep.peer or ep.family != ev.addr_family:
             return

@@ -2,7 +2,7 @@
 
 Every answer is a :class:`Result` (nodes, edges, table rows, outcome-unknown events) so that the
 CLI can print it as a table, JSON or Graphviz DOT without knowing the query. Walks are recursive
-CTEs over the covering indexes ``relations_walk_up`` / ``relations_walk_down`` (daemon/store.py),
+CTEs over the covering indexes ``relations_walk_up`` / ``relations_walk_down`` (daemon/apply.py and store/sqlite.py),
 so a step reads only the index. All edges point from effect to cause (used: process -> artifact,
 wasGeneratedBy: artifact -> process, wasInformedBy: newer/child -> older/parent, wasDerivedFrom:
 artifact -> artifact), so *ancestors* follow ``src -> dst`` and *descendants* ``dst -> src``.
@@ -41,7 +41,7 @@ from store import schema, sqlite
 _QUERY_INDEXES = tuple(n for n, _ in schema.RELATIONS.indexes if n.startswith("relations_"))
 
 NO_LIMIT = 1 << 62
-EXPORT_FORMATS = ("prov-json", "prov-n", "prov-xml", "rdf", "dot")  # daemon/export.py
+EXPORT_FORMATS = ("prov-json", "prov-n", "prov-xml", "rdf", "dot")  # examiner/export.py
 _INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also takes '²'
 _ID = re.compile(r"[0-9]{1,19}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

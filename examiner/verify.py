@@ -1,6 +1,6 @@
 """``provisor verify``: recompute the tamper-evidence hash chain and say where it breaks.
 
-The chain (daemon/chain.py, the only definition of a link) covers, per ``chain`` row (one
+The chain (store/chain.py, the only definition of a link) covers, per ``chain`` row (one
 applied batch), the events with seq in (previous last_seq, last_seq] and the relations with id
 in [first_rel, last_rel], in key order; in chain encoding 2 also the versions, names, losses
 and notes the batch wrote and the state (multiset hashes) of the tables later batches rewrite,
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from daemon.replay import Batch as ABatch
 from daemon.replay import Replay, event_row
 from provisor.errors import ProvisorError
-from store import chain
+from store import chain, schema
 
 EV_SQL = f"SELECT {', '.join(chain.EVENT_COLS)} FROM events"
 REL_SQL = f"SELECT {', '.join(chain.RELATION_COLS)} FROM relations"
@@ -515,15 +515,12 @@ def _locate(conn: sqlite3.Connection, batches: list[Batch], i: int, prev: bytes,
 
 
 # -- encoding 2: the rows later batches rewrite ----------------------------------------------
-_STATE_KEYS = {"processes": 1, "fds": 2, "proc_used": 2, "artifacts": 1, "pending": 1}
-_STATE_COLS = {"processes": ("id", "tgid", "start_time", "parent_id", "exe", "comm", "cwd",
-                             "cwd_mnt", "uid", "version", "node", "first_seq", "last_seq",
-                             "exit_seq"),
-               "fds": ("proc_id", "fd", "artifact_id", "cloexec"),
-               "proc_used": ("proc_id", "pos", "node"),
-               "artifacts": ("id", "kind", "dev", "ino", "path", "version", "node",
-                             "created_seq"),
-               "pending": ("seq",)}
+def _state_cols(t: str) -> tuple[str, ...]:
+    return schema.TABLES[t].cols
+
+
+def _state_keylen(t: str) -> int:
+    return len(schema.TABLES[t].pk)
 
 
 def _check_state(conn: sqlite3.Connection, batches: list[Batch], rep: Report) -> None:
@@ -540,10 +537,10 @@ def _check_state(conn: sqlite3.Connection, batches: list[Batch], rep: Report) ->
         pass
     final = rp.state_rows()
     for t in bad:
-        k = _STATE_KEYS[t]
+        k = _state_keylen(t)
         stored = {tuple(r[:k]): tuple(r) for r in conn.execute(chain.STATE_TABLES[t])}
         exp = final[t]
-        keyname = _STATE_COLS[t][:k]
+        keyname = _state_cols(t)[:k]
 
         def key(kv: tuple, names: tuple[str, ...] = keyname) -> str:
             return " ".join(f"{n}={v}" for n, v in zip(names, kv, strict=True))
@@ -558,7 +555,7 @@ def _check_state(conn: sqlite3.Connection, batches: list[Batch], rep: Report) ->
             elif w is None:
                 rep.add("inserted", t, key(kv), last.n, "not produced by a replay")
             else:
-                rep.add("altered", t, key(kv), last.n, _differ(_STATE_COLS[t], s, w))
+                rep.add("altered", t, key(kv), last.n, _differ(_state_cols(t), s, w))
             found = True
             break
         if not found:
