@@ -19,8 +19,9 @@ from pmem.layout import Record, RecType
 from provisor.events import EventDecodeError, decode
 from provisor.guesttext import escape
 from provisor.syscalls import BY_NR
-from store import chain, meta, schema
+from store import chain, meta, postgres, schema
 from store.base import Changes, StoreError
+from store.postgres import PostgresStore
 from store.sqlite import SQLiteStore
 
 __all__ = ["Applier", "StoreError"]
@@ -33,7 +34,10 @@ class Applier:
                  readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
-        self.db = SQLiteStore(path, readonly=readonly)
+        self.db: SQLiteStore | PostgresStore = (
+            PostgresStore(path, readonly=readonly) if postgres.is_url(path)
+            else SQLiteStore(path, readonly=readonly))
+        self.path = self.db.path  # what errors name (a URL without its password)
         try:
             self.ring_uuid = self.db.ring_uuid
             if ring_uuid and self.ring_uuid and ring_uuid != self.ring_uuid:
@@ -198,7 +202,7 @@ class Applier:
         for aid, key, value in self.db.q(
                 "SELECT v.object_id, a.key, a.value FROM attrs a JOIN versions v ON v.id = a.node "
                 "WHERE v.kind = 'socket' AND (a.key IN ('peer', 'sent_to') OR "
-                "a.key LIKE 'endpoint_%') ORDER BY a.rowid"):
+                f"a.key LIKE 'endpoint_%') ORDER BY a.{self.db.insert_order}"):
             if key == "peer":
                 other = value.rpartition(":")[2]
                 if other.isdigit():

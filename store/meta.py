@@ -55,6 +55,11 @@ def read(conn: sqlite3.Connection, path: str) -> Meta:
         if "no such table" in str(e):
             raise DamagedStore(f"{path}: damaged store: no meta table") from None
         raise
+    return check(rows, path)
+
+
+def check(rows: list[tuple], path: str) -> Meta:
+    """The meta rows (key, value) of any backend, checked."""
     raw: dict[str, object] = {k: v for k, v in rows}
 
     def bad(key: str, what: str) -> DamagedStore:

@@ -1,0 +1,238 @@
+"""The PostgreSQL backend: the shared store of a fleet (psycopg 3).
+
+The same schema (store/schema.py) as SQLite, and the same exactly-once contract: a batch is one
+transaction that also advances the ring's ``applied_seq``; the daemon releases the ring only
+after ``commit`` returned (``synchronous_commit`` is on: the commit is durable on the server).
+
+One database holds many rings: each ring's tables live in a PostgreSQL schema (a namespace) of
+its own, ``provisor_<machine>``, so that several daemons (one per ring) write into one database
+concurrently without sharing a row, a sequence or an id, and a lineage walk can never step from
+one machine's graph into another's. One writer per namespace: the writer holds a session
+advisory lock keyed by the namespace; a second daemon or recovery on the same ring is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from provisor import faults
+from store import base, chain, meta, schema
+from store.base import Changes, StoreError
+
+DIALECT = "postgresql"
+MACHINE_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
+_LOCK_CLASS = 0x50524F56  # "PROV": the advisory lock's first key
+
+
+def is_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def namespace(machine: str) -> str:
+    if not MACHINE_RE.fullmatch(machine):
+        raise StoreError(f"machine name {machine!r}: use 1-40 of a-z, 0-9 and _ (a letter or "
+                         "digit first)")
+    return f"provisor_{machine}"
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """The connection URL without provisor's own ``machine`` parameter, and that parameter."""
+    parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    machine = next((v for k, v in params if k == "machine"), None)
+    rest = urlencode([(k, v) for k, v in params if k != "machine"])
+    return urlunsplit(parts._replace(query=rest)), machine
+
+
+def redact(url: str) -> str:
+    """The URL as printed: never its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    user = f"{parts.username}:***@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
+
+
+def connect(url: str, *, error: type[Exception] = StoreError):
+    try:
+        import psycopg
+    except ImportError:
+        raise error("PostgreSQL store: psycopg 3 is not installed (pip install "
+                    "'psycopg[binary]')") from None
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as e:
+        first = (str(e).strip().splitlines() or ["cannot connect"])[0]
+        raise error(f"{redact(url)}: {first}") from None
+
+
+class PostgresStore:
+    """One ring's tables in their own namespace of a PostgreSQL database."""
+
+    dialect = DIALECT
+    has_attrs = True  # every PostgreSQL store was made with the attrs table
+    # attrs has no key: its rows in the order written (append-only, never updated, so the
+    # heap order is the insertion order)
+    insert_order = "ctid"
+
+    def __init__(self, url: str, machine: str = "default", *, readonly: bool = False) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.url, m = split_url(url)
+        self.machine = m or machine
+        self.ns = namespace(self.machine)
+        self.path = f"{redact(self.url)} [{self.machine}]"  # what errors name
+        self.readonly = readonly
+        self.conn = connect(self.url)
+        try:
+            self._open()
+        except psycopg.Error as e:
+            self.conn.close()
+            raise StoreError(f"{self.path}: {_first_line(e)}") from None
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _open(self) -> None:
+        c = self.conn
+        exists = c.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                           (self.ns,)).fetchone() is not None
+        if self.readonly and not exists:
+            raise StoreError(f"{self.path}: no such store (no schema {self.ns})")
+        if not self.readonly:
+            key = zlib.crc32(self.ns.encode())
+            got = c.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                            (_LOCK_CLASS, key - (1 << 31))).fetchone()[0]
+            if not got:
+                raise StoreError(f"{self.path}: another writer (daemon or recovery) holds this "
+                                 "ring's store")
+        c.execute(f'SET search_path TO "{self.ns}"')
+        if not exists:
+            self._create()
+        elif not self.readonly:
+            with c.transaction():
+                for sql in schema.migration(DIALECT):
+                    c.execute(sql)
+        self._meta = meta.check(c.execute("SELECT key, value FROM meta").fetchall(), self.path)
+        self.ring_uuid = self._meta.ring_uuid
+        self.applied_seq = self._meta.applied_seq
+        self.chain_head, self.batches = self._meta.chain_head, self._meta.batches
+        self.encoding = self._meta.chain_encoding
+
+    def _create(self) -> None:
+        c = self.conn
+        with c.transaction():
+            c.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.ns}"')
+            if c.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'meta'",
+                         (self.ns,)).fetchone():
+                return  # made by a creator that finished first
+            for sql in schema.ddl(DIALECT):
+                c.execute(sql)
+            c.cursor().executemany(schema.TABLES["meta"].insert(DIALECT), [
+                ("schema_version", str(meta.SCHEMA_VERSION)), ("ring_uuid", ""),
+                ("applied_seq", "0"), ("chain_head", chain.GENESIS.hex()), ("batches", "0"),
+                ("chain_encoding", chain.ENCODING), ("machine_name", self.machine)])
+
+    # -- reading -----------------------------------------------------------------------------
+    def q(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        """A query written for both backends (``?`` placeholders)."""
+        if args:
+            sql = sql.replace("%", "%%").replace("?", "%s")
+            return self.conn.execute(sql, tuple(args)).fetchall()
+        return self.conn.execute(sql).fetchall()
+
+    def rows(self, table: str, order: str = "") -> Iterator[tuple]:
+        sql = schema.TABLES[table].select() + (f" ORDER BY {order}" if order else "")
+        return iter(self.conn.execute(sql).fetchall())
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return row[0] if row else None
+
+    def stored(self, table: str, col: str, keys: Sequence[object]) -> list[tuple]:
+        return self.conn.execute(f"{schema.TABLES[table].select()} WHERE {col} = ANY(%s)",
+                                 (list(keys),)).fetchall()
+
+    def state(self) -> chain.State:
+        return chain.State.of(self.conn)
+
+    def last_state(self) -> bytes | None:
+        row = self.conn.execute("SELECT state FROM chain ORDER BY batch DESC LIMIT 1"
+                                ).fetchone()
+        return None if row is None else bytes(row[0] or b"")
+
+    def counts(self) -> dict[str, int]:
+        return base.counts(self.q)
+
+    # -- writing -----------------------------------------------------------------------------
+    def set_ring(self, ring_uuid: str) -> None:
+        self.conn.execute("UPDATE meta SET value = %s WHERE key = 'ring_uuid'", (ring_uuid,))
+        self.ring_uuid = ring_uuid
+
+    def record_machine(self, text: str) -> None:
+        self.conn.execute("INSERT INTO meta VALUES ('machine', %s) ON CONFLICT DO NOTHING",
+                          (text,))
+
+    def write(self, ch: Changes, st_before: chain.State | None) -> chain.State | None:
+        """One batch in one transaction, with its chain link and ``applied_seq``."""
+        c, T, psycopg = self.conn, schema.TABLES, self._psycopg
+        try:
+            with c.transaction():
+                cur = c.cursor()
+                st = None if st_before is None else base.state_after(
+                    st_before, self.stored, ch, lambda pid, pos: c.execute(
+                        f"{T['proc_used'].select()} WHERE proc_id = %s AND pos = %s",
+                        (pid, pos)).fetchone())
+                head = base.link(self.chain_head, self.encoding, ch, st)
+                for table, rows in ch.appended():
+                    if rows:
+                        cur.executemany(T[table].insert(DIALECT), rows)
+                if ch.unbinds:
+                    cur.executemany("UPDATE names SET unbind_seq = %s WHERE id = %s", ch.unbinds)
+                if ch.procs:
+                    cur.executemany(T["processes"].insert(DIALECT, replace=True), ch.procs)
+                    cur.execute("DELETE FROM fds WHERE proc_id = ANY(%s)",
+                                ([r[0] for r in ch.procs],))
+                    if ch.fds:
+                        cur.executemany(T["fds"].insert(DIALECT), ch.fds)
+                if ch.used_clear:
+                    cur.execute("DELETE FROM proc_used WHERE proc_id = ANY(%s)",
+                                (sorted(ch.used_clear),))
+                if ch.used_del:
+                    cur.executemany("DELETE FROM proc_used WHERE proc_id = %s AND pos = %s",
+                                    sorted(ch.used_del))
+                if ch.used_add:
+                    cur.executemany(T["proc_used"].insert(DIALECT), ch.used_add)
+                if ch.arts:
+                    cur.executemany(T["artifacts"].insert(DIALECT, replace=True), ch.arts)
+                if ch.pending_done:
+                    cur.execute("DELETE FROM pending WHERE seq = ANY(%s)", (ch.pending_done,))
+                if ch.pending_new:
+                    cur.executemany(T["pending"].insert(DIALECT, ignore=True),
+                                    [(s,) for s in ch.pending_new])
+                cur.execute(T["chain"].insert(DIALECT),
+                            base.chain_row(self.batches + 1, ch, head, st))
+                cur.executemany("UPDATE meta SET value = %s WHERE key = %s", [
+                    (str(ch.last_seq), "applied_seq"), (head.hex(), "chain_head"),
+                    (str(self.batches + 1), "batches")])
+                faults.point("before_commit")
+            faults.point("after_commit")
+        except psycopg.Error as e:
+            raise StoreError(f"{self.path}: cannot write the store: {_first_line(e)}") from None
+        self.chain_head = head
+        self.batches += 1
+        self.applied_seq = ch.last_seq
+        return st
+
+    def close(self) -> None:
+        self.conn.close()  # the advisory lock goes with the session
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
