@@ -31,12 +31,14 @@ class Applier:
     """A store as the daemon writes it: a backend plus the analyzer's live state."""
 
     def __init__(self, path: str, ring_uuid: str | None = None, *, force: bool = False,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, machine: str | None = None) -> None:
         self.path = path
         self.readonly = readonly
+        # machine: whose store (a PostgreSQL namespace; a SQLite file's meta machine_name);
+        # None: the URL's ?machine=, an existing file's own, else "default"
         self.db: SQLiteStore | PostgresStore = (
-            PostgresStore(path, readonly=readonly) if postgres.is_url(path)
-            else SQLiteStore(path, readonly=readonly))
+            PostgresStore(path, machine, readonly=readonly) if postgres.is_url(path)
+            else SQLiteStore(path, machine, readonly=readonly))
         self.path = self.db.path  # what errors name (a URL without its password)
         try:
             self.ring_uuid = self.db.ring_uuid

@@ -1,4 +1,4 @@
-"""``provisor daemon``: drain a ring into a SQLite provenance store."""
+"""``provisor daemon``: drain a ring into a provenance store (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from daemon.service import Daemon
 
 @click.command("daemon")
 @click.option("--ring", "ring_path", default=None, help="Ring image (default: config).")
-@click.option("--db", "db_path", default=None, help="SQLite store (default: config).")
+@click.option("--db", "db_path", default=None,
+              help="SQLite file or postgresql:// URL (default: config).")
+@click.option("--machine", default=None, metavar="NAME",
+              help="The machine (guest) this ring's records come from: its store, a PostgreSQL "
+              "namespace provisor_NAME or a SQLite file's machine_name (default: the URL's "
+              "?machine=, an existing store's own, else 'default').")
 @click.option("--cpu", type=click.IntRange(0, 65535), default=None,
               help="Pin the daemon to this CPU core.")
 @click.option("--once", is_flag=True, help="Drain what is in the ring now, then exit.")
@@ -26,8 +31,8 @@ from daemon.service import Daemon
               "host's name in the store's meta `machine`, which the export names.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
 @click.pass_obj
-def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int | None,
-               once: bool, force: bool, guest_kernel: str | None, quiet: bool) -> None:
+def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, machine: str | None,
+               cpu: int | None, once: bool, force: bool, guest_kernel: str | None, quiet: bool) -> None:
     """Consume the ring and store the provenance graph, exactly once.
 
     SIGTERM or SIGINT finish the current batch, commit, release and exit 0.
@@ -59,7 +64,8 @@ def daemon_cmd(cfg: dict, ring_path: str | None, db_path: str | None, cpu: int |
         d = Daemon(ring_path or cfg["ring"]["path"], db_path or dc["db"], force=force,
                    batch_min=dc["batch_min"], batch_max=dc["batch_max"],
                    status_interval=dc["status_interval"], fill_warn=dc["fill_warn"], cpu=cpu,
-                   machine={"host": socket.gethostname(), "guest_kernel": guest_kernel})
+                   machine={"host": socket.gethostname(), "guest_kernel": guest_kernel},
+                   machine_name=machine)
         held["d"] = d
         d.stop = bool(held.get("stop"))
         try:

@@ -47,11 +47,13 @@ class Daemon:
     def __init__(self, ring_path: str, db_path: str, *, force: bool = False,
                  batch_min: int = 256, batch_max: int = 16384, status_interval: float = 5.0,
                  fill_warn: float = 0.8, cpu: int | None = None,
-                 readonly: bool = False, machine: dict[str, object] | None = None) -> None:
+                 readonly: bool = False, machine: dict[str, object] | None = None,
+                 machine_name: str | None = None) -> None:
         self.readonly = readonly  # forensic: read the image, never write it (no release)
         self.consumer = Consumer.open(ring_path, readonly=readonly)
         try:
-            self.store = Applier(db_path, self.consumer.header.uuid_str, force=force)
+            self.store = Applier(db_path, self.consumer.header.uuid_str, force=force,
+                                 machine=machine_name)
             self.store.bind_ring(self.consumer.header.uuid_str)
             if machine is not None:  # the live daemon (not recovery: its host is not the guest's)
                 self.store.record_machine(

@@ -15,7 +15,10 @@ from recovery.recover import EXIT_GAPS, Recovery
 @click.command("recover")
 @click.option("--ring", "image", required=True, type=click.Path(),
               help="Ring image (the live ring, or a copy for forensics).")
-@click.option("--db", "db", default=None, help="SQLite store (default: config).")
+@click.option("--db", "db", default=None,
+              help="SQLite file or postgresql:// URL (default: config).")
+@click.option("--machine", default=None, metavar="NAME",
+              help="Whose store (as for `provisor daemon --machine`).")
 @click.option("--read-only", "read_only", is_flag=True, default=None,
               help="Never write the image (default unless IMAGE is the configured live ring).")
 @click.option("--live", "live", is_flag=True, help="Release the ring after replay even if "
@@ -27,8 +30,9 @@ from recovery.recover import EXIT_GAPS, Recovery
               "UUID to this ring. It never lets a DB holding another ring's records take this "
               "ring's, and never releases a record that is not stored.")
 @click.pass_obj
-def recover_cmd(cfg: dict, image: str, db: str | None, read_only: bool | None, live: bool,
-                report_path: str | None, force: bool) -> None:
+def recover_cmd(cfg: dict, image: str, db: str | None, machine: str | None,
+                read_only: bool | None, live: bool, report_path: str | None, force: bool
+                ) -> None:
     """Replay every valid record of IMAGE that is not yet in the DB, exactly once.
 
     Every record whose own CRC is intact is found, in the chain after the checkpoint or not
@@ -55,7 +59,8 @@ def recover_cmd(cfg: dict, image: str, db: str | None, read_only: bool | None, l
     ro = bool(read_only) if read_only is not None else not (is_live or live)
     if report_path:  # before the image is read or the DB touched
         files.check_output(report_path)
-    rec = Recovery(image, db or cfg["daemon"]["db"], read_only=ro, force=force)
+    rec = Recovery(image, db or cfg["daemon"]["db"], read_only=ro, force=force,
+                   machine=machine)
     from provisor.progress import progress  # a bar on a terminal only: logs get no stray line
 
     with progress("replaying", rec.data_size) as bar:

@@ -26,6 +26,7 @@ from daemon.service import Daemon
 from pmem import layout as L
 from pmem.layout import Record, RecType
 from provisor import locks
+from store.postgres import redact
 
 EXIT_GAPS = 3  # records were skipped: the DB lacks a range of the ring's sequence numbers
 
@@ -149,14 +150,14 @@ class Recovery:
     a one-line error) before anything is written."""
 
     def __init__(self, image: str, db: str, *, read_only: bool, force: bool = False,
-                 batch: int = 8192, salvage: bool = True) -> None:
+                 batch: int = 8192, salvage: bool = True, machine: str | None = None) -> None:
         self.t0 = time.monotonic()
         self.batch = batch
         self.salvage = salvage  # False: the chain only, exactly what the daemon would read
         # opening validates the image (then the DB) before anything is written or hashed
         self.daemon = Daemon(image, db, force=force, batch_min=batch, batch_max=batch,
-                             readonly=read_only)
-        self.rep = Report(image=image, db=db, read_only=read_only)
+                             readonly=read_only, machine_name=machine)
+        self.rep = Report(image=image, db=redact(db), read_only=read_only)
         self.rep.sha256_before = sha256_file(image)
         self.rep.header_copies = header_copies(image)
         self.data_size = self.daemon.consumer.size

@@ -21,6 +21,17 @@ SEQ_LIMIT = 1 << 63  # sequence numbers, ids and counters fit SQLite's signed 64
 
 _UINT = re.compile(r"[0-9]{1,19}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# a machine's name: the guest a ring's records come from (one store per machine: a SQLite file,
+# or a PostgreSQL namespace ``provisor_<name>``), safe in a schema name, a file name and a PROV id
+MACHINE_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
+DEFAULT_MACHINE = "default"
+
+
+def check_machine(name: str) -> str:
+    if not isinstance(name, str) or not MACHINE_RE.fullmatch(name):
+        raise ProvisorError(f"machine name {name!r}: use 1-40 of a-z, 0-9 and _ (a letter or "
+                            "digit first)")
+    return name
 
 
 class DamagedStore(ProvisorError):
@@ -36,6 +47,7 @@ class Meta:
     batches: int
     chain_encoding: str
     raw: dict[str, object]
+    machine: str = DEFAULT_MACHINE  # meta machine_name (a store made before it: "default")
 
 
 def read(conn: sqlite3.Connection, path: str) -> Meta:
@@ -87,5 +99,8 @@ def check(rows: list[tuple], path: str) -> Meta:
     head = text("chain_head")
     if not _HEX64.fullmatch(head):
         raise bad("chain_head", f"is not 64 hex digits ({head[:40]!r})")
+    machine = text("machine_name", DEFAULT_MACHINE)
+    if not MACHINE_RE.fullmatch(machine):
+        raise bad("machine_name", f"is not a machine name ({machine[:40]!r})")
     return Meta(ver, text("ring_uuid"), count("applied_seq"), bytes.fromhex(head),
-                count("batches"), text("chain_encoding", "1"), raw)
+                count("batches"), text("chain_encoding", "1"), raw, machine)

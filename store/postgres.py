@@ -13,7 +13,6 @@ advisory lock keyed by the namespace; a second daemon or recovery on the same ri
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -23,7 +22,6 @@ from store import base, chain, meta, schema
 from store.base import Changes, StoreError
 
 DIALECT = "postgresql"
-MACHINE_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
 _LOCK_CLASS = 0x50524F56  # "PROV": the advisory lock's first key
 
 
@@ -32,10 +30,8 @@ def is_url(db: str) -> bool:
 
 
 def namespace(machine: str) -> str:
-    if not MACHINE_RE.fullmatch(machine):
-        raise StoreError(f"machine name {machine!r}: use 1-40 of a-z, 0-9 and _ (a letter or "
-                         "digit first)")
-    return f"provisor_{machine}"
+    """The PostgreSQL schema holding one machine's store."""
+    return f"provisor_{meta.check_machine(machine)}"
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -80,12 +76,16 @@ class PostgresStore:
     # heap order is the insertion order)
     insert_order = "ctid"
 
-    def __init__(self, url: str, machine: str = "default", *, readonly: bool = False) -> None:
+    def __init__(self, url: str, machine: str | None = None, *, readonly: bool = False
+                 ) -> None:
         import psycopg
 
         self._psycopg = psycopg
         self.url, m = split_url(url)
-        self.machine = m or machine
+        if m and machine and m != machine:
+            raise StoreError(f"{redact(url)}: the URL names machine {m!r}, the caller "
+                             f"{machine!r}")
+        self.machine = m or machine or meta.DEFAULT_MACHINE
         self.ns = namespace(self.machine)
         self.path = f"{redact(self.url)} [{self.machine}]"  # what errors name
         self.readonly = readonly

@@ -113,9 +113,11 @@ class SQLiteStore:
     dialect = DIALECT
     insert_order = "rowid"  # attrs has no key: its rows in the order they were written
 
-    def __init__(self, path: str, *, readonly: bool = False) -> None:
+    def __init__(self, path: str, machine: str | None = None, *, readonly: bool = False
+                 ) -> None:
         self.path = path
         self.readonly = readonly
+        self._want_machine = None if machine is None else meta.check_machine(machine)
         self._lock: locks.Lock | None = None
         self.conn, exists = open_conn(path, readonly=readonly)
         try:
@@ -151,6 +153,10 @@ class SQLiteStore:
         self.applied_seq = self._meta.applied_seq
         self.chain_head, self.batches = self._meta.chain_head, self._meta.batches
         self.encoding = self._meta.chain_encoding
+        self.machine = self._meta.machine
+        if self._want_machine is not None and self._want_machine != self.machine:
+            raise StoreError(f"{path}: the store of machine {self.machine!r}, not "
+                             f"{self._want_machine!r} (one store per machine)")
         self.has_attrs = has_table(c, "attrs")  # an old store opened read-only may lack it
 
     def _probe_write(self) -> None:
@@ -176,7 +182,8 @@ class SQLiteStore:
             c.executemany(schema.TABLES["meta"].insert(DIALECT), [
                 ("schema_version", str(meta.SCHEMA_VERSION)), ("ring_uuid", ""),
                 ("applied_seq", "0"), ("chain_head", chain.GENESIS.hex()), ("batches", "0"),
-                ("chain_encoding", chain.ENCODING)])
+                ("chain_encoding", chain.ENCODING),
+                ("machine_name", self._want_machine or meta.DEFAULT_MACHINE)])
             c.execute(f"PRAGMA application_id={meta.APP_ID}")
             c.execute("COMMIT")
         except BaseException:

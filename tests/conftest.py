@@ -24,3 +24,25 @@ def shm_dir() -> Iterator[Path]:
         yield Path(d)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster (Debian's server) for the whole run, on a unix socket."""
+    from store import pgcluster
+
+    c = pgcluster.temporary()
+    try:
+        c.start()
+        yield c
+    finally:
+        pgcluster.remove(c)
+
+
+_pg_dbs = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """A new empty database in the private cluster: its URL, as the superuser."""
+    return pg_cluster.createdb(f"t{os.getpid()}_{next(_pg_dbs)}")
