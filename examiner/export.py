@@ -76,6 +76,7 @@ from prov.model import ProvDocument
 
 from examiner import query as Q
 from provisor.errors import ProvisorError
+from store import reader
 
 NS = "urn:provisor:"
 PROVISOR = Namespace("provisor", NS)
@@ -112,8 +113,7 @@ _INT = re.compile(r"-?[0-9]{1,19}")
 
 
 def has_attrs(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='attrs'"
-                        ).fetchone() is not None
+    return reader.has_table(conn, "attrs")
 
 
 def _value(key: str, text: object) -> object:

@@ -35,7 +35,7 @@ from provisor.errors import ProvisorError
 from provisor.events import EventDecodeError, decode
 from provisor.guestpath import normpath
 from provisor.guesttext import canonical
-from store import schema, sqlite
+from store import postgres, reader, schema, sqlite
 
 # the covering indexes the lineage walks read (store/schema), added to an older store on open
 _QUERY_INDEXES = tuple(n for n, _ in schema.RELATIONS.indexes if n.startswith("relations_"))
@@ -58,11 +58,18 @@ class QueryError(ProvisorError):
 
 
 # -- opening and input ---------------------------------------------------------------------
-def connect(path: str) -> sqlite3.Connection:
+def connect(path: str, machine: str | None = None) -> sqlite3.Connection:
     """Open a provisor DB for reading (store/sqlite's checks); add missing query indexes
-    first when it is writable (an older DB), so walks never fall back to a table scan."""
+    first when it is writable (an older DB), so walks never fall back to a table scan. A
+    postgresql:// URL opens ``machine``'s namespace read-only (store/reader.PgConn: the same
+    SQL, translated)."""
     if not path:
         raise QueryError("no database given (--db, or [daemon] db in the config)")
+    if postgres.is_url(path):
+        try:
+            return reader.PgConn(path, machine)  # type: ignore[return-value]
+        except ProvisorError as e:
+            raise QueryError(str(e)) from None
     if os.path.isdir(path):
         raise QueryError(f"{path}: is a directory")
     if not os.path.lexists(path):
@@ -293,8 +300,7 @@ def describe_nodes(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, di
         exes: dict[int, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
         # the analyzer's image of an execve version (attrs exe: the binary as the kernel
         # resolved it, against execveat's dirfd too), else its entry's path made absolute
-        has = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='attrs'"
-                           ).fetchone() is not None
+        has = reader.has_table(conn, "attrs")
         image = "(SELECT a.value FROM attrs a WHERE a.node = v.id AND a.key = 'exe' " \
                 "ORDER BY a.rowid DESC LIMIT 1)" if has else "NULL"
         for obj, ver, paths, cwd, img in conn.execute(

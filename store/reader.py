@@ -1,0 +1,102 @@
+"""Reading a store on either backend with the examiner's SQL (written once, SQLite's dialect).
+
+The examiner's queries (the recursive CTEs of ``query``, ``export``'s and ``verify``'s reads)
+are written once. On SQLite they run as written; on PostgreSQL a :class:`PgConn` stands in for
+the ``sqlite3.Connection`` and translates the few places the dialects differ, all listed here:
+
+* ``?`` placeholders become ``%s`` (a literal ``%`` is doubled);
+* ``SELECT value[, expr] FROM json_each(?)``, the id-list idiom (a JSON array of integers
+  bound as one parameter), becomes ``json_array_elements_text`` cast to ``bigint``;
+* ``rowid`` (insertion order of a table without a key, such as ``attrs``) becomes ``ctid``:
+  append-only tables are never updated, so their heap order is the order written;
+* ``sqlite_master`` is not translated: ask :func:`has_table`.
+
+The PostgreSQL reader runs in one ``REPEATABLE READ READ ONLY`` transaction: every statement of
+one examiner command sees the same snapshot while daemons keep committing, and nothing it runs
+can write.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+
+from store import meta, postgres
+from store.base import StoreError
+
+_JSON_IDS = re.compile(r"SELECT value((?:\s*,\s*[^()]+?)?)\s+FROM json_each\(%s\)")
+_ROWID = re.compile(r"\browid\b")
+
+
+def translate(sql: str) -> str:
+    """The examiner's SQLite-dialect statement, for PostgreSQL."""
+    sql = sql.replace("%", "%%").replace("?", "%s")
+    sql = _JSON_IDS.sub(r"SELECT value::bigint\1 FROM json_array_elements_text(%s::json) "
+                        r"AS j(value)", sql)
+    if "json_each(" in sql:
+        raise StoreError(f"json_each outside the id-list idiom: {sql[:80]}")
+    return _ROWID.sub("ctid", sql)
+
+
+class PgConn:
+    """A read-only PostgreSQL connection to one machine's namespace, with the small part of
+    ``sqlite3.Connection``'s interface the examiner uses (``execute``, ``close``)."""
+
+    dialect = postgres.DIALECT
+
+    def __init__(self, url: str, machine: str | None = None) -> None:
+        base_url, m = postgres.split_url(url)
+        self.machine = meta.check_machine(machine or m or meta.DEFAULT_MACHINE)
+        self.ns = postgres.namespace(self.machine)
+        self.path = f"{postgres.redact(base_url)} [{self.machine}]"
+        self.conn = postgres.connect(base_url)
+        try:
+            c = self.conn
+            if c.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                         (self.ns,)).fetchone() is None:
+                raise StoreError(f"{self.path}: no such store (no schema {self.ns})")
+            c.autocommit = False
+            c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            c.execute(f'SET LOCAL search_path TO "{self.ns}"')
+            self.meta = meta.check(c.execute("SELECT key, value FROM meta").fetchall(),
+                                   self.path)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def execute(self, sql: str, args: Sequence[object] = ()):  # noqa: ANN201 (a cursor)
+        return self.conn.execute(translate(sql), tuple(args) if args else None)
+
+    def rows(self, sql: str, args: Sequence[object] = ()) -> Iterator[tuple]:
+        return iter(self.execute(sql, args))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> PgConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def machines(url: str) -> list[str]:
+    """The machines that have a store in the PostgreSQL database at ``url``, by name."""
+    base_url, _ = postgres.split_url(url)
+    conn = postgres.connect(base_url)
+    try:
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'provisor\\_%' "
+                            "ORDER BY nspname").fetchall()
+    finally:
+        conn.close()
+    out = [r[0][len("provisor_"):] for r in rows]
+    return [m for m in out if meta.MACHINE_RE.fullmatch(m)]
+
+
+def has_table(conn, name: str) -> bool:  # noqa: ANN001 (sqlite3.Connection or PgConn)
+    """Whether the store on ``conn`` has table ``name`` (an older SQLite store may lack one)."""
+    if getattr(conn, "dialect", "sqlite") == postgres.DIALECT:
+        return conn.conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND "
+                                 "tablename = %s", (conn.ns, name)).fetchone() is not None
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                        (name,)).fetchone() is not None
