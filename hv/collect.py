@@ -112,12 +112,14 @@ def daemon_available() -> bool:
     return any(getattr(c, "name", "") == "daemon" for c in getattr(dc, "COMMANDS", []))
 
 
-def start_daemon(ring: str, db: str, log_path: str, guest_kernel: str | None = None
-                 ) -> subprocess.Popen:
+def start_daemon(ring: str, db: str, log_path: str, guest_kernel: str | None = None,
+                 machine: str | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from provisor.cli import main; main()",
            "daemon", "--ring", ring, "--db", db, "-q"]
     if guest_kernel:
         cmd += ["--guest-kernel", guest_kernel]
+    if machine:
+        cmd += ["--machine", machine]
     from provisor import files
 
     # appended across runs; created 0600 (or 0640 with [files] group), never through a planted
@@ -141,10 +143,28 @@ def stop_daemon(proc: subprocess.Popen, timeout: float = 60.0) -> int:
             from None
 
 
-def db_counts(db: str) -> dict[str, int]:
-    """The store's summary counts (store/base.counts), or {} when there is no store yet."""
-    from store import base, sqlite
+def daemon_log(ring_path: str, db: str) -> str:
+    """The daemon's log: beside a SQLite store, else beside the ring."""
+    from store import postgres
 
+    return f"{ring_path if postgres.is_url(db) else db}.daemon.log"
+
+
+def db_counts(db: str, machine: str | None = None) -> dict[str, int]:
+    """The store's summary counts (store/base.counts), or {} when there is no store yet."""
+    from store import base, postgres, reader, sqlite
+
+    if postgres.is_url(db):
+        try:
+            conn = reader.PgConn(db, machine)
+        except ProvisorError as e:
+            if "no such store" in str(e):
+                return {}
+            raise CollectError(str(e)) from None
+        try:
+            return base.counts(lambda sql: conn.execute(sql).fetchall())
+        finally:
+            conn.close()
     if not os.path.exists(db):
         return {}
     # the same checks as every opener: never a planted DB or side file, a checked meta
@@ -161,7 +181,7 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
             ring_path: str | None = None, db: str | None = None, *, kaslr: bool = True,
             mode: str = "entry-exit", trap: str = "plugin", run_daemon: bool = True,
             serial_log: str | None = None, timeout: float = 600.0, mem: str = "file",
-            smp: int = 1, log=_echo) -> Summary:
+            smp: int = 1, machine: str | None = None, log=_echo) -> Summary:
     """Boot, trace until poweroff, stop the daemon. ``trap="plugin"`` (the default): QEMU 10's
     native plugin writes the ring (hv/native.py); ``"watch"``/``"break"``: the gdbstub
     interceptor (hv/interceptor.py), where ``mem="gdb"`` reads guest memory with 'm' packets
@@ -170,8 +190,11 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
     from hv.profile import Profile
     from pmem import ring
     from provisor.config import parse_size
+    from store import meta
 
     t0 = time.monotonic()
+    if machine is not None:
+        meta.check_machine(machine)
     if trap not in ("plugin", "watch", "break"):
         raise CollectError(f"unknown trap {trap!r}")
     if trap == "plugin" and mode != "entry-exit":
@@ -210,7 +233,8 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
     try:
         if run_daemon:
             if daemon_available():
-                dproc = start_daemon(ring_path, db, f"{db}.daemon.log", kit.release)
+                dproc = start_daemon(ring_path, db, daemon_log(ring_path, db), kit.release,
+                                     machine)
             else:
                 log("no `provisor daemon` in this build: events stay in the ring")
         if trap == "plugin":
@@ -226,9 +250,10 @@ def collect(cfg: dict[str, Any], workload: str, include: str | None = None,
         if dproc is not None:
             rc = stop_daemon(dproc)
             if rc != 0:
-                log(f"the daemon exited with status {rc}: {_last_line(f'{db}.daemon.log')}")
+                log(f"the daemon exited with status {rc}: "
+                    f"{_last_line(daemon_log(ring_path, db))}")
     if dproc is not None:
-        s.db = db_counts(db)
+        s.db = db_counts(db, machine)
     s.elapsed = time.monotonic() - t0
     return s
 
@@ -291,7 +316,7 @@ def _run_native(s: Summary, kit, initrd: str, append: str, ring_path: str, profi
             if dproc is not None and dproc.poll() is not None:
                 when = "at start" if time.monotonic() - t_vm < 10 else "while collecting"
                 raise CollectError(f"the daemon exited {when}: "
-                                   f"{_last_line(f'{db}.daemon.log')}")
+                                   f"{_last_line(daemon_log(ring_path, db))}")
 
         def progress(st) -> None:
             s.ring_hwm = max(s.ring_hwm, st.fill)
@@ -371,7 +396,8 @@ def _run_gdb(s: Summary, kit, initrd: str, append: str, producer, profile, trap:
         ic = Interceptor(gdb, vmem, lx, producer, kv, trap=trap, entry=sites, mode=mode,
                          record_envp=record_envp, progress=progress)
         if dproc is not None and dproc.poll() is not None:
-            raise CollectError(f"the daemon exited at start: {_last_line(f'{db}.daemon.log')}")
+            raise CollectError("the daemon exited at start: "
+                               f"{_last_line(daemon_log(producer.region.path, db))}")
         ic.install()
         st = ic.run(timeout=timeout)
         s.ring_hwm = max(s.ring_hwm, _ring_fill(producer))
@@ -434,7 +460,10 @@ def _check_banner(mem, profile, syms: dict[str, int], slide: int) -> None:
 @click.option("--include", type=click.Path(file_okay=False),
               help="Directory copied into the initramfs root (DIR/bin/x becomes /bin/x).")
 @click.option("--ring", "ring_path", help="Ring image (default: config; created if missing).")
-@click.option("--db", help="SQLite store (default: config).")
+@click.option("--db", help="SQLite file or postgresql:// URL (default: config).")
+@click.option("--machine", default=None, metavar="NAME",
+              help="The guest's machine name: its store (a SQLite file's machine_name, a "
+              "PostgreSQL namespace provisor_NAME).")
 @click.option("--nokaslr", is_flag=True, help="Boot the guest with nokaslr.")
 @click.option("--exit-only", is_flag=True,
               help="One event per syscall, after it ran (weaker: not write-ahead).")
@@ -450,7 +479,7 @@ def _check_banner(mem, profile, syms: dict[str, int], slide: int) -> None:
               help="Guest memory from QEMU's RAM file, or through gdbstub 'm' packets (slow).")
 @click.pass_obj
 def collect_cmd(cfg: dict[str, Any], workload: str, include: str | None, ring_path: str | None,
-                db: str | None, nokaslr: bool, exit_only: bool, trap: str, smp: int,
+                db: str | None, machine: str | None, nokaslr: bool, exit_only: bool, trap: str, smp: int,
                 no_daemon: bool, serial_log: str | None, mem: str) -> None:
     """Run WORKLOAD in a QEMU guest, trace its syscalls from outside into the ring, and store
     them with the daemon; print a summary when the guest powers off.
@@ -462,6 +491,6 @@ def collect_cmd(cfg: dict[str, Any], workload: str, include: str | None, ring_pa
     s = collect(cfg, workload, include, ring_path, db, kaslr=not nokaslr,
                 mode="exit-only" if exit_only else "entry-exit",
                 trap="watch" if trap == "gdb" else trap, smp=smp,
-                run_daemon=not no_daemon, serial_log=serial_log, mem=mem)
+                run_daemon=not no_daemon, serial_log=serial_log, mem=mem, machine=machine)
     for line in s.lines():
         click.echo(line)

@@ -38,6 +38,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     from provisor.config import load
 
     ctx.obj = load(config_path)
+    if config_path:  # what provisor runs (collect's daemon, a fleet's guests) reads it too
+        os.environ["PROVISOR_CONFIG"] = os.path.abspath(config_path)
     # every file created from here on, ours or a library's (SQLite's -wal/-shm/-journal, logs),
     # is 0600, or 0640 with [files] group (docs/SECURITY.md)
     files.set_group(ctx.obj.get("files", {}).get("group", ""))
