@@ -94,6 +94,7 @@ bench: setup
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/vmi.py
+	$(BIN)/python bench/fleet.py
 
 # the C plugin's copy of the syscall table, generated (stdlib only: no venv needed)
 hv/plugin/syscalls.h: provisor/syscalls.py provisor/abi.py
