@@ -6,7 +6,7 @@ A fleet file (TOML; config/fleet.toml is the example) names the store and the gu
     db = "/dev/shm/provisor-fleet"        # a directory (one SQLite file per guest) or a
                                           # postgresql:// URL (one namespace per guest)
     [[guest]]
-    name = "web"                          # the machine name (store.meta.MACHINE_RE)
+    name = "web"                          # the machine name (provisor.machine.MACHINE_RE)
     workload = "guest/workloads/demo.sh"  # relative to the fleet file
     ring = "/dev/shm/provisor-web.ring"
     smp = 1                               # optional
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisor.errors import ProvisorError
-from store import meta, postgres
+from provisor.machine import check_machine, is_postgres_url
 
 
 class FleetError(ProvisorError):
@@ -49,7 +49,7 @@ class Fleet:
 
     def store_of(self, g: Guest) -> str:
         """Where guest ``g``'s records are stored: its SQLite file, or the shared URL."""
-        return self.db if postgres.is_url(self.db) else os.path.join(self.db, f"{g.name}.db")
+        return self.db if is_postgres_url(self.db) else os.path.join(self.db, f"{g.name}.db")
 
     def guest(self, name: str) -> Guest:
         for g in self.guests:
@@ -97,7 +97,7 @@ def load(path: str, db: str | None = None) -> Fleet:
             if not isinstance(row.get(key), str) or not row[key].strip() or "\0" in row[key]:
                 raise FleetError(f"{where}: {key} must be a non-empty string")
         try:
-            name = meta.check_machine(row["name"])
+            name = check_machine(row["name"])
         except ProvisorError as e:
             raise FleetError(f"{where}: {e}") from None
         smp = row.get("smp", 1)
@@ -125,6 +125,6 @@ def load(path: str, db: str | None = None) -> Fleet:
                 raise FleetError(f"{path}: two guests share the {attr} {getattr(g, attr)!r} "
                                  "(one ring and one store per guest)")
             seen.add(v)
-    if not postgres.is_url(db):
+    if not is_postgres_url(db):
         db = os.path.expanduser(db)
     return Fleet(path, db, tuple(guests))

@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from provisor.errors import ProvisorError
+from provisor.machine import DEFAULT_MACHINE, MACHINE_RE, check_machine  # noqa: F401 (re-export)
 
 SCHEMA_VERSION = 1
 APP_ID = 0x50524F56  # "PROV": marks a provisor database (PRAGMA application_id)
@@ -21,17 +22,6 @@ SEQ_LIMIT = 1 << 63  # sequence numbers, ids and counters fit SQLite's signed 64
 
 _UINT = re.compile(r"[0-9]{1,19}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-# a machine's name: the guest a ring's records come from (one store per machine: a SQLite file,
-# or a PostgreSQL namespace ``provisor_<name>``), safe in a schema name, a file name and a PROV id
-MACHINE_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
-DEFAULT_MACHINE = "default"
-
-
-def check_machine(name: str) -> str:
-    if not isinstance(name, str) or not MACHINE_RE.fullmatch(name):
-        raise ProvisorError(f"machine name {name!r}: use 1-40 of a-z, 0-9 and _ (a letter or "
-                            "digit first)")
-    return name
 
 
 class DamagedStore(ProvisorError):

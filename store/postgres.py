@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from provisor import faults
+from provisor.machine import is_postgres_url
 from store import base, chain, meta, schema
 from store.base import Changes, StoreError
 
@@ -25,8 +26,7 @@ DIALECT = "postgresql"
 _LOCK_CLASS = 0x50524F56  # "PROV": the advisory lock's first key
 
 
-def is_url(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://"))
+is_url = is_postgres_url
 
 
 def namespace(machine: str) -> str:
