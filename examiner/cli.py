@@ -297,11 +297,13 @@ def verify_cmd(cfg: dict, db_path: str | None, ring_path: str | None, head: str 
 @click.option("--ring", "ring_path", default=None, help="Ring image (default: config).")
 @click.option("--db", "db_path", default=None, help="SQLite store (default: config).")
 @click.option("--verify", "run_verify", is_flag=True, help="Verify the chain now.")
+@click.option("--fleet", "fleet_file", default=None, type=click.Path(dir_okay=False),
+              help="Every guest of this fleet file: running, daemon, ring fill, lag, lost.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 @_sqlite_errors
 def status_cmd(cfg: dict, ring_path: str | None, db_path: str | None, run_verify: bool,
-               as_json: bool) -> None:
+               fleet_file: str | None, as_json: bool) -> None:
     """Ring mode (DAX/pmem or emulated), fill, checkpoint, last sequence; the store's applied
     sequence and lag; whether a daemon drains into the store; lost records; the last
     verification.
@@ -310,9 +312,19 @@ def status_cmd(cfg: dict, ring_path: str | None, db_path: str | None, run_verify
     Example:
       provisor status
       provisor status --ring /dev/shm/p.ring --db /dev/shm/p.db --verify --json
+      provisor status --fleet config/fleet.toml
     """
     import json
 
+    if fleet_file:
+        from examiner import fleetstatus
+        from provisor import fleet
+
+        if ring_path or run_verify:
+            raise click.UsageError("--fleet shows every guest: no --ring or --verify with it")
+        rows = fleetstatus.fleet_status(fleet.load(fleet_file, db_path))
+        click.echo(json.dumps(rows, indent=2) if as_json else fleetstatus.render(rows))
+        return
     from examiner.status import render, status
 
     s = status(_db(cfg, db_path), ring_path or cfg["ring"]["path"], cfg["daemon"]["db"],

@@ -124,3 +124,53 @@ def test_two_guests_same_workload_graphs_apart_and_complete(shm_dir, tmp_path, r
         assert want in labels, (want, labels)
     # and the same on both guests: neither lost a part, neither took the other's
     assert shapes["alpha"] == shapes["beta"]
+
+
+def test_status_shows_every_guest(shm_dir, tmp_path):
+    """Three guests' rings (synthetic records): one drained and stopped, one with a live
+    daemon, one never stored. Status reads each figure from its ring, store and process."""
+    import json
+    import signal
+    import time
+
+    from crashutil import filled_ring, payloads
+
+    from pmem import ring as R
+
+    store = shm_dir / "st"
+    p = shm_dir / "fleet.toml"
+    p.write_text(f'[fleet]\ndb = "{store}"\n' + "".join(
+        f'[[guest]]\nname = "{g}"\nworkload = "{WEB}"\nring = "{shm_dir}/{g}.ring"\n'
+        for g in ("a", "b", "c")))
+    for i, g in enumerate("abc"):
+        filled_ring(f"{shm_dir}/{g}.ring", payloads(300 + 100 * i, i), size=2 << 20)
+    store.mkdir(mode=0o700)
+    r = provisor("daemon", "--ring", f"{shm_dir}/a.ring", "--db", f"{store}/a.db", "--machine",
+                 "a", "--once", "-q")
+    assert r.returncode == 0, r.stderr
+    live = subprocess.Popen([sys.executable, "-m", "provisor.cli", "daemon", "--ring",
+                             f"{shm_dir}/b.ring", "--db", f"{store}/b.db", "--machine", "b",
+                             "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):  # until b's daemon released everything
+            with R.Consumer.open(f"{shm_dir}/b.ring", readonly=True) as c:
+                if c.checkpoint == 400:
+                    break
+            time.sleep(0.1)
+        r = provisor("status", "--fleet", str(p), "--json")
+        assert r.returncode == 0, r.stderr
+        rows = {x["machine"]: x for x in json.loads(r.stdout)}
+        text = provisor("status", "--fleet", str(p)).stdout
+    finally:
+        live.send_signal(signal.SIGTERM)
+        live.wait(30)
+    a, b, c = rows["a"], rows["b"], rows["c"]
+    assert (a["applied_seq"], a["lag"], a["daemon"]["alive"]) == (300, 0, False)
+    assert (b["applied_seq"], b["lag"], b["daemon"]["alive"]) == (400, 0, True)
+    assert b["daemon"]["pids"] == [live.pid]
+    assert c["applied_seq"] is None and c["note"] == "no store yet" and c["ring_last_seq"] == 500
+    assert all(x["lost"] == 0 and not x["guest"]["running"] for x in rows.values())
+    assert c["ring_fill"] > a["ring_fill"] == 0
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["machine", "guest", "daemon"]
+    assert [x.split()[0] for x in lines[2:]] == ["a", "b", "c"] and "alive" in lines[3]
