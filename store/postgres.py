@@ -106,6 +106,8 @@ class PostgresStore:
                            (self.ns,)).fetchone() is not None
         if self.readonly and not exists:
             raise StoreError(f"{self.path}: no such store (no schema {self.ns})")
+        if exists:
+            check_usage(c, self.ns, self.path)
         if not self.readonly:
             key = zlib.crc32(self.ns.encode())
             got = c.execute("SELECT pg_try_advisory_lock(%s, %s)",
@@ -284,6 +286,14 @@ def migrate(c, ns: str) -> None:  # noqa: ANN001 (a psycopg connection)
             c.execute(f'SET LOCAL search_path TO "{ns}"')
             for sql in todo:
                 c.execute(sql)
+
+
+def check_usage(c, ns: str, path: str) -> None:  # noqa: ANN001 (a psycopg connection)
+    """A role without USAGE on ``ns`` is refused here, by name, not later as if the tables
+    were missing (a search_path entry the role may not use is skipped silently)."""
+    if not c.execute("SELECT has_schema_privilege(%s, 'USAGE')", (ns,)).fetchone()[0]:
+        raise StoreError(f"{path}: permission denied for schema {ns}: role {_role(c)} may not "
+                         "use this machine's store (the admin grants it: provisor pg grant)")
 
 
 def _role(c) -> str:  # noqa: ANN001 (a psycopg connection)
