@@ -321,3 +321,19 @@ def test_tampering_by_writers_is_caught_by_the_chain(fleet, pg_url):
     d.close()
     with pytest.raises(meta.DamagedStore, match="processes rows differ"):
         Applier(fleet.url(da), machine="a")
+
+
+def test_daemon_and_recover_commands_as_the_daemon_role(fleet, shm_dir, pg_url):
+    """`provisor daemon --once` and `provisor recover` as machine a's daemon role: the ring is
+    bound and drained into the admin's namespace; the role's URL never needs the admin's."""
+    from crashutil import filled_ring
+
+    ring = f"{shm_dir}/a.ring"
+    filled_ring(ring, payloads(2000, 12))
+    url = fleet.url(fleet.daemon["a"])
+    r = run(["daemon", "--ring", ring, "--db", url, "--machine", "a", "--once", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    r = run(["recover", "--ring", ring, "--db", url, "--machine", "a", "--read-only"])
+    assert r.returncode == 0, r.stderr
+    got = dict(dump(pg_url, "a")["meta"])
+    assert got["applied_seq"] == "2000" and got["ring_uuid"] and "machine" in got
