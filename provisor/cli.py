@@ -52,8 +52,9 @@ def _register() -> None:
     import hv.cli
     import pmem.cli
     import recovery.cli
+    import store.cli
 
-    for mod in (pmem.cli, hv.cli, daemon.cli, recovery.cli, examiner.cli):
+    for mod in (pmem.cli, hv.cli, daemon.cli, recovery.cli, examiner.cli, store.cli):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

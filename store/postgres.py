@@ -13,6 +13,7 @@ advisory lock keyed by the namespace; a second daemon or recovery on the same ri
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -100,11 +101,13 @@ class PostgresStore:
             raise
 
     def _open(self) -> None:
-        c = self.conn
+        c, psycopg = self.conn, self._psycopg
         exists = c.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
                            (self.ns,)).fetchone() is not None
         if self.readonly and not exists:
             raise StoreError(f"{self.path}: no such store (no schema {self.ns})")
+        if exists:
+            check_usage(c, self.ns, self.path)
         if not self.readonly:
             key = zlib.crc32(self.ns.encode())
             got = c.execute("SELECT pg_try_advisory_lock(%s, %s)",
@@ -113,31 +116,26 @@ class PostgresStore:
                 raise StoreError(f"{self.path}: another writer (daemon or recovery) holds this "
                                  "ring's store")
         c.execute(f'SET search_path TO "{self.ns}"')
-        if not exists:
-            self._create()
-        elif not self.readonly:
-            with c.transaction():
-                for sql in schema.migration(DIALECT):
-                    c.execute(sql)
+        if not self.readonly:
+            # a daemon role that is not the namespace's owner may not run DDL (store/pgroles):
+            # only what is missing is made, and a refusal names the admin's step
+            insufficient = psycopg.errors.InsufficientPrivilege
+            try:
+                if not exists:
+                    create(c, self.ns, self.machine)
+                else:
+                    migrate(c, self.ns)
+            except insufficient:
+                what = "no such store" if not exists else "the store needs migrating"
+                raise StoreError(
+                    f"{self.path}: {what} and role {_role(c)} may not run DDL: run `provisor "
+                    f"pg init --db URL --machine {self.machine}` as the database's admin"
+                ) from None
         self._meta = meta.check(c.execute("SELECT key, value FROM meta").fetchall(), self.path)
         self.ring_uuid = self._meta.ring_uuid
         self.applied_seq = self._meta.applied_seq
         self.chain_head, self.batches = self._meta.chain_head, self._meta.batches
         self.encoding = self._meta.chain_encoding
-
-    def _create(self) -> None:
-        c = self.conn
-        with c.transaction():
-            c.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.ns}"')
-            if c.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'meta'",
-                         (self.ns,)).fetchone():
-                return  # made by a creator that finished first
-            for sql in schema.ddl(DIALECT):
-                c.execute(sql)
-            c.cursor().executemany(schema.TABLES["meta"].insert(DIALECT), [
-                ("schema_version", str(meta.SCHEMA_VERSION)), ("ring_uuid", ""),
-                ("applied_seq", "0"), ("chain_head", chain.GENESIS.hex()), ("batches", "0"),
-                ("chain_encoding", chain.ENCODING), ("machine_name", self.machine)])
 
     # -- reading -----------------------------------------------------------------------------
     def q(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
@@ -172,7 +170,11 @@ class PostgresStore:
 
     # -- writing -----------------------------------------------------------------------------
     def set_ring(self, ring_uuid: str) -> None:
-        self.conn.execute("UPDATE meta SET value = %s WHERE key = 'ring_uuid'", (ring_uuid,))
+        cur = self.conn.execute("UPDATE meta SET value = %s WHERE key = 'ring_uuid'",
+                                (ring_uuid,))
+        if cur.rowcount != 1:  # meta's row-level security (store/pgroles) hid the row
+            raise StoreError(f"{self.path}: role {_role(self.conn)} may not set the store's "
+                             "ring (a daemon role binds a ring only before the first batch)")
         self.ring_uuid = ring_uuid
 
     def record_machine(self, text: str) -> None:
@@ -232,6 +234,70 @@ class PostgresStore:
 
     def close(self) -> None:
         self.conn.close()  # the advisory lock goes with the session
+
+
+def create(c, ns: str, machine: str) -> None:  # noqa: ANN001 (a psycopg connection)
+    """Make machine ``machine``'s namespace ``ns`` and its tables (the daemon as owner on first
+    open, or ``provisor pg init`` as the admin: no advisory lock needed, a second creator that
+    finishes first is no error)."""
+    with c.transaction():
+        c.execute(f'CREATE SCHEMA IF NOT EXISTS "{ns}"')
+        if c.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'meta'",
+                     (ns,)).fetchone():
+            return  # made by a creator that finished first
+        c.execute(f'SET LOCAL search_path TO "{ns}"')
+        for sql in schema.ddl(DIALECT):
+            c.execute(sql)
+        c.cursor().executemany(schema.TABLES["meta"].insert(DIALECT), [
+            ("schema_version", str(meta.SCHEMA_VERSION)), ("ring_uuid", ""),
+            ("applied_seq", "0"), ("chain_head", chain.GENESIS.hex()), ("batches", "0"),
+            ("chain_encoding", chain.ENCODING), ("machine_name", machine)])
+
+
+_DDL_NAME = re.compile(r"(CREATE TABLE IF NOT EXISTS|CREATE INDEX IF NOT EXISTS|"
+                       r"DROP INDEX IF EXISTS) (\w+)")
+
+
+def migration_needed(c, ns: str) -> list[str]:  # noqa: ANN001 (a psycopg connection)
+    """The statements of the additive migration (schema.migration) that namespace ``ns`` still
+    needs: none on a current store, so that a role without DDL rights opens it."""
+    tables = {r[0] for r in c.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s",
+                                      (ns,))}
+    indexes = {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s",
+                                       (ns,))}
+    out = []
+    for sql in schema.migration(DIALECT):
+        m = _DDL_NAME.match(sql)
+        if m is None:
+            raise StoreError(f"unrecognised migration statement: {sql[:60]}")
+        verb, name = m.groups()
+        if (verb.startswith("CREATE TABLE") and name not in tables
+                or verb.startswith("CREATE INDEX") and name not in indexes
+                or verb.startswith("DROP") and name in indexes):
+            out.append(sql)
+    return out
+
+
+def migrate(c, ns: str) -> None:  # noqa: ANN001 (a psycopg connection)
+    """Run what the additive migration still needs in ``ns`` (nothing: no statement at all)."""
+    todo = migration_needed(c, ns)
+    if todo:
+        with c.transaction():
+            c.execute(f'SET LOCAL search_path TO "{ns}"')
+            for sql in todo:
+                c.execute(sql)
+
+
+def check_usage(c, ns: str, path: str) -> None:  # noqa: ANN001 (a psycopg connection)
+    """A role without USAGE on ``ns`` is refused here, by name, not later as if the tables
+    were missing (a search_path entry the role may not use is skipped silently)."""
+    if not c.execute("SELECT has_schema_privilege(%s, 'USAGE')", (ns,)).fetchone()[0]:
+        raise StoreError(f"{path}: permission denied for schema {ns}: role {_role(c)} may not "
+                         "use this machine's store (the admin grants it: provisor pg grant)")
+
+
+def _role(c) -> str:  # noqa: ANN001 (a psycopg connection)
+    return c.execute("SELECT current_user").fetchone()[0]
 
 
 def _first_line(e: Exception) -> str:

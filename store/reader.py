@@ -55,6 +55,7 @@ class PgConn:
             if c.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
                          (self.ns,)).fetchone() is None:
                 raise StoreError(f"{self.path}: no such store (no schema {self.ns})")
+            postgres.check_usage(c, self.ns, self.path)
             c.autocommit = False
             c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             c.execute(f'SET LOCAL search_path TO "{self.ns}"')
