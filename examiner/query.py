@@ -403,7 +403,7 @@ def outcome_unknown(conn: sqlite3.Connection, procs: set[int] | None = None,
         "SELECT e.seq, e.ts_ns, e.tgid, e.pid, e.name, e.cwd, e.paths, e.payload, "
         "(SELECT id FROM processes p WHERE p.tgid = e.tgid AND p.first_seq <= e.seq "
         " AND (p.exit_seq IS NULL OR p.exit_seq >= e.seq) ORDER BY id DESC LIMIT 1) "
-        "FROM pending k CROSS JOIN events e ON e.seq = k.seq ORDER BY k.seq").fetchall()
+        "FROM pending k JOIN events e ON e.seq = k.seq ORDER BY k.seq").fetchall()
     devino = {v: k for k, v in (arts or {}).items() if v[1]}
     out = []
     for seq, ts, tgid, pid, name, cwd, epaths, payload, proc in rows:
