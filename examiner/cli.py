@@ -13,6 +13,7 @@ from collections.abc import Callable
 import click
 
 from examiner import query as Q
+from store import reader
 from provisor.params import MAX_STEPS
 from provisor.progress import progress
 
@@ -20,13 +21,19 @@ OUTPUTS = ("table", "json", "dot")
 
 
 def _sqlite_errors(f: Callable) -> Callable:
-    """A database that breaks mid-query (corrupt page, locked) is bad input: one line, exit 2."""
+    """A database that breaks mid-query (a corrupt page, a lock, a server gone, a permission
+    refused) is bad input: one line, exit 2."""
     @functools.wraps(f)
     def run(*a, **kw):
         try:
             return f(*a, **kw)
         except sqlite3.DatabaseError as e:
             raise Q.QueryError(f"database error: {e}") from None
+        except Exception as e:
+            if not type(e).__module__.startswith("psycopg"):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise Q.QueryError(f"database error: {first}") from None
     return run
 
 
@@ -36,7 +43,7 @@ def _db(cfg: dict, db: str | None) -> str:
 
 def _query_options(f: Callable) -> Callable:
     for deco in reversed([
-        click.option("--db", "db_path", default=None, help="SQLite store (default: config)."),
+        click.option("--db", "db_path", default=None, help="Store: a SQLite file or a postgresql:// URL (default: config)."),
         click.option("--depth", type=click.IntRange(0, MAX_STEPS), default=None,
                      help="At most N steps from the target."),
         click.option("--since", default=None, help="Only relations at or after this time "
@@ -63,9 +70,9 @@ def _run(cfg: dict, name: str, target: str, db_path: str | None, depth: int | No
         limit = TABLE_LIMIT if fmt == "table" else 0
     conn = Q.connect(_db(cfg, db_path))
     try:
-        conn.execute("BEGIN")  # one snapshot for the several statements of a query
-        res = Q.run_query(conn, name, target, depth, win, all_versions, fmt != "table",
-                          limit or None)
+        with reader.snapshot(conn):
+            res = Q.run_query(conn, name, target, depth, win, all_versions, fmt != "table",
+                              limit or None)
     finally:
         conn.close()
     render = {"table": Q.render_table, "json": Q.render_json, "dot": Q.render_dot}[fmt]
@@ -187,7 +194,7 @@ def q_writers(cfg: dict, path: str, **kw) -> None:
 
 
 @click.command("export")
-@click.option("--db", "db_path", default=None, help="SQLite store (default: config).")
+@click.option("--db", "db_path", default=None, help="Store: a SQLite file or a postgresql:// URL (default: config).")
 @click.option("--format", "fmt", type=click.Choice(list(Q.EXPORT_FORMATS)), default="prov-json",
               show_default=True, help="Output format (rdf is Turtle).")
 @click.option("--since", default=None, help="Only relations at or after this time "
@@ -240,7 +247,7 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
 
 
 @click.command("verify")
-@click.option("--db", "db_path", default=None, help="SQLite store (default: config).")
+@click.option("--db", "db_path", default=None, help="Store: a SQLite file or a postgresql:// URL (default: config).")
 @click.option("--ring", "ring_path", default=None,
               help="Also compare the stored events with the records still in this ring image.")
 @click.option("--head", "head", default=None,
@@ -295,7 +302,7 @@ def verify_cmd(cfg: dict, db_path: str | None, ring_path: str | None, head: str 
 
 @click.command("status")
 @click.option("--ring", "ring_path", default=None, help="Ring image (default: config).")
-@click.option("--db", "db_path", default=None, help="SQLite store (default: config).")
+@click.option("--db", "db_path", default=None, help="Store: a SQLite file or a postgresql:// URL (default: config).")
 @click.option("--verify", "run_verify", is_flag=True, help="Verify the chain now.")
 @click.option("--fleet", "fleet_file", default=None, type=click.Path(dir_okay=False),
               help="Every guest of this fleet file: running, daemon, ring fill, lag, lost.")

@@ -154,9 +154,9 @@ def creds(conn: sqlite3.Connection, ids: list[int]) -> dict[int, dict[str, objec
     for obj, ver, key, value in conn.execute(
             "SELECT v.object_id, v.version, a.key, a.value FROM versions v JOIN attrs a "
             "ON a.node = v.id WHERE v.kind='process' AND v.object_id IN (SELECT value FROM "
-            "json_each(?)) AND a.key IN (SELECT value FROM json_each(?)) "
+            f"json_each(?)) AND a.key IN ({', '.join('?' * len(CRED_KEYS))}) "
             "ORDER BY v.object_id, v.version, a.seq, a.rowid",
-            (json.dumps(objs), json.dumps(CRED_KEYS))):
+            (json.dumps(objs), *CRED_KEYS)):
         h = hist[obj]
         if not h or h[-1][0] != ver:
             h.append((ver, dict(h[-1][1]) if h else {}))
@@ -544,11 +544,7 @@ def export(conn: sqlite3.Connection, out: IO[str], fmt: str, win: Q.Window | Non
         raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if chunk < 1:
         raise ExportError("--chunk must be at least 1")
-    # one read transaction: the export is a snapshot even while the daemon commits (WAL)
-    began = not conn.in_transaction
-    if began:
-        conn.execute("BEGIN")
-    try:
+    with reader.snapshot(conn):  # the export is a snapshot even while daemons commit
         sel = Selection(conn, win or Q.Window(), target)
         sel.chunk = chunk
         counts = sel.count()
@@ -558,7 +554,4 @@ def export(conn: sqlite3.Connection, out: IO[str], fmt: str, win: Q.Window | Non
             writer = {"prov-n": write_provn, "prov-json": write_provjson,
                       "prov-xml": write_provxml, "rdf": write_rdf}[fmt]
             writer(out, documents(sel), tick)
-    finally:
-        if began and conn.in_transaction:
-            conn.execute("COMMIT")
     return counts

@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass, field
 from daemon.replay import Batch as ABatch
 from daemon.replay import Replay, event_row
 from provisor.errors import ProvisorError
-from store import chain, schema
+from provisor.machine import is_postgres_url
+from store import chain, reader, schema
 
 EV_SQL = f"SELECT {', '.join(chain.EVENT_COLS)} FROM events"
 REL_SQL = f"SELECT {', '.join(chain.RELATION_COLS)} FROM relations"
@@ -661,12 +662,11 @@ def run(db: str, ring: str | None = None, tick: Callable[[int], None] = lambda n
             raise VerifyError("--head must be 64 hex digits (as printed by verify)")
     conn = connect(db)
     try:
-        # one read transaction: a daemon committing meanwhile is not seen half-way (WAL)
-        conn.execute("BEGIN")
-        rep = verify(conn, os.path.abspath(db), tick, expected_head)
-        if ring:
-            verify_ring(conn, ring, rep)
-        conn.execute("COMMIT")
+        with reader.snapshot(conn):  # a daemon committing meanwhile is not seen half-way
+            rep = verify(conn, conn.path if is_postgres_url(db) else os.path.abspath(db),
+                         tick, expected_head)
+            if ring:
+                verify_ring(conn, ring, rep)
     finally:
         conn.close()
     save_state(rep)

@@ -9,6 +9,8 @@ the ``sqlite3.Connection`` and translates the few places the dialects differ, al
   bound as one parameter), becomes ``json_array_elements_text`` cast to ``bigint``;
 * ``rowid`` (insertion order of a table without a key, such as ``attrs``) becomes ``ctid``:
   append-only tables are never updated, so their heap order is the order written;
+* ``INDEXED BY name`` (SQLite's planner hint for the recursive walks) is dropped: PostgreSQL
+  plans the same walks from its own statistics;
 * ``sqlite_master`` is not translated: ask :func:`has_table`.
 
 The PostgreSQL reader runs in one ``REPEATABLE READ READ ONLY`` transaction: every statement of
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from store import meta, postgres
 from store.base import StoreError
 
 _JSON_IDS = re.compile(r"SELECT value((?:\s*,\s*[^()]+?)?)\s+FROM json_each\(%s\)")
 _ROWID = re.compile(r"\browid\b")
+_INDEXED = re.compile(r"\s+INDEXED BY \w+")
 
 
 def translate(sql: str) -> str:
@@ -35,7 +39,7 @@ def translate(sql: str) -> str:
                         r"AS j(value)", sql)
     if "json_each(" in sql:
         raise StoreError(f"json_each outside the id-list idiom: {sql[:80]}")
-    return _ROWID.sub("ctid", sql)
+    return _INDEXED.sub("", _ROWID.sub("ctid", sql))
 
 
 class PgConn:
@@ -101,3 +105,19 @@ def has_table(conn, name: str) -> bool:  # noqa: ANN001 (sqlite3.Connection or P
                                  "tablename = %s", (conn.ns, name)).fetchone() is not None
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
                         (name,)).fetchone() is not None
+
+
+@contextmanager
+def snapshot(conn) -> Iterator[None]:  # noqa: ANN001 (sqlite3.Connection or PgConn)
+    """One read snapshot for the several statements of one examiner command, while daemons
+    commit: a read transaction on SQLite (WAL); on PostgreSQL the reader's transaction already
+    is one, for the whole connection."""
+    if getattr(conn, "dialect", "sqlite") == postgres.DIALECT or conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")

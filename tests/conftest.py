@@ -46,3 +46,20 @@ _pg_dbs = iter(range(1, 1 << 30))
 def pg_url(pg_cluster) -> str:
     """A new empty database in the private cluster: its URL, as the superuser."""
     return pg_cluster.createdb(f"t{os.getpid()}_{next(_pg_dbs)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_db(request, tmp_path) -> str:
+    """A fresh store location on each backend (a SQLite file, a new PostgreSQL database): the
+    examiner's tests run unchanged on both."""
+    if request.param == "sqlite":
+        return str(tmp_path / "p.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_store_db(request, tmp_path_factory) -> str:
+    """:func:`store_db` for a module's shared (read-only) store."""
+    if request.param == "sqlite":
+        return str(tmp_path_factory.mktemp("store") / "p.db")
+    return request.getfixturevalue("pg_cluster").createdb(f"m{os.getpid()}_{next(_pg_dbs)}")

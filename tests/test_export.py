@@ -40,11 +40,11 @@ TYPES = {ProvUsage: "used", ProvGeneration: "wasGeneratedBy", ProvCommunication:
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
+def db(module_store_db):
     """The query workload, then a synthetic guest's stream: pipes, execs, renames, crashes."""
     from hv.synth import Guest
 
-    path = str(tmp_path_factory.mktemp("export") / "p.db")
+    path = module_store_db
     s = Applier(path, "test-ring")
     sc, _ = workload()
     s.apply(sc.records)

@@ -73,13 +73,13 @@ def workload() -> Script:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, module_store_db):
     from daemon.service import Daemon
     from pmem import layout as L
     from pmem import ring
 
     d = tmp_path_factory.mktemp("where")
-    rpath, dpath = f"{d}/w.ring", f"{d}/w.db"
+    rpath, dpath = f"{d}/w.ring", module_store_db
     ring.create(rpath, L.DATA_OFFSET + 256 * 1024)
     with ring.Producer.open(rpath, "fail") as prod:
         for r in workload().records:

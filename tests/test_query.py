@@ -80,8 +80,8 @@ def drained_ring(directory, name: str, **daemon_kw) -> tuple[str, str]:
 
 
 @pytest.fixture
-def db(tmp_path):
-    path = str(tmp_path / "p.db")
+def db(store_db):
+    path = store_db
     s = Applier(path, "test-ring")
     sc, marks = workload()
     s.apply(sc.records)
