@@ -130,7 +130,7 @@ def _batches(conn: sqlite3.Connection, rep: Report, encoding: str = "1") -> list
 
 def _first_record(conn: sqlite3.Connection, hi: int) -> int:
     row = conn.execute("SELECT min(s) FROM (SELECT min(seq) s FROM events UNION ALL "
-                       "SELECT min(seq) FROM notes UNION ALL SELECT min(seq) FROM losses)"
+                       "SELECT min(seq) FROM notes UNION ALL SELECT min(seq) FROM losses) AS firsts"
                        ).fetchone()
     return min(row[0] or hi, hi)
 

@@ -98,9 +98,12 @@ class Cluster:
     def url(self, dbname: str = "postgres", user: str = "postgres") -> str:
         return f"postgresql://{user}@/{dbname}?host={self.base}&port={PORT}"
 
-    def createdb(self, name: str) -> str:
-        """A new empty database; its URL (as the superuser)."""
-        self._run("createdb", "-h", str(self.base), "-p", str(PORT), "-U", "postgres", name)
+    def createdb(self, name: str, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template`` (a database nobody is connected
+        to); its URL (as the superuser)."""
+        extra = ["-T", template] if template else []
+        self._run("createdb", "-h", str(self.base), "-p", str(PORT), "-U", "postgres", *extra,
+                  name)
         return self.url(name)
 
 

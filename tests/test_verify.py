@@ -18,7 +18,7 @@ from pmem import layout as L
 from pmem.layout import Record, RecType
 from provisor.errors import ProvisorError
 from provisor.events import decode, encode
-from store import chain
+from store import chain, reader
 
 
 def build(path: str) -> list[int]:
@@ -39,18 +39,59 @@ def build(path: str) -> list[int]:
     return [note.seq]
 
 
+class PgWriter:
+    """Someone with write access to a PostgreSQL store (the superuser), with the part of
+    ``sqlite3.Connection`` these tests use: the same tampering statements run on both."""
+
+    def __init__(self, url: str) -> None:
+        from store import postgres
+
+        self.conn = postgres.connect(url)
+        self.conn.autocommit = True
+        self.conn.execute(f'SET search_path TO "{postgres.namespace("default")}"')
+
+    def execute(self, sql: str, args=()):  # noqa: ANN001, ANN201
+        return self.conn.execute(reader.translate(sql), tuple(args) or None)
+
+    def executemany(self, sql: str, rows) -> None:  # noqa: ANN001
+        self.conn.cursor().executemany(reader.translate(sql), list(rows))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def is_pg(path: str) -> bool:
+    return path.startswith("postgresql://")
+
+
+def writer(path: str):  # noqa: ANN201
+    return PgWriter(path) if is_pg(path) else sqlite3.connect(path, isolation_level=None)
+
+
+_copies = iter(range(1 << 30))
+
+
+def copy_store(src: str, tmp_path, name: str, request) -> str:  # noqa: ANN001
+    """A copy of the store at ``src`` (a file copy; a database made from it as template)."""
+    if not is_pg(src):
+        dst = str(tmp_path / name)
+        shutil.copy(src, dst)
+        return dst
+    template = src.split("?", 1)[0].rsplit("/", 1)[1]
+    return request.getfixturevalue("pg_cluster").createdb(f"{template}_c{next(_copies)}",
+                                                          template=template)
+
+
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("verify") / "p.db")
-    notes = build(path)
-    return path, notes
+def pristine(module_store_db):
+    notes = build(module_store_db)
+    return module_store_db, notes
 
 
 @pytest.fixture
-def db(pristine, tmp_path):
-    path = str(tmp_path / "p.db")
-    shutil.copy(pristine[0], path)
-    c = sqlite3.connect(path, isolation_level=None)
+def db(pristine, tmp_path, request):
+    path = copy_store(pristine[0], tmp_path, "p.db", request)
+    c = writer(path)
     yield path, c, pristine[1]
     c.close()
 
@@ -226,7 +267,7 @@ def truncate_consistently(c: sqlite3.Connection, n: int) -> None:
     _set_meta(c, applied_seq=lo, batches=n - 1, chain_head=bytes(digest).hex())
 
 
-def test_deleted_chain_row_and_head(db, pristine, tmp_path):
+def test_deleted_chain_row_and_head(db, pristine, tmp_path, request):
     """Chain rows deleted with the head (and meta) made to agree. A row from the middle is
     found by the batch numbering; the last row by meta.batches; a consistent truncation
     (the last batch's rows and chain row gone, head, batches and applied_seq rewritten to
@@ -238,9 +279,8 @@ def test_deleted_chain_row_and_head(db, pristine, tmp_path):
     n = c.execute("SELECT count(*) FROM chain").fetchone()[0]
     digest = {b: d.hex() for b, d in c.execute("SELECT batch, digest FROM chain")}
     # 1. a middle row, with meta.batches lowered to match (the head is still the last digest)
-    mid = str(tmp_path / "mid.db")
-    shutil.copy(pristine[0], mid)
-    c1 = sqlite3.connect(mid, isolation_level=None)
+    mid = copy_store(pristine[0], tmp_path, "mid.db", request)
+    c1 = writer(mid)
     c1.execute("DELETE FROM chain WHERE batch=2")
     _set_meta(c1, batches=n - 1)
     c1.close()
@@ -254,9 +294,8 @@ def test_deleted_chain_row_and_head(db, pristine, tmp_path):
     assert ("altered", "meta", "chain_head") not in keys  # the head does agree
     # 3. ... and everything else made consistent: the batch's rows deleted, the rewritten
     # tables as they were, applied_seq and batches rewritten
-    path = str(tmp_path / "truncated.db")
-    shutil.copy(pristine[0], path)
-    c3 = sqlite3.connect(path, isolation_level=None)
+    path = copy_store(pristine[0], tmp_path, "truncated.db", request)
+    c3 = writer(path)
     truncate_consistently(c3, n)
     c3.close()
     rep = check(path)
@@ -445,9 +484,10 @@ TAMPER = {
                   "proc_id={up} pos={upos}"),
     "pending": ("INSERT INTO pending VALUES (5)", "pending", "seq=5"),
     "losses": ("INSERT INTO losses VALUES (3, 1, 1)", "losses", "seq=3"),
-    "attrs.value": ("UPDATE attrs SET value='forged' WHERE rowid={ar}", "attrs",
-                    "node={an} key={ak}"),
-    "attrs.deleted": ("DELETE FROM attrs WHERE rowid={ar}", "attrs", "node={an} key={ak}"),
+    "attrs.value": ("UPDATE attrs SET value='forged' WHERE node={an} AND key='{ak}' AND "
+                    "seq={aseq}", "attrs", "node={an} key={ak}"),
+    "attrs.deleted": ("DELETE FROM attrs WHERE node={an} AND key='{ak}' AND seq={aseq}",
+                      "attrs", "node={an} key={ak}"),
 }
 
 
@@ -464,10 +504,12 @@ def _keys_of(c: sqlite3.Connection) -> dict[str, int]:
 
 
 def _attr_keys(c: sqlite3.Connection) -> dict[str, object]:
-    """An attrs row in the middle of the store (its rowid, node and key)."""
-    ar = _some(c, "SELECT max(rowid) / 2 FROM attrs")
-    an, ak = c.execute("SELECT node, key FROM attrs WHERE rowid=?", (ar,)).fetchone()
-    return {"ar": ar, "an": an, "ak": ak}
+    """An attrs row in the middle of the store, alone of its (node, key, seq)."""
+    n = _some(c, "SELECT count(*) FROM attrs")
+    an, ak, aseq = c.execute(
+        "SELECT node, key, seq FROM attrs GROUP BY node, key, seq HAVING count(*) = 1 "
+        "ORDER BY seq, node, key LIMIT 1 OFFSET ?", (n // 3,)).fetchone()
+    return {"an": an, "ak": ak, "aseq": aseq}
 
 
 @pytest.mark.parametrize("name", list(TAMPER))
