@@ -13,11 +13,15 @@ from collections.abc import Callable
 import click
 
 from examiner import query as Q
-from store import reader
+from examiner import stores
 from provisor.params import MAX_STEPS
 from provisor.progress import progress
+from store import reader
 
 OUTPUTS = ("table", "json", "dot")
+DB_HELP = ("Store: a SQLite file, a directory of them (a fleet's) or a postgresql:// URL "
+           "(default: config).")
+MACHINE_HELP = "Only this machine's store (default: every machine of --db)."
 
 
 def _sqlite_errors(f: Callable) -> Callable:
@@ -43,7 +47,8 @@ def _db(cfg: dict, db: str | None) -> str:
 
 def _query_options(f: Callable) -> Callable:
     for deco in reversed([
-        click.option("--db", "db_path", default=None, help="Store: a SQLite file or a postgresql:// URL (default: config)."),
+        click.option("--db", "db_path", default=None, help=DB_HELP),
+        click.option("--machine", default=None, help=MACHINE_HELP),
         click.option("--depth", type=click.IntRange(0, MAX_STEPS), default=None,
                      help="At most N steps from the target."),
         click.option("--since", default=None, help="Only relations at or after this time "
@@ -62,21 +67,34 @@ TABLE_LIMIT = 1000
 
 
 @_sqlite_errors
-def _run(cfg: dict, name: str, target: str, db_path: str | None, depth: int | None,
-         since: str | None, until: str | None, fmt: str, all_versions: bool = False,
-         limit: int | None = None) -> None:
+def _run(cfg: dict, name: str, target: str, db_path: str | None, machine: str | None,
+         depth: int | None, since: str | None, until: str | None, fmt: str,
+         all_versions: bool = False, limit: int | None = None) -> None:
     win = Q.Window(Q.parse_time(since), Q.parse_time(until))
     if limit is None:
         limit = TABLE_LIMIT if fmt == "table" else 0
-    conn = Q.connect(_db(cfg, db_path))
-    try:
-        with reader.snapshot(conn):
-            res = Q.run_query(conn, name, target, depth, win, all_versions, fmt != "table",
-                              limit or None)
-    finally:
-        conn.close()
-    render = {"table": Q.render_table, "json": Q.render_json, "dot": Q.render_dot}[fmt]
-    click.echo(render(res))
+    members = stores.members(_db(cfg, db_path), machine)
+    results, missed = [], []
+    for m in members:
+        conn = m.connect()
+        try:
+            with reader.snapshot(conn):
+                res = Q.run_query(conn, name, target, depth, win, all_versions,
+                                  fmt != "table", limit or None)
+        except Q.QueryError as e:
+            if len(members) == 1:
+                raise
+            missed.append((m.machine, e))  # this guest never had it; the others may
+            continue
+        finally:
+            conn.close()
+        res.machine = m.machine
+        results.append(res)
+    if not results:
+        raise Q.QueryError("; ".join(f"machine {n}: {e}" for n, e in missed))
+    for r in results[:1]:
+        r.notes += [f"machine {n}: {e}" for n, e in missed]
+    click.echo(Q.render_many(results, fmt))
 
 
 @click.group("query")
@@ -194,7 +212,8 @@ def q_writers(cfg: dict, path: str, **kw) -> None:
 
 
 @click.command("export")
-@click.option("--db", "db_path", default=None, help="Store: a SQLite file or a postgresql:// URL (default: config).")
+@click.option("--db", "db_path", default=None, help=DB_HELP)
+@click.option("--machine", default=None, help=MACHINE_HELP)
 @click.option("--format", "fmt", type=click.Choice(list(Q.EXPORT_FORMATS)), default="prov-json",
               show_default=True, help="Output format (rdf is Turtle).")
 @click.option("--since", default=None, help="Only relations at or after this time "
@@ -210,8 +229,9 @@ def q_writers(cfg: dict, path: str, **kw) -> None:
               allow_dash=True), help="Output file ('-' for stdout).")
 @click.pass_obj
 @_sqlite_errors
-def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, until: str | None,
-               target: str | None, chunk: int, output: str) -> None:
+def export_cmd(cfg: dict, db_path: str | None, machine: str | None, fmt: str,
+               since: str | None, until: str | None, target: str | None, chunk: int,
+               output: str) -> None:
     """Export the provenance graph as W3C PROV (PROV-JSON, PROV-N, PROV-XML, RDF) or DOT.
 
     Processes are activities, file and pipe versions entities, users (uid) agents; ring
@@ -222,32 +242,41 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
       provisor export --db /dev/shm/p.db --format prov-n -o graph.provn
       provisor export --format prov-json --object /w/out.txt -o out.json
       provisor export --format dot --since 2026-11-23T08:00:00Z -o g.dot && dot -Tsvg g.dot
+      provisor export --db /dev/shm/provisor-fleet --format prov-n -o fleet.provn
+
+    A --db of several machines (a fleet's directory, a PostgreSQL database) makes one
+    document; each machine's ids carry its name (provisor:web.v12).
     """
-    from examiner.export import export
+    from examiner.export import export_set
     from provisor import files
 
     win = Q.Window(Q.parse_time(since), Q.parse_time(until))
     files.check_output(output)  # a bad OUT fails before the store is read
-    conn = Q.connect(_db(cfg, db_path))
+    members = stores.members(_db(cfg, db_path), machine)
+    conns = []
     try:
-        total = conn.execute("SELECT (SELECT count(*) FROM relations) + "
-                             "(SELECT count(*) FROM versions)").fetchone()[0]
+        for m in members:
+            conns.append((m.machine if len(members) > 1 else "", m.connect()))
+        total = sum(c.execute("SELECT (SELECT count(*) FROM relations) + "
+                              "(SELECT count(*) FROM versions)").fetchone()[0] for _, c in conns)
         # all or nothing through a private temporary file; a device or FIFO written directly
         with files.output(output) as out, progress(f"export {fmt}", total) as bar:
-            counts = export(conn, out, fmt, win, target, chunk, bar.update)
+            counts = export_set(conns, out, fmt, win, target, chunk, bar.update)
     except OSError as e:  # writing OUT failed (ENOSPC on /dev/full, EIO)
         if output == "-" and isinstance(e, BrokenPipeError):
             raise
         raise Q.QueryError(f"{'stdout' if output == '-' else output}: "
                            f"{e.strerror or e}") from None
     finally:
-        conn.close()
+        for _, c in conns:
+            c.close()
     click.echo(f"exported {', '.join(f'{k} {v}' for k, v in counts.items())}"
                + (f" to {output}" if output != "-" else ""), err=True)
 
 
 @click.command("verify")
-@click.option("--db", "db_path", default=None, help="Store: a SQLite file or a postgresql:// URL (default: config).")
+@click.option("--db", "db_path", default=None, help=DB_HELP)
+@click.option("--machine", default=None, help=MACHINE_HELP)
 @click.option("--ring", "ring_path", default=None,
               help="Also compare the stored events with the records still in this ring image.")
 @click.option("--head", "head", default=None,
@@ -255,8 +284,8 @@ def export_cmd(cfg: dict, db_path: str | None, fmt: str, since: str | None, unti
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.pass_obj
 @_sqlite_errors
-def verify_cmd(cfg: dict, db_path: str | None, ring_path: str | None, head: str | None,
-               as_json: bool) -> None:
+def verify_cmd(cfg: dict, db_path: str | None, machine: str | None, ring_path: str | None,
+               head: str | None, as_json: bool) -> None:
     """Recompute the tamper-evidence hash chain; report the first altered, deleted, inserted
     or reordered row. Exit 0 when intact, 1 when tampered, 2 on bad input.
 
@@ -272,45 +301,47 @@ def verify_cmd(cfg: dict, db_path: str | None, ring_path: str | None, head: str 
 
     from examiner import verify as V
 
-    db = _db(cfg, db_path)
-    conn = Q.connect(db)
-    total = conn.execute("SELECT (SELECT count(*) FROM events) + "
-                         "(SELECT count(*) FROM relations)").fetchone()[0]
-    conn.close()
+    members = stores.members(_db(cfg, db_path), machine)
+    if len(members) > 1 and (ring_path or head):
+        raise click.UsageError(f"--ring and --head belong to one machine's store: add "
+                               f"--machine (one of {', '.join(m.machine for m in members)})")
+    total = 0
+    for m in members:
+        conn = m.connect()
+        try:
+            total += conn.execute("SELECT (SELECT count(*) FROM events) + "
+                                  "(SELECT count(*) FROM relations)").fetchone()[0]
+        finally:
+            conn.close()
+    reps = []
     with progress("verify", total) as bar:
-        rep = V.run(db, ring_path, bar.update, head)
+        for m in members:
+            reps.append((m.machine, V.run(m.db, ring_path, bar.update, head,
+                                         m.machine)))
     if as_json:
-        click.echo(json.dumps(rep.to_json(), indent=2))
+        js = [rep.to_json() | {"machine": name} for name, rep in reps]
+        click.echo(json.dumps(js[0] if len(js) == 1 else js, indent=2))
     else:
-        summary = (f"{rep.batches} batches, {rep.events} events, {rep.relations} relations; "
-                   f"chain head {rep.head}")
-        if rep.ring:
-            r = rep.ring
-            summary += (f"\nring {r['uuid']}: {r['records']} records readable, {r['matched']} "
-                        f"match the store, {r['mismatched']} do not, "
-                        f"{r['not_yet_applied']} not applied yet")
-        if rep.ok:
-            click.echo(f"OK: {summary}")
-        else:
-            click.echo(f"TAMPERED: {rep.findings[0]}")
-            for f in rep.findings[1:]:
-                click.echo(f"  also: {f}")
-            click.echo(summary)
-    if not rep.ok:
+        for name, rep in reps:
+            if len(reps) > 1:
+                click.echo(f"== machine {name} ==")
+            click.echo(V.render(rep))
+    if not all(rep.ok for _, rep in reps):
         raise SystemExit(1)
 
 
 @click.command("status")
 @click.option("--ring", "ring_path", default=None, help="Ring image (default: config).")
-@click.option("--db", "db_path", default=None, help="Store: a SQLite file or a postgresql:// URL (default: config).")
+@click.option("--db", "db_path", default=None, help=DB_HELP)
+@click.option("--machine", default=None, help=MACHINE_HELP)
 @click.option("--verify", "run_verify", is_flag=True, help="Verify the chain now.")
 @click.option("--fleet", "fleet_file", default=None, type=click.Path(dir_okay=False),
               help="Every guest of this fleet file: running, daemon, ring fill, lag, lost.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 @_sqlite_errors
-def status_cmd(cfg: dict, ring_path: str | None, db_path: str | None, run_verify: bool,
-               fleet_file: str | None, as_json: bool) -> None:
+def status_cmd(cfg: dict, ring_path: str | None, db_path: str | None, machine: str | None,
+               run_verify: bool, fleet_file: str | None, as_json: bool) -> None:
     """Ring mode (DAX/pmem or emulated), fill, checkpoint, last sequence; the store's applied
     sequence and lag; whether a daemon drains into the store; lost records; the last
     verification.
@@ -327,15 +358,16 @@ def status_cmd(cfg: dict, ring_path: str | None, db_path: str | None, run_verify
         from examiner import fleetstatus
         from provisor import fleet
 
-        if ring_path or run_verify:
-            raise click.UsageError("--fleet shows every guest: no --ring or --verify with it")
+        if ring_path or run_verify or machine:
+            raise click.UsageError("--fleet shows every guest: no --ring, --machine or "
+                                   "--verify with it")
         rows = fleetstatus.fleet_status(fleet.load(fleet_file, db_path))
         click.echo(json.dumps(rows, indent=2) if as_json else fleetstatus.render(rows))
         return
     from examiner.status import render, status
 
     s = status(_db(cfg, db_path), ring_path or cfg["ring"]["path"], cfg["daemon"]["db"],
-               ring_required=ring_path is not None, run_verify=run_verify)
+               ring_required=ring_path is not None, run_verify=run_verify, machine=machine)
     click.echo(json.dumps(s, indent=2) if as_json else render(s))
 
 

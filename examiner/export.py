@@ -4,7 +4,8 @@ Mapping: a process version is a ``prov:Activity``; a file, pipe, socket or symli
 a ``prov:Entity``; the user (uid) is a ``prov:Agent`` each process version
 ``wasAssociatedWith``; the store's relations map one to one onto ``used``, ``wasGeneratedBy``,
 ``wasInformedBy`` and ``wasDerivedFrom``. Identifiers are ``provisor:v<version id>``,
-``provisor:r<relation id>``, ``provisor:uid<uid>``, ``provisor:assoc<version id>``; ring
+``provisor:r<relation id>``, ``provisor:uid<uid>``, ``provisor:assoc<version id>`` (in an
+export of several machines each carries its machine, ``provisor:web.v12``); ring
 sequence numbers (``provisor:seq``, ``provisor:entry_seq``, ``provisor:exit_seq``) and exact
 nanosecond times (``provisor:ts_ns``) are attributes; PROV times are timezone-aware (UTC).
 
@@ -67,6 +68,7 @@ import warnings
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import IO
 
@@ -76,6 +78,7 @@ from prov.model import ProvDocument
 
 from examiner import query as Q
 from provisor.errors import ProvisorError
+from provisor.machine import DEFAULT_MACHINE
 from store import reader
 
 NS = "urn:provisor:"
@@ -188,8 +191,9 @@ def machine(conn: sqlite3.Connection) -> dict[str, object]:
     """The store's ring UUID and what the daemon recorded about the machine (meta
     ``machine``, JSON: host, guest_kernel, ring_created_ns), when it did."""
     rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('ring_uuid', "
-                             "'machine')").fetchall())
-    out: dict[str, object] = {"ring_uuid": rows.get("ring_uuid") or None}
+                             "'machine', 'machine_name')").fetchall())
+    out: dict[str, object] = {"ring_uuid": rows.get("ring_uuid") or None,
+                              "machine_name": rows.get("machine_name") or DEFAULT_MACHINE}
     try:
         m = json.loads(rows.get("machine") or "{}")
     except ValueError:
@@ -218,8 +222,10 @@ class Selection:
     """Which versions and relations to export: all, a time window, and/or one object's
     lineage (its ancestors and descendants, all versions)."""
 
-    def __init__(self, conn: sqlite3.Connection, win: Q.Window, target: str | None) -> None:
-        self.conn, self.win = conn, win
+    def __init__(self, conn: sqlite3.Connection, win: Q.Window, target: str | None,
+                 machine: str = "") -> None:
+        self.conn, self.win, self.machine = conn, win, machine
+        self.ns = "provisor:" + (machine_tag(machine) if machine else "")
         self.nodes: set[int] | None = None
         self.chunk = 2000
         if target:
@@ -325,7 +331,7 @@ def _entities(sel: Selection, mid: str) -> Iterator[tuple[ProvDocument, int]]:
             base += _attrs(dev=v.get("dev"), ino=v.get("ino"), seq=v["seq"], ts_ns=v["ts_ns"],
                            reason=v["reason"], deleted=1 if v.get("deleted") else None,
                            machine=d.valid_qualified_name(mid))
-            d.entity(f"provisor:v{v['id']}", _merge(base, rows.get(v["id"], [])))
+            d.entity(f"{sel.ns}v{v['id']}", _merge(base, rows.get(v["id"], [])))
         yield d, len(ids)
 
 
@@ -343,7 +349,7 @@ def _activities(sel: Selection, uids: set[int], mid: str,
             base += [("provisor:outcome_unknown", _unknown_text(u))
                      for u in unknown.get(v["id"], ())]
             c = cr.get(v["id"], {})
-            d.activity(f"provisor:v{v['id']}", when(v["ts_ns"]), None,
+            d.activity(f"{sel.ns}v{v['id']}", when(v["ts_ns"]), None,
                        _merge(base, rows.get(v["id"], []), c))
             uid = _uid(c, v.get("uid"))
             if uid is not None:
@@ -364,10 +370,11 @@ def _agents(sel: Selection, uids: set[int], info: dict[str, object], mid: str,
     kern = f" (guest kernel {info['guest_kernel']})" if info.get("guest_kernel") else ""
     d.agent(mid, _attrs(**{"prov:label": f"ring {info.get('ring_uuid') or '?'}{who}{kern}",
                            "prov:type": PROVISOR["machine"]},
-                        **{k: info.get(k) for k in ("ring_uuid", *MACHINE_KEYS)})
+                        **{k: info.get(k) for k in ("ring_uuid", "machine_name",
+                                                     *MACHINE_KEYS)})
             + [("provisor:outcome_unknown", _unknown_text(u)) for u in unknown.get(None, ())])
     for uid in sorted(uids):
-        d.agent(f"provisor:uid{uid}", _attrs(**{"prov:label": f"uid {uid}",
+        d.agent(f"{sel.ns}uid{uid}", _attrs(**{"prov:label": f"uid {uid}",
                                                  "prov:type": PROV["Person"]}, uid=uid,
                                               machine=d.valid_qualified_name(mid)))
     yield d, 0
@@ -380,8 +387,9 @@ def _associations(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
         for vid, uid in sel.conn.execute(
                 "SELECT v.id, p.uid FROM versions v JOIN processes p ON p.id = v.object_id "
                 "WHERE v.id IN (SELECT value FROM json_each(?))", (json.dumps(ids),)):
-            d.wasAssociatedWith(f"provisor:v{vid}", f"provisor:uid{_uid(cr.get(vid, {}), uid)}",
-                                identifier=f"provisor:assoc{vid}")
+            d.wasAssociatedWith(f"{sel.ns}v{vid}",
+                                f"{sel.ns}uid{_uid(cr.get(vid, {}), uid)}",
+                                identifier=f"{sel.ns}assoc{vid}")
         yield d, 0
 
 
@@ -389,9 +397,9 @@ def _relations(sel: Selection, kind: str) -> Iterator[tuple[ProvDocument, int]]:
     for rows in sel.relations(kind):
         d = _doc()
         for rid, src, dst, en, ex, ts, name in rows:
-            ident = f"provisor:r{rid}"
+            ident = f"{sel.ns}r{rid}"
             a = _attrs(entry_seq=en, exit_seq=ex, ts_ns=ts, syscall=name)
-            s, t = f"provisor:v{src}", f"provisor:v{dst}"
+            s, t = f"{sel.ns}v{src}", f"{sel.ns}v{dst}"
             if kind == "used":
                 d.used(s, t, when(ts), identifier=ident, other_attributes=a)
             elif kind == "wasGeneratedBy":
@@ -403,19 +411,29 @@ def _relations(sel: Selection, kind: str) -> Iterator[tuple[ProvDocument, int]]:
         yield d, len(rows)
 
 
-def documents(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
-    """The whole export as a sequence of (document slice, records of progress)."""
-    uids: set[int] = set()
-    info = machine(sel.conn)
-    mid = machine_id(info)
-    unknown = Q.unknown_by_version(sel.conn)  # the pending entries: few (a crash's tail)
-    yield from _entities(sel, mid)
-    yield from _activities(sel, uids, mid, unknown)
-    yield from _agents(sel, uids, info, mid, unknown)
-    yield from _associations(sel)
+def documents(sel: Selection | list[Selection]) -> Iterator[tuple[ProvDocument, int]]:
+    """The whole export as a sequence of (document slice, records of progress): one PROV
+    type after another, each for every machine's selection (the writers splice slices of one
+    type into one section)."""
+    sels = sel if isinstance(sel, list) else [sel]
+    uids: list[set[int]] = [set() for _ in sels]
+    info = [machine(s.conn) for s in sels]
+    mid = [machine_id(i) for i in info]
+    # the pending entries: few (a crash's tail)
+    unknown = [Q.unknown_by_version(s.conn) for s in sels]
+    for i, s in enumerate(sels):
+        yield from _entities(s, mid[i])
+    for i, s in enumerate(sels):
+        yield from _activities(s, uids[i], mid[i], unknown[i])
+    for i, s in enumerate(sels):
+        yield from _agents(s, uids[i], info[i], mid[i], unknown[i])
+    for s in sels:
+        yield from _associations(s)
     for kind in RELATION_KINDS:
-        yield from _relations(sel, kind)
-    yield from _invalidations(sel)
+        for s in sels:
+            yield from _relations(s, kind)
+    for s in sels:
+        yield from _invalidations(s)
 
 
 def _invalidations(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
@@ -424,8 +442,8 @@ def _invalidations(sel: Selection) -> Iterator[tuple[ProvDocument, int]]:
     for rows in sel.invalidations():
         d = _doc()
         for node, proc, seq, ts, name in rows:
-            d.wasInvalidatedBy(f"provisor:v{node}", f"provisor:v{proc}", when(ts),
-                               identifier=f"provisor:inv{node}_{seq}",
+            d.wasInvalidatedBy(f"{sel.ns}v{node}", f"{sel.ns}v{proc}", when(ts),
+                               identifier=f"{sel.ns}inv{node}_{seq}",
                                other_attributes=_attrs(exit_seq=seq, ts_ns=ts, syscall=name))
         yield d, len(rows)
 
@@ -515,43 +533,88 @@ def write_rdf(out: IO[str], slices: Iterator[tuple[ProvDocument, int]],
             tick(n)
 
 
-def write_dot(out: IO[str], sel: Selection, tick: Callable[[int], None]) -> None:
+def write_dot(out: IO[str], sels: list[Selection], tick: Callable[[int], None]) -> None:
     out.write("digraph provisor {\n  rankdir=BT;\n  node [fontname=\"Helvetica\", fontsize=10];"
               "\n  edge [fontsize=8];\n")
+    for sel in sels:
+        p = sel.ns[len("provisor:"):].replace(".", "_")
+        if p:
+            out.write(f"  subgraph cluster_{p.rstrip('_')} {{\n"
+                      f"  label={Q._dq('machine ' + sel.machine)};\n")
+        _dot_of(out, sel, p, tick)
+        if p:
+            out.write("  }\n")
+    out.write("}\n")
+
+
+def _dot_of(out: IO[str], sel: Selection, p: str, tick: Callable[[int], None]) -> None:
     for process in (False, True):
         for ids in sel.version_ids(process):
             for v in Q.describe_nodes(sel.conn, ids).values():
-                out.write(f"  v{v['id']} [label={Q._dq(v['label'])}, "
+                out.write(f"  {p}v{v['id']} [label={Q._dq(v['label'])}, "
                           f"shape={Q.SHAPES.get(v['kind'], 'ellipse')}];\n")
             tick(len(ids))
     for kind in RELATION_KINDS:
         for rows in sel.relations(kind):
             for _rid, src, dst, *_ in rows:
-                out.write(f"  v{src} -> v{dst} [label={Q._dq(kind)}];\n")
+                out.write(f"  {p}v{src} -> {p}v{dst} [label={Q._dq(kind)}];\n")
             tick(len(rows))
     for rows in sel.invalidations():
         for node, proc, *_ in rows:
-            out.write(f"  v{node} -> v{proc} [label=\"wasInvalidatedBy\", style=dashed];\n")
+            out.write(f"  {p}v{node} -> {p}v{proc} [label=\"wasInvalidatedBy\", "
+                      "style=dashed];\n")
         tick(len(rows))
-    out.write("}\n")
+
+
+def machine_tag(machine: str) -> str:
+    """The part of every id that keeps one machine's records apart from another's in one
+    document: ``web.`` (``provisor:web.v12``); a name starting with a digit gets a ``_``
+    first (a QName's local part may not start with one; no machine name starts with ``_``)."""
+    return (machine if machine[:1].isalpha() else f"_{machine}") + "."
 
 
 def export(conn: sqlite3.Connection, out: IO[str], fmt: str, win: Q.Window | None = None,
            target: str | None = None, chunk: int = 2000,
            tick: Callable[[int], None] = lambda n: None) -> dict[str, int]:
-    """Write the selected graph to ``out`` in ``fmt``; returns the counts written."""
+    """Write the selected graph of one store to ``out`` in ``fmt``; returns the counts
+    written."""
+    return export_set([("", conn)], out, fmt, win, target, chunk, tick)
+
+
+def export_set(parts: list[tuple[str, sqlite3.Connection]], out: IO[str], fmt: str,
+               win: Q.Window | None = None, target: str | None = None, chunk: int = 2000,
+               tick: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+    """Write the selected graphs of several machines' stores, ``(machine, conn)``, to ``out``
+    as one document: each machine's ids qualified by its name (:func:`machine_tag`), so no
+    record of one is taken for another's. A machine named ``""`` keeps the plain ids (one
+    store). With ``target``, the machines where it names nothing are left out."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if chunk < 1:
         raise ExportError("--chunk must be at least 1")
-    with reader.snapshot(conn):  # the export is a snapshot even while daemons commit
-        sel = Selection(conn, win or Q.Window(), target)
-        sel.chunk = chunk
-        counts = sel.count()
+    with ExitStack() as stack:
+        sels, missed = [], []
+        for m, conn in parts:
+            stack.enter_context(reader.snapshot(conn))  # a snapshot while daemons commit
+            try:
+                sel = Selection(conn, win or Q.Window(), target, m)
+            except Q.QueryError as e:
+                if len(parts) == 1:
+                    raise
+                missed.append(f"machine {m}: {e}")
+                continue
+            sel.chunk = chunk
+            sels.append(sel)
+        if not sels:
+            raise ExportError("; ".join(missed))
+        counts: dict[str, int] = {}
+        for sel in sels:
+            for k, v in sel.count().items():
+                counts[k] = counts.get(k, 0) + v
         if fmt == "dot":
-            write_dot(out, sel, tick)
+            write_dot(out, sels, tick)
         else:
             writer = {"prov-n": write_provn, "prov-json": write_provjson,
                       "prov-xml": write_provxml, "rdf": write_rdf}[fmt]
-            writer(out, documents(sel), tick)
+            writer(out, documents(sels), tick)
     return counts

@@ -148,11 +148,13 @@ class Result:
     edges: list[dict] = field(default_factory=list)
     unknown: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    machine: str = ""  # the guest whose store answered (a graph never spans two)
 
     def to_json(self) -> dict:
-        return {"query": self.query, "target": self.target, "notes": self.notes,
-                "rows": self.rows, "nodes": list(self.nodes.values()), "edges": self.edges,
-                "outcome_unknown": self.unknown}
+        out = {"query": self.query, "target": self.target, "notes": self.notes,
+               "rows": self.rows, "nodes": list(self.nodes.values()), "edges": self.edges,
+               "outcome_unknown": self.unknown}
+        return {"machine": self.machine, **out} if self.machine else out
 
 
 @dataclass
@@ -843,25 +845,52 @@ def _dq(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def render_dot(res: Result) -> str:
-    out = [f"digraph provisor {{  // {res.query} {res.target}", "  rankdir=BT;",
-           '  node [fontname="Helvetica", fontsize=10];', '  edge [fontsize=8];']
+def _dot_body(res: Result, p: str = "", ind: str = "  ") -> list[str]:
+    """Nodes and edges of one result; ``p`` prefixes every node id (one machine's ids apart
+    from another's in one graph)."""
+    out = []
     for n, d in sorted(res.nodes.items()):
         style = ', style=filled, fillcolor="#ffe08a"' if d.get("depth") == 0 and \
             res.query in ("ancestors", "descendants") else ""
-        out.append(f"  v{n} [label={_dq(d['label'] + chr(10) + d['time'])}, "
+        out.append(f"{ind}{p}v{n} [label={_dq(d['label'] + chr(10) + d['time'])}, "
                    f"shape={SHAPES.get(d['kind'], 'ellipse')}{style}];")
     for e in res.edges:
         if e["src"] in res.nodes and e["dst"] in res.nodes:
-            out.append(f"  v{e['src']} -> v{e['dst']} [label={_dq(e['kind'])}];")
+            out.append(f"{ind}{p}v{e['src']} -> {p}v{e['dst']} [label={_dq(e['kind'])}];")
     procs = defaultdict(list)
     for n, d in res.nodes.items():
         if d["kind"] == "process":
             procs[d["object_id"]].append(n)
     for u in res.unknown:
-        out.append(f"  u{u['seq']} [label={_dq('OUTCOME UNKNOWN: ' + _unknown_text(u))}, "
+        out.append(f"{ind}{p}u{u['seq']} [label={_dq('OUTCOME UNKNOWN: ' + _unknown_text(u))}, "
                    'shape=octagon, color=red, fontcolor=red, style=dashed];')
         for n in procs.get(u["process_id"], [])[-1:]:
-            out.append(f"  u{u['seq']} -> v{n} [style=dashed, color=red];")
-    out.append("}")
-    return "\n".join(out)
+            out.append(f"{ind}{p}u{u['seq']} -> {p}v{n} [style=dashed, color=red];")
+    return out
+
+
+_DOT_HEAD = ["  rankdir=BT;", '  node [fontname="Helvetica", fontsize=10];',
+             '  edge [fontsize=8];']
+
+
+def render_dot(res: Result) -> str:
+    return "\n".join([f"digraph provisor {{  // {res.query} {res.target}", *_DOT_HEAD,
+                      *_dot_body(res), "}"])
+
+
+def render_many(results: list[Result], fmt: str) -> str:
+    """Several machines' answers to one query, each tagged with its machine: a section per
+    machine (table), a list (JSON), a cluster per machine with its own node ids (DOT)."""
+    if len(results) == 1 and fmt != "json":
+        return {"table": render_table, "dot": render_dot}[fmt](results[0])
+    if fmt == "json":
+        if len(results) == 1:
+            return render_json(results[0])
+        return json.dumps([r.to_json() for r in results], indent=2, default=str)
+    if fmt == "table":
+        return "\n\n".join(f"== machine {r.machine} ==\n{render_table(r)}" for r in results)
+    out = [f"digraph provisor {{  // {results[0].query} {results[0].target}", *_DOT_HEAD]
+    for r in results:
+        out += [f"  subgraph cluster_{r.machine} {{", f"    label={_dq('machine ' + r.machine)};",
+                *_dot_body(r, f"{r.machine}_", "    "), "  }"]
+    return "\n".join([*out, "}"])

@@ -16,7 +16,8 @@ import psutil
 from examiner import verify as V
 from examiner.query import connect, fmt_ts
 from provisor.errors import ProvisorError
-from store import base
+from provisor.machine import DEFAULT_MACHINE, is_postgres_url
+from store import base, postgres, reader
 
 
 def ring_status(path: str) -> dict:
@@ -35,14 +36,15 @@ def ring_status(path: str) -> dict:
             "chain_end": s["chain_end"]["reason"] if s["chain_end"] else None}
 
 
-def db_status(path: str) -> dict:
-    conn = connect(path)
+def db_status(path: str, machine: str | None = None) -> dict:
+    conn = connect(path, machine)
     try:
         q = conn.execute
         meta = dict(q("SELECT key, value FROM meta").fetchall())
         lost = q("SELECT max(lost_total), count(*) FROM losses").fetchone()
         counts = base.counts(lambda sql: q(sql).fetchall())
-        return {"path": path, "ring_uuid": meta.get("ring_uuid") or None,
+        return {"path": getattr(conn, "path", path), "machine": meta.get("machine_name")
+                or DEFAULT_MACHINE, "ring_uuid": meta.get("ring_uuid") or None,
                 "applied_seq": int(meta.get("applied_seq") or 0),
                 "batches": int(meta.get("batches") or 0), "chain_head": meta.get("chain_head"),
                 "events": counts["events"], "relations": counts["relations"],
@@ -63,9 +65,22 @@ def _arg(cmd: list[str], name: str) -> str | None:
     return None
 
 
-def find_daemons(db: str, default_db: str) -> list[int]:
-    """PIDs of ``provisor daemon`` processes draining into ``db``."""
-    want = os.path.realpath(db)
+def _same_store(theirs: str, their_machine: str | None, want: str, machine: str) -> bool:
+    """Whether a daemon's ``--db`` (and ``--machine``) is the store we look at: the same file
+    (resolved), or the same PostgreSQL database and machine."""
+    if is_postgres_url(want) or is_postgres_url(theirs):
+        if not (is_postgres_url(want) and is_postgres_url(theirs)):
+            return False
+        (a, am), (b, _) = postgres.split_url(theirs), postgres.split_url(want)
+        return a == b and (their_machine or am or DEFAULT_MACHINE) == machine
+    return os.path.realpath(theirs) == os.path.realpath(want)
+
+
+def find_daemons(db: str, default_db: str, machine: str | None = None) -> list[int]:
+    """PIDs of ``provisor daemon`` processes draining into ``db`` (``machine``'s namespace of
+    it, for a PostgreSQL URL)."""
+    want_m = machine or (postgres.split_url(db)[1] if is_postgres_url(db) else None) \
+        or DEFAULT_MACHINE
     out = []
     me = os.getpid()
     for p in psutil.process_iter(["pid", "cmdline"]):
@@ -75,9 +90,9 @@ def find_daemons(db: str, default_db: str) -> list[int]:
                     "provisor" in a for a in cmd[: cmd.index("daemon")]):
                 continue
             theirs = _arg(cmd, "--db") or default_db
-            if not os.path.isabs(theirs):
+            if not is_postgres_url(theirs) and not os.path.isabs(theirs):
                 theirs = os.path.join(p.cwd(), theirs)
-            if os.path.realpath(theirs) == want:
+            if _same_store(theirs, _arg(cmd, "--machine"), db, want_m):
                 out.append(p.info["pid"])
         except (psutil.Error, ValueError):
             continue
@@ -85,7 +100,7 @@ def find_daemons(db: str, default_db: str) -> list[int]:
 
 
 def status(db: str, ring: str | None, default_db: str, ring_required: bool = False,
-           run_verify: bool = False) -> dict:
+           run_verify: bool = False, machine: str | None = None) -> dict:
     out: dict = {"ring": None, "db": None}
     if ring:
         if os.path.exists(ring):
@@ -94,7 +109,11 @@ def status(db: str, ring: str | None, default_db: str, ring_required: bool = Fal
             raise ProvisorError(f"{ring}: no such ring image")
         else:
             out["ring"] = {"path": ring, "absent": True}
-    if os.path.exists(db):
+    if is_postgres_url(db):
+        m = machine or postgres.split_url(db)[1] or DEFAULT_MACHINE
+        out["db"] = db_status(db, m) if m in reader.machines(db) else {
+            "path": f"{postgres.redact(postgres.split_url(db)[0])} [{m}]", "absent": True}
+    elif os.path.exists(db):
         out["db"] = db_status(db)
     else:
         out["db"] = {"path": db, "absent": True}
@@ -103,13 +122,13 @@ def status(db: str, ring: str | None, default_db: str, ring_required: bool = Fal
         same = not d["ring_uuid"] or d["ring_uuid"] == r["uuid"]
         out["lag"] = max(r["last_seq"] - d["applied_seq"], 0) if same else None
         out["same_ring"] = same
-    pids = find_daemons(db, default_db)
+    pids = find_daemons(db, default_db, machine)
     out["daemon"] = {"alive": bool(pids), "pids": pids}
     if run_verify and not d.get("absent"):
-        rep = V.run(db, ring if r and not r.get("absent") else None)
+        rep = V.run(db, ring if r and not r.get("absent") else None, machine=machine)
         state = rep.to_json()
     else:
-        state = V.load_state(os.path.abspath(db))
+        state = None if is_postgres_url(db) else V.load_state(os.path.abspath(db))
     out["verification"] = _verification(state, d)
     return out
 

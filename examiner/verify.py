@@ -629,6 +629,8 @@ def save_state(rep: Report) -> None:
     result itself is no evidence; re-run verify to trust it)."""
     from provisor import files
 
+    if not os.path.isabs(rep.db):
+        return  # a PostgreSQL store: no file beside it (status --verify verifies there)
     try:  # private and exclusive like every file of ours; another user's marker is left alone
         with files.output(state_path(rep.db)) as f:
             json.dump(rep.to_json(), f)
@@ -641,6 +643,8 @@ def load_state(db: str) -> dict | None:
     would be believed by ``provisor status``); root's is read (a root daemon's store)."""
     from provisor import files
 
+    if not os.path.isabs(db):
+        return None
     try:
         fd, _ = files.open_ours(state_path(db), os.O_RDONLY, root_ok=True)
     except files.FileError:
@@ -653,14 +657,14 @@ def load_state(db: str) -> dict | None:
 
 
 def run(db: str, ring: str | None = None, tick: Callable[[int], None] = lambda n: None,
-        expected_head: str | None = None) -> Report:
+        expected_head: str | None = None, machine: str | None = None) -> Report:
     from examiner.query import connect
 
     if expected_head is not None:
         h = expected_head.strip().lower()
         if len(h) != 64 or any(ch not in "0123456789abcdef" for ch in h):
             raise VerifyError("--head must be 64 hex digits (as printed by verify)")
-    conn = connect(db)
+    conn = connect(db, machine)
     try:
         with reader.snapshot(conn):  # a daemon committing meanwhile is not seen half-way
             rep = verify(conn, conn.path if is_postgres_url(db) else os.path.abspath(db),
@@ -671,3 +675,18 @@ def run(db: str, ring: str | None = None, tick: Callable[[int], None] = lambda n
         conn.close()
     save_state(rep)
     return rep
+
+
+def render(rep: Report) -> str:
+    """The report as ``provisor verify`` prints it: OK or TAMPERED with the first finding."""
+    summary = (f"{rep.batches} batches, {rep.events} events, {rep.relations} relations; "
+               f"chain head {rep.head}")
+    if rep.ring:
+        r = rep.ring
+        summary += (f"\nring {r['uuid']}: {r['records']} records readable, {r['matched']} "
+                    f"match the store, {r['mismatched']} do not, "
+                    f"{r['not_yet_applied']} not applied yet")
+    if rep.ok:
+        return f"OK: {summary}"
+    return "\n".join([f"TAMPERED: {rep.findings[0]}",
+                      *(f"  also: {f}" for f in rep.findings[1:]), summary])
