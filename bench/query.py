@@ -15,12 +15,19 @@ events), as ``provisor query`` runs it, minus printing: for the table output (ed
 covering index alone) and for JSON/DOT (each edge's ids, ring seqs and syscall too). The
 machine's load is printed with the table: the figures are wall-clock medians. Prints Markdown.
 
+Both backends, side by side: the same rows (every table of the SQLite store, copied with
+COPY into a PostgreSQL namespace made by the daemon's own DDL, then ANALYZE) answer the same
+queries through the examiner's one SQL (store/reader.py translates). PostgreSQL is a private
+cluster started for the run (Debian's server, unix socket) unless ``--pg URL`` names one.
+
     python bench/query.py [--relations 1000000] [--runs 15] [--db PATH] [--rebuild]
+                          [--backend both|sqlite|postgresql] [--pg URL]
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import statistics
 import sys
 import time
@@ -74,6 +81,41 @@ def build(path: str, relations: int, seed: int) -> dict[str, int]:
     return counts
 
 
+PG_MACHINE = "bench"
+
+
+def copy_to_pg(path: str, url: str) -> None:
+    """The SQLite store's rows, table by table, into ``PG_MACHINE``'s namespace at ``url``."""
+    from store import postgres, schema
+
+    Applier(url, "bench-query", machine=PG_MACHINE).close()  # the namespace, by its own DDL
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    dst = postgres.connect(url)
+    ns = postgres.namespace(PG_MACHINE)
+    dst.execute(f'SET search_path TO "{ns}"')
+    total = sum(src.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in schema.TABLES if t != "meta")
+    t0 = time.monotonic()
+    with click.progressbar(length=total, label="copying to PostgreSQL", file=sys.stderr) as bar:
+        for t in schema.TABLES.values():
+            if t.name == "meta":
+                continue
+            dst.execute(f"TRUNCATE {t.name}")
+            with dst.cursor().copy(f"COPY {t.name} ({', '.join(t.cols)}) FROM STDIN") as cp:
+                for i, row in enumerate(src.execute(t.select()), 1):
+                    cp.write_row(row)
+                    if i % 65536 == 0:
+                        bar.update(65536)
+        for key, value in src.execute("SELECT key, value FROM meta WHERE key != 'machine_name'"):
+            dst.execute("UPDATE meta SET value = %s WHERE key = %s", (value, key))
+        dst.commit()
+    dst.autocommit = True
+    dst.execute("ANALYZE")
+    dst.close()
+    src.close()
+    click.echo(f"copied {total:,} rows to PostgreSQL in {time.monotonic() - t0:.0f}s", err=True)
+
+
 def pick_targets(conn) -> dict[str, str]:
     q = conn.execute
     cands = [r[0] for r in q(
@@ -108,13 +150,37 @@ def timeit(fn, runs: int) -> list[float]:
     return times
 
 
+def run_backend(conn, backend: str, targets: dict[str, str], runs: int) -> None:
+    for name, target in targets.items():
+        up = name.startswith("ancestors")
+        worst = "worst" in name
+        full = Q.lineage(conn, target, up, detail=False)
+        what = f"{target} ({full.nodes[int(target[2:])]['label']})"
+        for mode, fn in MODES.items():
+            if worst and mode.startswith(("all", "json")):
+                continue
+            times = timeit(lambda fn=fn, t=target, u=up: fn(conn, t, u),
+                           min(runs, 3) if worst else runs)
+            med = statistics.median(times)
+            goal = "-" if worst else ("met" if med < 100 else "missed")
+            click.echo(f"| {backend} | {name} | {what} | {len(full.nodes) - 1:,} | "
+                       f"{len(full.edges):,} | {mode} | {med:.1f} | {min(times):.1f} | "
+                       f"{max(times):.1f} | {goal} |")
+
+
 @click.command()
 @click.option("--db", "path", default="/dev/shm/provisor-bench-query.db", show_default=True)
 @click.option("--relations", default=1_000_000, show_default=True)
 @click.option("--runs", default=15, show_default=True)
 @click.option("--seed", default=7, show_default=True)
 @click.option("--rebuild", is_flag=True, help="Rebuild the store even if one is there.")
-def main(path: str, relations: int, runs: int, seed: int, rebuild: bool) -> None:
+@click.option("--backend", type=click.Choice(["both", "sqlite", "postgresql"]), default="both",
+              show_default=True)
+@click.option("--pg", "pg_url", default=None,
+              help="A PostgreSQL database to copy the store into (default: a private cluster "
+              "for the run).")
+def main(path: str, relations: int, runs: int, seed: int, rebuild: bool, backend: str,
+         pg_url: str | None) -> None:
     """Median latency of ancestors / descendants queries on a large synthetic store.
 
     Example: python bench/query.py --relations 1000000 --runs 15
@@ -130,26 +196,36 @@ def main(path: str, relations: int, runs: int, seed: int, rebuild: bool) -> None
     total = conn.execute("SELECT count(*) FROM relations").fetchone()[0]
     events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     targets = pick_targets(conn)
-    click.echo(f"\nstore: {total:,} relations, {events:,} events; {runs} runs each; "
-               f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n")
-    click.echo("| query | target | nodes | relations | what is timed | median ms | min ms "
-               "| max ms | goal < 100 ms |")
-    click.echo("|---|---|---:|---:|---|---:|---:|---:|---|")
-    for name, target in targets.items():
-        up = name.startswith("ancestors")
-        worst = "worst" in name
-        full = Q.lineage(conn, target, up, detail=False)
-        what = f"{target} ({full.nodes[int(target[2:])]['label']})"
-        for mode, fn in MODES.items():
-            if worst and mode.startswith(("all", "json")):
-                continue
-            times = timeit(lambda fn=fn, t=target, u=up: fn(conn, t, u),
-                           min(runs, 3) if worst else runs)
-            med = statistics.median(times)
-            goal = "-" if worst else ("met" if med < 100 else "missed")
-            click.echo(f"| {name} | {what} | {len(full.nodes) - 1:,} | {len(full.edges):,} | "
-                       f"{mode} | {med:.1f} | {min(times):.1f} | {max(times):.1f} | {goal} |")
-    conn.close()
+    cluster = None
+    if backend != "sqlite" and pg_url is None:
+        from store import pgcluster
+
+        cluster = pgcluster.temporary()
+        cluster.start()
+        pg_url = cluster.createdb("bench")
+    try:
+        if backend != "sqlite":
+            copy_to_pg(path, pg_url)
+        click.echo(f"\nstore: {total:,} relations, {events:,} events; {runs} runs each; "
+                   f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n")
+        click.echo("| backend | query | target | nodes | relations | what is timed | median ms "
+                   "| min ms | max ms | goal < 100 ms |")
+        click.echo("|---|---|---|---:|---:|---|---:|---:|---:|---|")
+        if backend != "postgresql":
+            run_backend(conn, "SQLite", targets, runs)
+        if backend != "sqlite":
+            pg = Q.connect(pg_url, PG_MACHINE)
+            try:
+                run_backend(pg, "PostgreSQL", targets, runs)
+            finally:
+                pg.close()
+        click.echo(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    finally:
+        conn.close()
+        if cluster is not None:
+            from store import pgcluster
+
+            pgcluster.remove(cluster)
 
 
 if __name__ == "__main__":
