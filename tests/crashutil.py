@@ -20,10 +20,34 @@ TABLES = ("events", "processes", "artifacts", "versions", "relations", "names", 
 PROVISOR = [sys.executable, "-m", "provisor.cli"]
 
 
-def fingerprint(db: str) -> dict[str, list[tuple]]:
+def rows(db: str, sql: str, machine: str = "default") -> list[tuple]:
+    """A statement's rows from a store on either backend (a SQLite file, a PostgreSQL URL)."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        from store import postgres
+
+        with psycopg.connect(db) as c:
+            c.execute(f'SET search_path TO "{postgres.namespace(machine)}"')
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)
+                    for r in c.execute(sql).fetchall()]
     conn = sqlite3.connect(db)
     try:
-        out = {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in TABLES}
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def fingerprint(db: str, machine: str = "default", tables=TABLES) -> dict[str, list[tuple]]:
+    """Every row of ``tables`` (sorted) and applied_seq: what must be equal between a crashed
+    and recovered store and an uninterrupted one, on either backend."""
+    if db.startswith("postgresql://"):
+        out = {t: sorted(rows(db, f"SELECT * FROM {t}", machine), key=repr) for t in tables}
+        out["applied"] = rows(db, "SELECT value FROM meta WHERE key='applied_seq'", machine)
+        return out
+    conn = sqlite3.connect(db)
+    try:
+        out = {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
         out["applied"] = conn.execute(
             "SELECT value FROM meta WHERE key='applied_seq'").fetchall()
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

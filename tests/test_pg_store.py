@@ -11,28 +11,20 @@ import signal
 import subprocess
 import time
 
-import psycopg
 import pytest
 from crashutil import PROVISOR, TABLES, diff, fingerprint, payloads, reference, run
 
 from daemon.apply import Applier, StoreError
 from pmem.layout import Record, RecType
 from provisor.errors import ProvisorError
-from store import postgres
 
 # beside the crash tables: what must also be equal when the batches are the same
 CHAINED = ("chain", "attrs", "meta")
 
 
 def pg_fingerprint(url: str, machine: str, tables=TABLES) -> dict[str, list[tuple]]:
-    """The same shape as crashutil.fingerprint, read from one machine's namespace."""
-    with psycopg.connect(url) as c:
-        c.execute(f'SET search_path TO "{postgres.namespace(machine)}"')
-        out = {t: sorted((tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)
-                          for r in c.execute(f"SELECT * FROM {t}").fetchall()), key=repr)
-               for t in tables}
-        out["applied"] = c.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchall()
-    return out
+    """crashutil.fingerprint, read from one machine's namespace."""
+    return fingerprint(url, machine, tables)
 
 
 def sqlite_rows(db: str, tables) -> dict[str, list[tuple]]:

@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-from crashutil import diff, filled_ring, fingerprint, payloads, reference, run
+from crashutil import diff, filled_ring, fingerprint, payloads, reference, rows, run
 
 from daemon.apply import Applier
 from pmem import layout as L
@@ -56,9 +56,9 @@ class PrefixReference:
         return fingerprint(self.path)
 
 
-def test_recover_forensic_then_live_is_idempotent(shm_dir):
+def test_recover_forensic_then_live_is_idempotent(shm_dir, store_db):
     pls = payloads(4000, seed=5)
-    ring, db = f"{shm_dir}/r.ring", f"{shm_dir}/r.db"
+    ring, db = f"{shm_dir}/r.ring", store_db
     filled_ring(ring, pls)
     before = sha(ring)
     rep = recover(ring, db, read_only=True)
@@ -175,9 +175,9 @@ CRASH_POINTS = {
 
 
 @pytest.mark.parametrize("fault", sorted(CRASH_POINTS))
-def test_daemon_crash_points_then_recover(shm_dir, fault):
+def test_daemon_crash_points_then_recover(shm_dir, fault, store_db):
     pls = payloads(6000, seed=8)
-    ring, db = f"{shm_dir}/d.ring", f"{shm_dir}/d.db"
+    ring, db = f"{shm_dir}/d.ring", store_db
     filled_ring(ring, pls)
     cfg = f"{shm_dir}/c.toml"
     open(cfg, "w").write("[daemon]\nbatch_min = 500\nbatch_max = 500\n")
@@ -185,12 +185,8 @@ def test_daemon_crash_points_then_recover(shm_dir, fault):
             {"PROVISOR_FAULT": fault, "PROVISOR_CONFIG": cfg})
     assert r.returncode == -signal.SIGKILL
     applied, batches, checkpoint, replayed = CRASH_POINTS[fault]
-    conn = sqlite3.connect(db)
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta"))
-        seqs = [s for (s,) in conn.execute("SELECT seq FROM events ORDER BY seq")]
-    finally:
-        conn.close()
+    meta = dict(rows(db, "SELECT key, value FROM meta"))
+    seqs = [s for (s,) in rows(db, "SELECT seq FROM events ORDER BY seq")]
     assert (int(meta["applied_seq"]), int(meta["batches"])) == (applied, batches)
     assert seqs == list(range(1, applied + 1))
     with R.Consumer.open(ring, readonly=True) as c:
@@ -208,9 +204,9 @@ def test_daemon_crash_points_then_recover(shm_dir, fault):
     assert diff(fingerprint(db), reference(f"{shm_dir}/ref.db", pls)) == ""
 
 
-def test_crash_during_recovery_then_recover_again(shm_dir):
+def test_crash_during_recovery_then_recover_again(shm_dir, store_db):
     pls = payloads(20000, seed=9)
-    ring, db = f"{shm_dir}/c.ring", f"{shm_dir}/c.db"
+    ring, db = f"{shm_dir}/c.ring", store_db
     filled_ring(ring, pls)
     for fault in ("after_commit:1", "mid_release:1", "before_commit:1"):
         r = run(["recover", "--ring", ring, "--db", db, "--live"], {"PROVISOR_FAULT": fault})

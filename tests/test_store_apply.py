@@ -4,22 +4,22 @@ exact bytes (guest text)."""
 
 from __future__ import annotations
 
-import sqlite3
+from crashutil import rows as store_rows
 
 from daemon.apply import Applier
 from pmem.layout import Record, RecType
 from provisor.guesttext import unescape
 
 
-def test_unknown_type_and_undecodable_event_are_kept_whole(tmp_path):
-    db = str(tmp_path / "s.db")
+def test_unknown_type_and_undecodable_event_are_kept_whole(store_db):
+    db = store_db
     odd, junk = b"\x00\xffnew producer\x1b[2J", b"\x07not an event"
     s = Applier(db)
     try:
         assert s.apply([Record(1, 99, 0, odd), Record(2, RecType.EVENT, 0, junk)]) == 2
     finally:
         s.close()
-    rows = dict(sqlite3.connect(db).execute("SELECT seq, text FROM notes"))
+    rows = dict(store_rows(db, "SELECT seq, text FROM notes"))
     assert rows[1].startswith("record of unknown type 99: ")
     assert unescape(rows[1].split(": ", 1)[1]) == odd
     assert rows[2].startswith("undecodable event (")
