@@ -135,10 +135,12 @@ def one_run(run: int, path: str, proc: subprocess.Popen, rng: random.Random,
         k = 0
         try:
             while True:
+                # counted before the write: once in the pipe the producer may append them
+                # before this thread runs again (an upper bound, as the check needs)
+                sent[0] = k + 32
                 proc.stdin.write(b"".join(line(run, k + i) + b"\n" for i in range(32)))
                 proc.stdin.flush()
                 k += 32
-                sent[0] = k
         except (BrokenPipeError, OSError, ValueError):
             pass
 
