@@ -150,7 +150,7 @@ class Analyzer:
         self.pending: dict[int, Event] = {}  # entry seq -> entry event awaiting its exit
         # the pending entries that write data (DATA_WRITE, TRANSFER), and those of them whose
         # generation a reader already saw (``_early_writes``): both follow from ``pending``
-        # and the relations, so a restarted daemon rebuilds them (daemon/apply.py and store/sqlite.py)
+        # and the attrs rows ``early_write``, so a restarted daemon rebuilds them (daemon/apply.py)
         self.pending_writes: set[int] = set()
         self.early_done: set[int] = set()
         self.names_of: dict[int, set[str]] = {}  # artifact -> the paths bound to it now
@@ -633,7 +633,11 @@ class Analyzer:
                 aid = ref[0] if ref else None
             if aid in targets and writer is not None and writer.exit_seq is None:
                 self.early_done.add(seq)
-                self._generate(writer, self.arts[aid], c.ev, seq)
+                art = self.arts[aid]
+                self._generate(writer, art, c.ev, seq)
+                # for a restart: this generation may add no relation (the writer's version
+                # was made already), so the relations alone cannot tell it was taken
+                self._attr(art.node, "early_write", seq, c.ev)
                 self._dirty_p(writer)
 
     def _data_read(self, c: _Call) -> None:

@@ -168,9 +168,14 @@ class Applier:
         an.pending_writes = {s for s, e in an.pending.items()
                              if (sc := BY_NR.get(e.nr)) is not None and sc.family in WRITE_FAMILIES}
         if an.pending_writes:  # a generation made from a pending entry: a reader saw it
-            an.early_done = {s for (s,) in q(
+            low = min(an.pending_writes)
+            done = {s for (s,) in q(
                 "SELECT DISTINCT entry_seq FROM relations WHERE kind='wasGeneratedBy' AND "
-                "entry_seq >= ?", (min(an.pending_writes),))} & an.pending_writes
+                "entry_seq >= ?", (low,))}
+            if self.has_attrs:  # taken with no new relation: its attrs row says so
+                done |= {int(v) for (v,) in q(
+                    "SELECT value FROM attrs WHERE key = 'early_write' AND seq >= ?", (low,))}
+            an.early_done = done & an.pending_writes
 
         def nxt(sql: str) -> int:
             return (q(sql)[0][0] or 0) + 1
