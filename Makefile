@@ -20,11 +20,12 @@ PLUGIN_DIR   := hv/plugin
 PLUGIN_BUILD := $(PLUGIN_DIR)/build
 PLUGIN       := $(PLUGIN_BUILD)/libprovisor.so
 PLUGIN_HDR   := $(PLUGIN_BUILD)/include/qemu-plugin.h
-PLUGIN_LIB_SRC := $(addprefix $(PLUGIN_DIR)/,ring.c linux.c event.c offsets.c crc32c.c)
-PLUGIN_HDRS  := $(wildcard $(PLUGIN_DIR)/*.h)
-CFLAGS_PV    := -O2 -g -std=gnu11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden
+NATIVE_DIR   := provisor/native
+PLUGIN_LIB_SRC := $(addprefix $(PLUGIN_DIR)/,ring.c linux.c event.c offsets.c) $(NATIVE_DIR)/crc32c.c
+PLUGIN_HDRS  := $(wildcard $(PLUGIN_DIR)/*.h) $(NATIVE_DIR)/crc32c.h
+CFLAGS_PV    := -O2 -g -std=gnu11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -I$(NATIVE_DIR)
 
-.PHONY: setup deps qemu plugin demo test lint bench clean
+.PHONY: setup deps qemu plugin native demo test lint bench clean
 
 deps: qemu
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -76,7 +77,16 @@ $(BIN)/provisor: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-setup: deps $(BIN)/provisor plugin
+# the daemon's hot loop (ring scan, CRC, event decode) as a C extension of the venv's Python
+NATIVE := $(NATIVE_DIR)/_native.so
+$(NATIVE): $(NATIVE_DIR)/native.c $(NATIVE_DIR)/crc32c.c $(NATIVE_DIR)/crc32c.h $(BIN)/provisor
+	gcc $(CFLAGS_PV) -Wno-missing-field-initializers -shared \
+	  -I$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])') \
+	  $(NATIVE_DIR)/native.c $(NATIVE_DIR)/crc32c.c -o $@
+
+native: $(NATIVE)
+
+setup: deps $(BIN)/provisor plugin $(NATIVE)
 
 demo: setup
 	$(BIN)/python -m provisor.demo
@@ -101,4 +111,4 @@ hv/plugin/syscalls.h: provisor/syscalls.py provisor/abi.py
 	$(PY) -m provisor.syscalls --c-header $@
 
 clean:
-	rm -rf $(VENV) $(PLUGIN_BUILD) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PLUGIN_BUILD) $(NATIVE) *.egg-info .pytest_cache .ruff_cache

@@ -138,6 +138,16 @@ class Batch:
     used_clear: set[int] = field(default_factory=set)  # procs whose used set was reset
 
 
+def event_row(ev: Event, sc: Syscall | None) -> tuple:
+    """The events row of an event (store/schema.py column order): a function of its payload
+    and seq alone, which is what lets chain encoding 4 chain the payload and verify check the
+    columns against it."""
+    return (ev.seq, ev.ts_ns, ev.vcpu, "exit" if ev.phase else "entry", ev.entry_seq or None,
+            ev.nr, sc.name if sc is not None else name_of(ev.nr), ev.tgid, ev.pid, ev.ppid,
+            ev.uid, ev.start_time, ev.comm, ev.cwd, "\n".join(ev.paths) if ev.paths else None,
+            ev.ret, ev.flags, ev.payload)
+
+
 class Analyzer:
     """Holds the live state (processes, fd tables, name bindings, current versions)."""
 
@@ -542,13 +552,8 @@ class Analyzer:
     def event(self, ev: Event) -> None:
         """Analyze one event (called in sequence order)."""
         p = self._proc_for(ev)
-        paths = "\n".join(ev.paths) if ev.paths else None
         sc = BY_NR.get(ev.nr)
-        name = sc.name if sc is not None else name_of(ev.nr)
-        self.b.events.append((ev.seq, ev.ts_ns, ev.vcpu, "exit" if ev.phase else "entry",
-                              ev.entry_seq or None, ev.nr, name, ev.tgid, ev.pid, ev.ppid,
-                              ev.uid, ev.start_time, ev.comm, ev.cwd, paths, ev.ret, ev.flags,
-                              ev.payload))
+        self.b.events.append(event_row(ev, sc))
         if ev.phase == ENTRY:
             if sc is None or not sc.has(Trait.NO_RETURN):
                 self.pending[ev.seq] = ev

@@ -7,8 +7,10 @@ so that the examiner depends on three calls, not on the analyzer's internals.
 
 from __future__ import annotations
 
+from daemon import analyzer
 from daemon.analyzer import Analyzer, Batch
 from provisor.events import EventDecodeError, decode
+from provisor.syscalls import BY_NR
 
 __all__ = ["Batch", "Replay"]
 
@@ -50,6 +52,4 @@ def event_row(payload: bytes, seq: int) -> tuple | str:
         ev = decode(payload, seq)
     except EventDecodeError as e:
         return f"payload no longer decodes ({e})"
-    an = Analyzer()
-    an.event(ev)
-    return an.b.events[0]
+    return analyzer.event_row(ev, BY_NR.get(ev.nr))

@@ -4,7 +4,10 @@ The chain (store/chain.py, the only definition of a link) covers, per ``chain`` 
 applied batch), the events with seq in (previous last_seq, last_seq] and the relations with id
 in [first_rel, last_rel], in key order; in chain encoding 2 also the versions, names, losses
 and notes the batch wrote and the state (multiset hashes) of the tables later batches rewrite,
-which are checked against the stored tables at the end; encoding 3 also the attrs rows. A batch is checked against its stored digest starting
+which are checked against the stored tables at the end; encoding 3 also the attrs rows;
+encoding 4 chains an event as its seq and payload, and every event row is checked against
+what its payload makes (the rest of the row is derived from it). A batch is checked against its
+stored digest starting
 from the *stored* digest of the batch before, so every batch is judged on its own and the first
 bad one is named. The digest says *that* a batch changed; to say *which row*, the checker then
 looks for evidence, cheapest first:
@@ -168,6 +171,7 @@ class _Extras:
     other: versions and names by id, unbinds by their seq, losses and notes by seq."""
 
     def __init__(self, conn: sqlite3.Connection, encoding: str = "2") -> None:
+        self.payloads = encoding >= "4"  # events chained by their seq and payload
         # encoding 3: the attrs rows too, in the order they were written (by rowid)
         self.attrs = _Stream(conn, f"SELECT {', '.join(chain.ATTR_COLS)} FROM attrs "
                              "ORDER BY rowid", 3) if encoding >= "3" else None
@@ -181,7 +185,8 @@ class _Extras:
 
     def take(self, b: Batch) -> chain.Extra:
         return chain.Extra(*(s.take(b.hi) for s in self.streams), state=b.state or b"",
-                           attrs=self.attrs.take(b.hi) if self.attrs else None)
+                           attrs=self.attrs.take(b.hi) if self.attrs else None,
+                           payloads=self.payloads)
 
 
 def _batch_rows(conn: sqlite3.Connection, batches: list[Batch], encoding: str
@@ -426,6 +431,8 @@ def verify(conn: sqlite3.Connection, path: str = "",
                 relink = _locate(conn, batches, i, prev, d, ev, rel, ex, nxt, rep, state)
             else:
                 rep.bad_batches_unexamined += 1
+        elif ex is not None and ex.payloads and len(rep.findings) < MAX_FINDINGS:
+            _events(b, ev, rep)  # encoding 4 chains the payloads: the columns are checked here
         recomputed = d
         prev = d if relink else b.digest
         tick(len(ev) + len(rel))

@@ -18,6 +18,7 @@ from typing import NamedTuple
 from crc32c import crc32c
 
 from provisor.errors import ProvisorError
+from provisor.native import mod as _native
 
 MAGIC = b"PROVRING"
 VERSION = 1
@@ -193,8 +194,9 @@ class End:
     EXHAUSTED = "sequence numbers exhausted"  # the next one would be 2^63
 
 
-@dataclass
-class Record:
+class Record(NamedTuple):
+    """A record read from the ring (a tuple: the native scan builds one in a few stores)."""
+
     seq: int
     type: int
     offset: int
@@ -260,9 +262,31 @@ def scan(buf, hdr: Header, start_seq: int | None = None, start_off: int | None =
         yield rec
 
 
+# the reasons of the native scan's ends, by its index (provisor/native/native.c)
+_ENDS = ("limit", End.CLEAN, End.TORN, End.GAP, End.STALE, End.CHECKSUM, End.FULL,
+         End.EXHAUSTED)
+if _native is not None:
+    _native.setup_record(Record)
+
+
 def collect(buf, hdr: Header, start_seq: int | None = None, start_off: int | None = None,
             limit: int | None = None) -> tuple[list[Record], ChainEnd]:
-    """``scan`` gathered: the chain's records (PAD included) and why it ended."""
+    """``scan`` gathered: the chain's records (PAD included) and why it ended. The native
+    scan does the same (tests/test_native.py holds them equal); ``scan`` is its spec."""
+    if _native is not None:
+        got = _native.collect(buf, hdr.uuid, hdr.data_size,
+                              hdr.checkpoint_seq + 1 if start_seq is None else start_seq,
+                              hdr.checkpoint_off if start_off is None else start_off,
+                              -1 if limit is None else limit)
+        if got is not None:
+            recs, end, off, expect = got
+            return recs, ChainEnd(_ENDS[end], off, expect)
+    return collect_py(buf, hdr, start_seq, start_off, limit)
+
+
+def collect_py(buf, hdr: Header, start_seq: int | None = None, start_off: int | None = None,
+               limit: int | None = None) -> tuple[list[Record], ChainEnd]:
+    """``collect`` in Python: ``scan`` gathered."""
     recs: list[Record] = []
     it = scan(buf, hdr, start_seq, start_off, limit)
     while True:

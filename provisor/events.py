@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from provisor.abi import to_signed
 from provisor.errors import ProvisorError
 from provisor.guesttext import escape, unescape
+from provisor.native import mod as _native
 from provisor.syscalls import name_of
 
 EVENT_VERSION = 1
@@ -172,7 +173,17 @@ def encode(ev: Event) -> bytes:
 
 
 def decode(data: bytes, seq: int = 0) -> Event:
-    """Decode an EVENT payload; EventDecodeError on anything malformed."""
+    """Decode an EVENT payload; EventDecodeError on anything malformed. The native decoder
+    takes every well-formed payload; what it refuses, ``decode_py`` decodes or explains."""
+    if _native is not None and type(data) is bytes:
+        ev = _native.decode(data, seq)
+        if ev is not None:
+            return ev
+    return decode_py(data, seq)
+
+
+def decode_py(data: bytes, seq: int = 0) -> Event:
+    """``decode`` in Python: the specification of the native decoder."""
     try:
         end = len(data)
         if end < _FIXED_SIZE:
@@ -258,3 +269,7 @@ def decode(data: bytes, seq: int = 0) -> Event:
         raise
     except Exception as e:  # struct.error and friends: still a clean, typed error
         raise EventDecodeError(f"malformed event: {e}") from None
+
+
+if _native is not None:
+    _native.setup_event(Event, FileId, Endpoint, escape)

@@ -86,7 +86,7 @@ def link(prev: bytes, encoding: str, ch: Changes, st: chain.State | None) -> byt
     """The batch's chain link (encoding 1: events and relations only)."""
     extra = None if st is None else chain.Extra(
         ch.versions, [r[:4] for r in ch.names], sorted(ch.unbinds), ch.losses, ch.notes,
-        st.digest(), ch.attrs if encoding >= "3" else None)
+        st.digest(), ch.attrs if encoding >= "3" else None, encoding >= "4")
     return chain.digest(prev, ch.events, ch.relations, extra)
 
 

@@ -10,7 +10,9 @@ chains, per batch, the append-only rows the batch wrote (``versions``, ``names``
 the names it unbound, ``losses``, ``notes``) and :class:`State`, a digest of the rows that later
 batches rewrite (``processes``, ``fds``, ``proc_used``, ``artifacts``, ``pending``) as they stand
 after the batch. Encoding 3 (new stores) also chains the batch's ``attrs`` rows (the attributes of
-versions: credentials, argv, modes, owners, endpoints). See docs/TAMPER.md.
+versions: credentials, argv, modes, owners, endpoints). Encoding 4 (new stores) chains an event
+as its seq and payload only, the rest of its row being derived from them (verify checks each
+row against its payload). See docs/TAMPER.md.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from dataclasses import dataclass, field
 from store import schema
 
 GENESIS = bytes(32)
-ENCODING = "3"  # meta chain_encoding of new stores: bump whenever digest() changes
-ENCODINGS = ("1", "2", "3")  # what this provisor writes and verifies
+ENCODING = "4"  # meta chain_encoding of new stores: bump whenever digest() changes
+ENCODINGS = ("1", "2", "3", "4")  # what this provisor writes and verifies
 _LEN = struct.Struct("<I")
+_SEQ_LEN = struct.Struct("<QI")
 
 # the columns that are chained, in order: each table's declared columns (store/schema)
 EVENT_COLS = schema.EVENTS.cols
@@ -47,6 +50,8 @@ class Extra:
     notes: list[tuple] = field(default_factory=list)  # notes rows, by seq
     state: bytes = b""  # State.digest() after the batch
     attrs: list[tuple] | None = None  # encoding 3: ATTR_COLS of the attrs rows, as written
+    # encoding 4: an event row is chained as its seq and payload, the columns it derives from
+    payloads: bool = False
 
 
 def _enc(rows: Iterable[Sequence[object]]) -> bytes:
@@ -63,14 +68,21 @@ def digest(prev: bytes, events: Iterable[Sequence[object]],
     (type-tagged: None, int and str are told apart; separators are escaped), then each payload
     length-prefixed and raw, then the ``repr`` of the list of relation rows; encoding 2 goes on
     with the ``repr`` of each list of ``extra`` (tagged V, N, U, L, T) and the state digest;
-    encoding 3 then the ``repr`` of the attrs rows (tagged A).
+    encoding 3 then the ``repr`` of the attrs rows (tagged A). Encoding 4 (``extra.payloads``)
+    chains each event row as its seq (u64) and payload, length-prefixed (tagged P), instead of
+    the ``repr`` of its columns: every other column is derived from those two
+    (``daemon/analyzer.event_row``), and verify checks each stored row against its payload.
     Built in a few C calls per batch, not per row: the chain must not cost more than the
     analysis.
     """
-    evs = [tuple(r) for r in events]
     h = hashlib.sha256(prev)
-    h.update(b"E" + repr([r[:-1] for r in evs]).encode("utf-8", "surrogateescape"))
-    h.update(b"".join([_LEN.pack(len(r[-1])) + r[-1] for r in evs]))
+    if extra is not None and extra.payloads:
+        pack = _SEQ_LEN.pack
+        h.update(b"P" + b"".join([pack(r[0], len(r[-1])) + r[-1] for r in events]))
+    else:
+        evs = [tuple(r) for r in events]
+        h.update(b"E" + repr([r[:-1] for r in evs]).encode("utf-8", "surrogateescape"))
+        h.update(b"".join([_LEN.pack(len(r[-1])) + r[-1] for r in evs]))
     h.update(b"R" + _enc(relations))
     if extra is not None:
         for tag, rows in ((b"V", extra.versions), (b"N", extra.names), (b"U", extra.unbinds),

@@ -73,9 +73,7 @@ class PostgresStore:
 
     dialect = DIALECT
     has_attrs = True  # every PostgreSQL store was made with the attrs table
-    # attrs has no key: its rows in the order written (append-only, never updated, so the
-    # heap order is the insertion order)
-    insert_order = "ctid"
+    insert_order = "rowid"  # attrs has no key: its rows in the order written (schema.Table.rowid)
 
     def __init__(self, url: str, machine: str | None = None, *, readonly: bool = False
                  ) -> None:
@@ -266,6 +264,11 @@ def migration_needed(c, ns: str) -> list[str]:  # noqa: ANN001 (a psycopg connec
     indexes = {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s",
                                        (ns,))}
     out = []
+    for t in schema.TABLES.values():  # attrs made before its rowid column (in heap order)
+        if t.rowid and t.name in tables and not c.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND "
+                "table_name = %s AND column_name = 'rowid'", (ns, t.name)).fetchone():
+            out.append(f"ALTER TABLE {t.name} ADD COLUMN {schema.PG_ROWID}")
     for sql in schema.migration(DIALECT):
         m = _DDL_NAME.match(sql)
         if m is None:

@@ -7,8 +7,8 @@ the ``sqlite3.Connection`` and translates the few places the dialects differ, al
 * ``?`` placeholders become ``%s`` (a literal ``%`` is doubled);
 * ``SELECT value[, expr] FROM json_each(?)``, the id-list idiom (a JSON array of integers
   bound as one parameter), becomes ``json_array_elements_text`` cast to ``bigint``;
-* ``rowid`` (insertion order of a table without a key, such as ``attrs``) becomes ``ctid``:
-  append-only tables are never updated, so their heap order is the order written;
+* ``rowid`` needs nothing: the one table that orders by it (``attrs``) has a column of that
+  name on PostgreSQL (store/schema.py, ``Table.rowid``);
 * ``INDEXED BY name`` (SQLite's planner hint for the recursive walks) is dropped, and its
   statement runs with hash and merge joins off: PostgreSQL cannot estimate a walk's size (it
   guesses hundreds of thousands of nodes for a few thousand) and would scan the whole index
@@ -30,7 +30,6 @@ from store import meta, postgres
 from store.base import StoreError
 
 _JSON_IDS = re.compile(r"SELECT value((?:\s*,\s*[^()]+?)?)\s+FROM json_each\(%s\)")
-_ROWID = re.compile(r"\browid\b")
 _INDEXED = re.compile(r"\s+INDEXED BY \w+")
 
 
@@ -41,7 +40,7 @@ def translate(sql: str) -> str:
                         r"AS j(value)", sql)
     if "json_each(" in sql:
         raise StoreError(f"json_each outside the id-list idiom: {sql[:80]}")
-    return _INDEXED.sub("", _ROWID.sub("ctid", sql))
+    return _INDEXED.sub("", sql)
 
 
 class PgConn:

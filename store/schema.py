@@ -27,6 +27,11 @@ class Table:
     pk: tuple[str, ...] = ()
     indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, columns)
     state: bool = False  # rewritten by later batches: chained as a multiset hash (store/chain)
+    # no key, and the order rows were written matters (the chain, the last value of a key):
+    # that order is ``rowid``, SQLite's own; on PostgreSQL an identity column of that name
+    # (the heap's order is not the order written: a row that does not fit a page goes to the
+    # next one, and a later, smaller one may fill the gap)
+    rowid: bool = False
 
     @property
     def cols(self) -> tuple[str, ...]:
@@ -70,17 +75,22 @@ class Table:
         if self.pk and not (dialect == "sqlite" and len(self.pk) == 1
                             and dict(self.columns)[self.pk[0]] == INT):
             cols.append(f"PRIMARY KEY ({', '.join(self.pk)})")
+        if self.rowid and dialect == "postgresql":
+            cols.append(PG_ROWID)
         out = [f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(cols)})"]
         out += [f"CREATE INDEX IF NOT EXISTS {name} ON {self.name}({', '.join(ic)})"
                 for name, ic in self.indexes]
         return out
 
 
+PG_ROWID = "rowid BIGINT GENERATED ALWAYS AS IDENTITY"  # Table.rowid on PostgreSQL
+
+
 def _t(name: str, cols: str, pk: tuple[str, ...] = (), indexes: tuple = (),
-       state: bool = False) -> Table:
+       state: bool = False, rowid: bool = False) -> Table:
     """``cols`` is ``"name type, ..."``: the declaration reads like the DDL it makes."""
     columns = tuple((c.split()[0], c.split()[1]) for c in cols.split(","))
-    return Table(name, columns, pk, indexes, state)
+    return Table(name, columns, pk, indexes, state, rowid)
 
 
 def _ix(table: str, *cols: str) -> tuple[str, tuple[str, ...]]:
@@ -126,7 +136,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     # attributes of a version node (credentials, argv, mode, owner, endpoint addresses, ...):
     # append-only, several rows per key, in the order of the events that set them
     _t("attrs", "node int, key text, value text, seq int", (),
-       (("attrs_node", ("node", "key")),)),
+       (("attrs_node", ("node", "key")),), rowid=True),
     # the tamper-evidence hash chain, a link per applied batch (docs/TAMPER.md)
     _t("chain", "batch int, first_seq int, last_seq int, first_rel int, last_rel int, "
        "digest blob, state blob", ("batch",)),

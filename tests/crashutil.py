@@ -11,6 +11,7 @@ from daemon.apply import Applier
 from hv import synth
 from pmem import ring as R
 from pmem.layout import Record, RecType
+from store import schema
 
 # what must be equal between a crashed-and-recovered store and an uninterrupted one (the
 # hash chain and batch count differ with batch boundaries, by design)
@@ -42,12 +43,14 @@ def fingerprint(db: str, machine: str = "default", tables=TABLES) -> dict[str, l
     """Every row of ``tables`` (sorted) and applied_seq: what must be equal between a crashed
     and recovered store and an uninterrupted one, on either backend."""
     if db.startswith("postgresql://"):
-        out = {t: sorted(rows(db, f"SELECT * FROM {t}", machine), key=repr) for t in tables}
+        out = {t: sorted(rows(db, schema.TABLES[t].select(), machine), key=repr)
+               for t in tables}
         out["applied"] = rows(db, "SELECT value FROM meta WHERE key='applied_seq'", machine)
         return out
     conn = sqlite3.connect(db)
     try:
-        out = {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+        out = {t: sorted(conn.execute(schema.TABLES[t].select()).fetchall(), key=repr)
+               for t in tables}
         out["applied"] = conn.execute(
             "SELECT value FROM meta WHERE key='applied_seq'").fetchall()
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -63,6 +63,34 @@ def test_same_stream_same_rows_as_sqlite(tmp_path, pg_url, seed):
     assert sum(len(v) for v in got.values()) > 6000
 
 
+def test_attrs_order_is_kept_by_its_rowid_column(pg_url):
+    """attrs has no key; the order its rows were written is its ``rowid`` column, not the
+    heap's order (a row too long for a page's free space goes to a new page and a later, shorter
+    one may fill the gap; CLUSTER or VACUUM FULL rewrite the heap in another order): verify's
+    chained attrs stay in the order written. A namespace made before that column gets it on the
+    owner's next open, numbered in heap order."""
+    import psycopg
+
+    from examiner import verify
+
+    apply_all(pg_url, payloads(1200, 8), machine="m", uuid="u")
+    with psycopg.connect(pg_url) as c:
+        c.execute('SET search_path TO "provisor_m"')
+        c.execute("CLUSTER attrs USING attrs_node")  # the heap in (node, key) order
+        heap = c.execute("SELECT node, key, value, seq FROM attrs ORDER BY ctid").fetchall()
+        written = c.execute("SELECT node, key, value, seq FROM attrs ORDER BY rowid").fetchall()
+        assert sorted(heap) == sorted(written) and heap != written
+    rep = verify.run(pg_url, machine="m")
+    assert rep.ok, verify.render(rep)
+    with psycopg.connect(pg_url) as c:
+        c.execute('ALTER TABLE "provisor_m".attrs DROP COLUMN rowid')  # an earlier provisor's
+    Applier(pg_url, "u", machine="m").close()  # the owner's open migrates
+    with psycopg.connect(pg_url) as c:
+        c.execute('SET search_path TO "provisor_m"')
+        assert c.execute("SELECT node, key, value, seq FROM attrs ORDER BY rowid"
+                         ).fetchall() == heap
+
+
 def test_resume_after_restart_equals_one_run(pg_url, tmp_path):
     """Closing and reopening the store between batches (the daemon restarted) rebuilds the
     analyzer's state from PostgreSQL: the result equals one uninterrupted run."""

@@ -17,6 +17,7 @@ from psycopg.errors import InsufficientPrivilege
 
 from daemon.apply import Applier, StoreError
 from examiner import query as Q
+from examiner import verify
 from pmem.layout import Record, RecType
 from store import chain, meta, pgroles, postgres, schema
 
@@ -290,15 +291,17 @@ def _recomputed_link(c: psycopg.Connection) -> bytes:
     extra = chain.Extra(rows("versions", "id"), [r[:4] for r in names],
                         sorted((r[4], r[0]) for r in names if r[4] is not None),
                         rows("losses", "seq"), rows("notes", "seq"),
-                        chain.State.of(c).digest(), rows("attrs", "ctid"))
+                        chain.State.of(c).digest(), rows("attrs", "rowid"),
+                        chain.ENCODING >= "4")
     return chain.digest(chain.GENESIS, rows("events", "seq"), rows("relations", "id"), extra)
 
 
 def test_tampering_by_writers_is_caught_by_the_chain(fleet, pg_url):
-    """What the server lets a writer change is caught by the hash chain (checked here with
-    store/chain directly; `provisor verify` on PostgreSQL is another change): the daemon role's
-    rewrite of a process row breaks the chained state (its next open refuses the store), and
-    the owner's edit of an event makes its batch's recomputed link differ from the stored."""
+    """What the server lets a writer change is caught (checked here with store/chain directly,
+    and with verify): the daemon role's rewrite of a process row breaks the chained state (its
+    next open refuses the store); the owner's edit of an event's payload makes its batch's
+    recomputed link differ from the stored, and an edit of one of its columns disagrees with
+    the payload it is derived from."""
     da = fleet.daemon["a"]
     s = Applier(fleet.url(da), machine="a")
     try:
@@ -310,9 +313,14 @@ def test_tampering_by_writers_is_caught_by_the_chain(fleet, pg_url):
         assert c.execute("SELECT count(*) FROM chain").fetchone()[0] == 1
         stored, state = c.execute("SELECT digest, state FROM chain").fetchone()
         assert _recomputed_link(c) == bytes(stored)  # the recomputation is the store's
-        c.execute("UPDATE events SET comm = 'evil' WHERE seq = 7")
+        c.execute("UPDATE events SET payload = payload || '\\x00'::bytea WHERE seq = 7")
         assert _recomputed_link(c) != bytes(stored)
         c.rollback()
+        c.execute("SET search_path TO provisor_a")
+        c.execute("UPDATE events SET comm = 'evil' WHERE seq = 7")
+        c.commit()
+    f = verify.run(pg_url, machine="a").findings[0]
+    assert (f.what, f.table, f.key) == ("altered", "events", "seq=7"), str(f)
     d = connect_as(fleet, da, "a")
     assert d.execute("UPDATE processes SET exe = '/bin/evil' WHERE id = 1").rowcount == 1
     with psycopg.connect(pg_url) as c:

@@ -517,7 +517,8 @@ def test_every_stored_column_is_under_the_chain(db, name):
     """docs/TAMPER.md: an edit to any row of versions, names, processes, artifacts, fds,
     proc_used, pending or losses fails verify, which names the table and the row."""
     path, c, _ = db
-    assert c.execute("SELECT value FROM meta WHERE key='chain_encoding'").fetchone()[0] == "3"
+    enc = c.execute("SELECT value FROM meta WHERE key='chain_encoding'").fetchone()[0]
+    assert enc == chain.ENCODING
     sql, table, key = TAMPER[name]
     k = _keys_of(c)
     assert c.execute(sql.format(**k)).rowcount == 1
@@ -569,3 +570,34 @@ def test_an_encoding_1_store_still_verifies_and_grows_in_encoding_1(tmp_path):
     c.commit()
     c.close()
     assert first(check(path)).table == "relations"
+
+
+def test_an_encoding_3_store_still_verifies_and_grows_in_encoding_3(tmp_path):
+    """Encoding 3 chained each event's columns; encoding 4 chains its seq and payload and
+    checks the columns against the payload. A store made in encoding 3 keeps it, and verify
+    catches an edited column either way."""
+    from hv.synth import Guest
+
+    recs = [Record(e.seq, RecType.EVENT, 0, encode(e)) for e in Guest(2).events(400)]
+    for enc in ("3", "4"):
+        path = str(tmp_path / f"e{enc}.db")
+        s = Applier(path, "r")
+        s.conn.execute("UPDATE meta SET value=? WHERE key='chain_encoding'", (enc,))
+        s.close()
+        for i in range(0, 400, 100):
+            s = Applier(path, "r")
+            s.apply(recs[i:i + 100])
+            s.close()
+        rep = check(path)
+        assert rep.ok and rep.batches == 4, [str(f) for f in rep.findings]
+        c = sqlite3.connect(path)
+        digests = [r[0] for r in c.execute("SELECT digest FROM chain ORDER BY batch")]
+        c.execute("UPDATE events SET comm='evil' WHERE seq=150")
+        c.commit()
+        c.close()
+        f = first(check(path))
+        assert (f.what, f.table, f.key, f.batch) == ("altered", "events", "seq=150", 2), str(f)
+        if enc == "3":
+            enc3 = digests
+        else:
+            assert digests != enc3  # the encodings differ: the store's own is used
