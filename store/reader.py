@@ -72,11 +72,13 @@ class PgConn:
             raise
 
     def execute(self, sql: str, args: Sequence[object] = ()):  # noqa: ANN201 (a cursor)
+        # rows in binary: a walk's tens of thousands of integers convert a third faster
         if "INDEXED BY" not in sql:
-            return self.conn.execute(translate(sql), tuple(args) if args else None)
+            return self.conn.execute(translate(sql), tuple(args) if args else None, binary=True)
         self.conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
         try:  # the rows are fetched by execute (a client-side cursor): the hint may go now
-            return self.conn.execute(translate(sql), tuple(args) if args else None)
+            return self.conn.execute(translate(sql), tuple(args) if args else None,
+                                     binary=True)
         finally:
             self.conn.execute("SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on")
 
