@@ -62,6 +62,12 @@ class EventDecodeError(ProvisorError, ValueError):
     """A payload that is not a valid version-1 event."""
 
 
+# the store's integers are signed 64-bit (SQLite INTEGER, PostgreSQL BIGINT): an entry_seq,
+# ts_ns, start_time, cwd_mnt, device or inode of 2^63 or more (no real kernel makes one) is
+# refused here, so the record is kept as a note, never a daemon stopped by a guest's value
+_TOO_BIG = "a stored 64-bit field (entry_seq, ts_ns, start_time, cwd_mnt, dev, ino) is 2^63 or more"
+
+
 @dataclass(frozen=True, slots=True)
 class FileId:
     """A file as the kernel knows it: device, inode, and the kernel's own path (d_path)."""
@@ -194,6 +200,8 @@ def decode_py(data: bytes, seq: int = 0) -> Event:
             raise EventDecodeError(f"unknown event version {version}")
         if phase > EXIT:
             raise EventDecodeError(f"bad phase {phase}")
+        if (entry_seq | ts | start | mnt) >> 63:
+            raise EventDecodeError(_TOO_BIG)
         comm, cwd = "", None
         paths: list[str] = []
         files: list[FileId] = []
@@ -219,6 +227,8 @@ def decode_py(data: bytes, seq: int = 0) -> Event:
                 if n < 16:
                     raise EventDecodeError("short file identity")
                 dev, ino = _FILE.unpack_from(data, off)
+                if (dev | ino) >> 63:
+                    raise EventDecodeError(_TOO_BIG)
                 files.append(FileId(dev, ino, escape(data[off + 16:nxt])))
             elif tag == T_COMM:
                 comm = escape(data[off:nxt])

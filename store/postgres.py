@@ -68,6 +68,10 @@ def connect(url: str, *, error: type[Exception] = StoreError):
         raise error(f"{redact(url)}: {first}") from None
 
 
+# the binary COPY's type of each portable column type (store/schema.py)
+_COPY_TYPES = {schema.INT: "int8", schema.TEXT: "text", schema.BLOB: "bytea"}
+
+
 class PostgresStore:
     """One ring's tables in their own namespace of a PostgreSQL database."""
 
@@ -190,9 +194,14 @@ class PostgresStore:
                         f"{T['proc_used'].select()} WHERE proc_id = %s AND pos = %s",
                         (pid, pos)).fetchone())
                 head = base.link(self.chain_head, self.encoding, ch, st)
-                for table, rows in ch.appended():
+                for table, rows in ch.appended():  # append-only: COPY, in the same transaction
                     if rows:
-                        cur.executemany(T[table].insert(DIALECT), rows)
+                        t = T[table]
+                        with cur.copy(f"COPY {table} ({', '.join(t.cols)}) FROM STDIN "
+                                      "(FORMAT BINARY)") as cp:
+                            cp.set_types([_COPY_TYPES[ty] for _, ty in t.columns])
+                            for r in rows:
+                                cp.write_row(r)
                 if ch.unbinds:
                     cur.executemany("UPDATE names SET unbind_seq = %s WHERE id = %s", ch.unbinds)
                 if ch.procs:

@@ -33,6 +33,7 @@ from provisor.events import (
 from provisor.guesttext import escape, unescape
 
 u64 = st.integers(0, 2**64 - 1)
+s63 = st.integers(0, 2**63 - 1)  # a u64 field the store keeps as an integer (signed 64-bit)
 u32 = st.integers(0, 2**32 - 1)
 # string fields hold guest text (provisor/guesttext.py): the escape of the guest's bytes
 raw_bytes = st.binary(max_size=40)
@@ -43,17 +44,17 @@ _events = st.builds(
     Event,
     nr=st.integers(0, 2**16 - 1),
     phase=st.sampled_from([ENTRY, EXIT]),
-    ts_ns=u64, vcpu=st.integers(0, 2**16 - 1), entry_seq=u64, tgid=u32, pid=u32, ppid=u32,
-    uid=u32, start_time=u64,
+    ts_ns=s63, vcpu=st.integers(0, 2**16 - 1), entry_seq=s63, tgid=u32, pid=u32, ppid=u32,
+    uid=u32, start_time=s63,
     ret=st.none() | st.integers(-(2**63), 2**63 - 1),
-    cwd_mnt=u64,
+    cwd_mnt=s63,
     args=st.tuples(u64, u64, u64, u64, u64, u64),
     flags=st.integers(0, 0x3FF).map(lambda f: f & ~1),
     comm=text | guest_bytes, cwd=st.none() | guest_bytes,
     paths=st.lists(guest_bytes, max_size=3),
     argv=st.none() | st.lists(text | guest_bytes, min_size=1, max_size=4),
     envp=st.none() | st.lists(text | guest_bytes, min_size=1, max_size=2),
-    files=st.lists(st.builds(FileId, u64, u64, guest_bytes), max_size=2),
+    files=st.lists(st.builds(FileId, s63, s63, guest_bytes), max_size=2),
     out_fds=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=2),
     cred=st.none() | st.tuples(*[u32] * 8),
 )
@@ -85,6 +86,21 @@ def test_round_trip(ev: Event) -> None:
     ev.seq, ev.payload = 7, data
     assert back == ev
     assert encode(back) == data
+
+
+@pytest.mark.parametrize("field", ["ts_ns", "entry_seq", "start_time", "cwd_mnt", "dev", "ino"])
+def test_a_stored_field_of_2_63_or_more_does_not_decode(field):
+    """Those fields become signed 64-bit integers in the store: larger ones are refused."""
+    ev = Event(nr=1, files=[FileId(1, 1, "/f")])
+    if field in ("dev", "ino"):
+        ev.files = [FileId(2**63 if field == "dev" else 1, 2**63 if field == "ino" else 1)]
+    else:
+        setattr(ev, field, 2**63)
+    with pytest.raises(EventDecodeError, match="2\\^63 or more"):
+        decode(encode(ev))
+    if field not in ("dev", "ino"):
+        setattr(ev, field, 2**63 - 1)
+        assert getattr(decode(encode(ev)), field) == 2**63 - 1
 
 
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")

@@ -197,8 +197,9 @@ static PyObject *decode(PyObject *self, PyObject *args)
     }
     d = (const uint8_t *)PyBytes_AS_STRING(data);
     end = PyBytes_GET_SIZE(data);
-    if (end < FIXED_SIZE || d[0] != EVENT_VERSION || d[1] > 1)
-        Py_RETURN_NONE;
+    if (end < FIXED_SIZE || d[0] != EVENT_VERSION || d[1] > 1 ||
+        ((rd64(d + 8) | rd64(d + 16) | rd64(d + 40) | rd64(d + 56)) >> 63))
+        Py_RETURN_NONE;  /* (entry_seq, ts_ns, start_time, cwd_mnt: the store's ints are signed) */
     int rejected = 0;
     PyObject *comm = NULL, *cwd = NULL, *paths = NULL, *files = NULL, *out_fds = NULL,
              *argv = NULL, *envp = NULL, *cred = NULL, *eps = NULL, *addr = NULL,
@@ -225,7 +226,7 @@ static PyObject *decode(PyObject *self, PyObject *args)
             CHECK(append_new(paths, text(f, n)) == 0);
             break;
         case T_FILE: {
-            if (n < 16)
+            if (n < 16 || ((rd64(f) | rd64(f + 8)) >> 63))
                 REJECT;
             PyObject *fid = PyObject_CallFunction(FileIdType, "KKN", rd64(f), rd64(f + 8),
                                                   text(f + 16, n - 16));
