@@ -548,6 +548,15 @@ def test_the_daemon_does_not_chain_edited_state(db):
     assert (f.table, f.key) == ("processes", f"id={k['p']}")
 
 
+def grown(path: str, recs: list[Record], step: int = 100) -> V.Report:
+    """``recs`` applied to the store at ``path`` a batch of ``step`` per daemon run; verified."""
+    for i in range(0, len(recs), step):
+        s = Applier(path, "r")
+        s.apply(recs[i:i + step])
+        s.close()
+    return check(path)
+
+
 def test_an_encoding_1_store_still_verifies_and_grows_in_encoding_1(tmp_path):
     """Stores made before encoding 2 keep their chain: verify checks it as it was made (events
     and relations), the daemon extends it the same way."""
@@ -559,11 +568,7 @@ def test_an_encoding_1_store_still_verifies_and_grows_in_encoding_1(tmp_path):
     s.conn.execute("UPDATE meta SET value='1' WHERE key='chain_encoding'")
     s.close()
     recs = [Record(e.seq, RecType.EVENT, 0, encode(e)) for e in Guest(2).events(400)]
-    for i in range(0, 400, 100):
-        s = Applier(path, "r")
-        s.apply(recs[i:i + 100])
-        s.close()
-    rep = check(path)
+    rep = grown(path, recs)
     assert rep.ok and rep.batches == 4, [str(f) for f in rep.findings]
     c = sqlite3.connect(path)
     c.execute("UPDATE relations SET dst=dst+1 WHERE id=5")
@@ -584,11 +589,7 @@ def test_an_encoding_3_store_still_verifies_and_grows_in_encoding_3(tmp_path):
         s = Applier(path, "r")
         s.conn.execute("UPDATE meta SET value=? WHERE key='chain_encoding'", (enc,))
         s.close()
-        for i in range(0, 400, 100):
-            s = Applier(path, "r")
-            s.apply(recs[i:i + 100])
-            s.close()
-        rep = check(path)
+        rep = grown(path, recs)
         assert rep.ok and rep.batches == 4, [str(f) for f in rep.findings]
         c = sqlite3.connect(path)
         digests = [r[0] for r in c.execute("SELECT digest FROM chain ORDER BY batch")]
