@@ -6,10 +6,9 @@ in [first_rel, last_rel], in key order; in chain encoding 2 also the versions, n
 and notes the batch wrote and the state (multiset hashes) of the tables later batches rewrite,
 which are checked against the stored tables at the end; encoding 3 also the attrs rows;
 encoding 4 chains an event as its seq and payload, and every event row is checked against
-what its payload makes (the rest of the row is derived from it). A batch is checked against its
-stored digest starting
-from the *stored* digest of the batch before, so every batch is judged on its own and the first
-bad one is named. The digest says *that* a batch changed; to say *which row*, the checker then
+what its payload makes (the rest of the row is derived from it). A batch is checked against
+its stored digest starting from the *stored* digest of the batch before, so every batch is
+judged on its own and the first bad one is named. The digest says *that* a batch changed; to say *which row*, the checker then
 looks for evidence, cheapest first:
 
 * keys: a sequence number or relation id missing inside a batch's range (deleted), or a row

@@ -65,7 +65,8 @@ class EventDecodeError(ProvisorError, ValueError):
 # the store's integers are signed 64-bit (SQLite INTEGER, PostgreSQL BIGINT): an entry_seq,
 # ts_ns, start_time, cwd_mnt, device or inode of 2^63 or more (no real kernel makes one) is
 # refused here, so the record is kept as a note, never a daemon stopped by a guest's value
-_TOO_BIG = "a stored 64-bit field (entry_seq, ts_ns, start_time, cwd_mnt, dev, ino) is 2^63 or more"
+_TOO_BIG = ("a stored 64-bit field (entry_seq, ts_ns, start_time, cwd_mnt, dev, ino) is 2^63 "
+            "or more")
 
 
 @dataclass(frozen=True, slots=True)
