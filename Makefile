@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 APT_PKGS := libpmem1 libpmem-dev libglib2.0-dev pkg-config xz-utils busybox-static cpio gcc \
-            libc6-dev postgresql
+            libc6-dev postgresql python3-dev
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT     := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -y -qq --no-install-recommends
 
