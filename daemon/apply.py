@@ -311,7 +311,10 @@ class Applier:
             b.used_clear, b.used_del,
             [(pid, pos, node) for pid, adds in b.used_add.items() for pos, node in adds
              if (pid, pos) not in b.used_del],
-            [a.row() for a in b.arts.values()], b.pending_done,
+            [a.row() for a in b.arts.values()],
+            # the pending table holds entries of earlier batches only: an entry of this batch
+            # whose exit came in it was never written there
+            [s for s in b.pending_done if s <= self.applied_seq],
             [s for s in self.an.pending if s > self.applied_seq])
 
     def counts(self) -> dict[str, int]:
