@@ -209,7 +209,7 @@ class Applier:
         for aid, key, value in self.db.q(
                 "SELECT v.object_id, a.key, a.value FROM attrs a JOIN versions v ON v.id = a.node "
                 "WHERE v.kind = 'socket' AND (a.key IN ('peer', 'sent_to') OR "
-                f"a.key LIKE 'endpoint_%') ORDER BY a.{self.db.insert_order}"):
+                "a.key LIKE 'endpoint_%') ORDER BY a.rowid"):  # as written (schema.Table.rowid)
             if key == "peer":
                 other = value.rpartition(":")[2]
                 if other.isdigit():

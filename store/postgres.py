@@ -77,7 +77,6 @@ class PostgresStore:
 
     dialect = DIALECT
     has_attrs = True  # every PostgreSQL store was made with the attrs table
-    insert_order = "rowid"  # attrs has no key: its rows in the order written (schema.Table.rowid)
 
     def __init__(self, url: str, machine: str | None = None, *, readonly: bool = False
                  ) -> None:

@@ -72,7 +72,7 @@ class PgConn:
             raise
 
     def execute(self, sql: str, args: Sequence[object] = ()):  # noqa: ANN201 (a cursor)
-        # rows in binary: a walk's tens of thousands of integers convert a third faster
+        # rows in binary: a walk's tens of thousands of integers convert faster (5-10 %)
         if "INDEXED BY" not in sql:
             return self.conn.execute(translate(sql), tuple(args) if args else None, binary=True)
         self.conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")

@@ -111,7 +111,6 @@ class SQLiteStore:
     """A provisor database in one SQLite file, bound to one ring (by UUID)."""
 
     dialect = DIALECT
-    insert_order = "rowid"  # attrs has no key: its rows in the order they were written
 
     def __init__(self, path: str, machine: str | None = None, *, readonly: bool = False
                  ) -> None:
