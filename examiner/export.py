@@ -225,7 +225,7 @@ class Selection:
     def __init__(self, conn: sqlite3.Connection, win: Q.Window, target: str | None,
                  machine: str = "") -> None:
         self.conn, self.win, self.machine = conn, win, machine
-        self.ns = "provisor:" + (machine_tag(machine) if machine else "")
+        self.ns = "provisor:" + (Q.machine_tag(machine) if machine else "")
         self.nodes: set[int] | None = None
         self.chunk = 2000
         if target:
@@ -534,10 +534,9 @@ def write_rdf(out: IO[str], slices: Iterator[tuple[ProvDocument, int]],
 
 
 def write_dot(out: IO[str], sels: list[Selection], tick: Callable[[int], None]) -> None:
-    out.write("digraph provisor {\n  rankdir=BT;\n  node [fontname=\"Helvetica\", fontsize=10];"
-              "\n  edge [fontsize=8];\n")
+    out.write("\n".join(["digraph provisor {", *Q._DOT_HEAD, ""]))
     for sel in sels:
-        p = sel.ns[len("provisor:"):].replace(".", "_")
+        p = Q.dot_prefix(sel.machine) if sel.machine else ""
         if p:
             out.write(f"  subgraph cluster_{p.rstrip('_')} {{\n"
                       f"  label={Q._dq('machine ' + sel.machine)};\n")
@@ -566,13 +565,6 @@ def _dot_of(out: IO[str], sel: Selection, p: str, tick: Callable[[int], None]) -
         tick(len(rows))
 
 
-def machine_tag(machine: str) -> str:
-    """The part of every id that keeps one machine's records apart from another's in one
-    document: ``web.`` (``provisor:web.v12``); a name starting with a digit gets a ``_``
-    first (a QName's local part may not start with one; no machine name starts with ``_``)."""
-    return (machine if machine[:1].isalpha() else f"_{machine}") + "."
-
-
 def export(conn: sqlite3.Connection, out: IO[str], fmt: str, win: Q.Window | None = None,
            target: str | None = None, chunk: int = 2000,
            tick: Callable[[int], None] = lambda n: None) -> dict[str, int]:
@@ -585,7 +577,7 @@ def export_set(parts: list[tuple[str, sqlite3.Connection]], out: IO[str], fmt: s
                win: Q.Window | None = None, target: str | None = None, chunk: int = 2000,
                tick: Callable[[int], None] = lambda n: None) -> dict[str, int]:
     """Write the selected graphs of several machines' stores, ``(machine, conn)``, to ``out``
-    as one document: each machine's ids qualified by its name (:func:`machine_tag`), so no
+    as one document: each machine's ids qualified by its name (``query.machine_tag``), so no
     record of one is taken for another's. A machine named ``""`` keeps the plain ids (one
     store). With ``target``, the machines where it names nothing are left out."""
     if fmt not in FORMATS:

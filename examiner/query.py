@@ -878,6 +878,19 @@ def render_dot(res: Result) -> str:
                       *_dot_body(res), "}"])
 
 
+def machine_tag(machine: str) -> str:
+    """The part of every id that keeps one machine's records apart from another's in one
+    document: ``web.`` (``provisor:web.v12``); a name starting with a digit gets a ``_``
+    first (a QName's local part may not start with one; no machine name starts with ``_``)."""
+    return (machine if machine[:1].isalpha() else f"_{machine}") + "."
+
+
+def dot_prefix(machine: str) -> str:
+    """:func:`machine_tag` as the start of a DOT node id (``web_v12``, ``_9lab_v12``: a DOT id
+    may not start with a digit)."""
+    return machine_tag(machine).replace(".", "_")
+
+
 def render_many(results: list[Result], fmt: str) -> str:
     """Several machines' answers to one query, each tagged with its machine: a section per
     machine (table), a list (JSON), a cluster per machine with its own node ids (DOT)."""
@@ -891,6 +904,7 @@ def render_many(results: list[Result], fmt: str) -> str:
         return "\n\n".join(f"== machine {r.machine} ==\n{render_table(r)}" for r in results)
     out = [f"digraph provisor {{  // {results[0].query} {results[0].target}", *_DOT_HEAD]
     for r in results:
-        out += [f"  subgraph cluster_{r.machine} {{", f"    label={_dq('machine ' + r.machine)};",
-                *_dot_body(r, f"{r.machine}_", "    "), "  }"]
+        p = dot_prefix(r.machine)
+        out += [f"  subgraph cluster_{p.rstrip('_')} {{",
+                f"    label={_dq('machine ' + r.machine)};", *_dot_body(r, p, "    "), "  }"]
     return "\n".join([*out, "}"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -169,3 +170,19 @@ def test_status_of_one_machine(fleet_db):
     d = json.loads(r.stdout)["db"]
     assert d["machine"] == "web" and d["applied_seq"] == workload()[0].seq
     assert d["events"] > 0
+
+
+def test_dot_ids_of_a_machine_named_from_a_digit_are_dot_ids():
+    """A machine name may start with a digit; a DOT id may not: query and export prefix the
+    same way (``_9lab_v1``), so both graphs parse."""
+    from examiner import query as Q
+
+    nodes = {1: {"label": "file /a v1", "time": "t", "kind": "file", "depth": 0,
+                 "object_id": 1}}
+    res = [Q.Result("ancestors", "/a", [], nodes=nodes, machine=m) for m in ("9lab", "web")]
+    dot = Q.render_many(res, "dot")
+    ids = re.findall(r"^\s+(\S+) \[label=", dot, re.M)
+    assert ids == ["_9lab_v1", "web_v1"], dot
+    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", i) for i in ids)
+    assert "subgraph cluster__9lab {" in dot and "subgraph cluster_web {" in dot
+    assert Q.dot_prefix("9lab") == Q.machine_tag("9lab").replace(".", "_")
