@@ -112,7 +112,7 @@ def status(db: str, ring: str | None, default_db: str, ring_required: bool = Fal
     if is_postgres_url(db):
         m = machine or postgres.split_url(db)[1] or DEFAULT_MACHINE
         out["db"] = db_status(db, m) if m in reader.machines(db) else {
-            "path": f"{postgres.redact(postgres.split_url(db)[0])} [{m}]", "absent": True}
+            "path": postgres.shown(db, m), "absent": True}
     elif os.path.exists(db):
         out["db"] = db_status(db)
     else:

@@ -34,11 +34,6 @@ class Member:
     def connect(self):  # noqa: ANN201 (sqlite3.Connection or reader.PgConn)
         return Q.connect(self.db, self.machine if is_postgres_url(self.db) else None)
 
-    @property
-    def shown(self) -> str:
-        return f"{postgres.redact(postgres.split_url(self.db)[0])} [{self.machine}]" \
-            if is_postgres_url(self.db) else self.db
-
 
 def _sqlite_machine(path: str) -> str:
     conn = Q.connect(path)

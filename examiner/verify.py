@@ -8,8 +8,8 @@ which are checked against the stored tables at the end; encoding 3 also the attr
 encoding 4 chains an event as its seq and payload, and every event row is checked against
 what its payload makes (the rest of the row is derived from it). A batch is checked against
 its stored digest starting from the *stored* digest of the batch before, so every batch is
-judged on its own and the first bad one is named. The digest says *that* a batch changed; to say *which row*, the checker then
-looks for evidence, cheapest first:
+judged on its own and the first bad one is named. The digest says *that* a batch changed; to
+say *which row*, the checker then looks for evidence, cheapest first:
 
 * keys: a sequence number or relation id missing inside a batch's range (deleted), or a row
   outside every batch's range or colliding with a NOTE/LOSS record's seq (inserted);

@@ -44,6 +44,12 @@ def split_url(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), machine
 
 
+def shown(url: str, machine: str) -> str:
+    """How a machine's store in the database at ``url`` is named in messages and reports:
+    the URL without its password or ``machine`` parameter, then ``[machine]``."""
+    return f"{redact(split_url(url)[0])} [{machine}]"
+
+
 def redact(url: str) -> str:
     """The URL as printed: never its password."""
     parts = urlsplit(url)
@@ -89,7 +95,7 @@ class PostgresStore:
                              f"{machine!r}")
         self.machine = m or machine or meta.DEFAULT_MACHINE
         self.ns = namespace(self.machine)
-        self.path = f"{redact(self.url)} [{self.machine}]"  # what errors name
+        self.path = shown(self.url, self.machine)  # what errors name
         self.readonly = readonly
         self.conn = connect(self.url)
         try:

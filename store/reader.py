@@ -53,7 +53,7 @@ class PgConn:
         base_url, m = postgres.split_url(url)
         self.machine = meta.check_machine(machine or m or meta.DEFAULT_MACHINE)
         self.ns = postgres.namespace(self.machine)
-        self.path = f"{postgres.redact(base_url)} [{self.machine}]"
+        self.path = postgres.shown(base_url, self.machine)
         self.conn = postgres.connect(base_url)
         try:
             c = self.conn
