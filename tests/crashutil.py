@@ -42,21 +42,11 @@ def rows(db: str, sql: str, machine: str = "default") -> list[tuple]:
 def fingerprint(db: str, machine: str = "default", tables=TABLES) -> dict[str, list[tuple]]:
     """Every row of ``tables`` (sorted) and applied_seq: what must be equal between a crashed
     and recovered store and an uninterrupted one, on either backend."""
-    if db.startswith("postgresql://"):
-        out = {t: sorted(rows(db, schema.TABLES[t].select(), machine), key=repr)
-               for t in tables}
-        out["applied"] = rows(db, "SELECT value FROM meta WHERE key='applied_seq'", machine)
-        return out
-    conn = sqlite3.connect(db)
-    try:
-        out = {t: sorted(conn.execute(schema.TABLES[t].select()).fetchall(), key=repr)
-               for t in tables}
-        out["applied"] = conn.execute(
-            "SELECT value FROM meta WHERE key='applied_seq'").fetchall()
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return out
-    finally:
-        conn.close()
+    out = {t: sorted(rows(db, schema.TABLES[t].select(), machine), key=repr) for t in tables}
+    out["applied"] = rows(db, "SELECT value FROM meta WHERE key='applied_seq'", machine)
+    if not db.startswith("postgresql://"):
+        assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+    return out
 
 
 def diff(a: dict, b: dict) -> str:
