@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 APT_PKGS := libpmem1 libpmem-dev libglib2.0-dev pkg-config xz-utils busybox-static cpio gcc \
-            libc6-dev postgresql python3-dev
+            libc6-dev postgresql python3-dev libsqlite3-dev
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT     := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -y -qq --no-install-recommends
 
@@ -79,10 +79,11 @@ $(BIN)/provisor: pyproject.toml
 
 # the daemon's hot loop (ring scan, CRC, event decode) as a C extension of the venv's Python
 NATIVE := $(NATIVE_DIR)/_native.so
-$(NATIVE): $(NATIVE_DIR)/native.c $(NATIVE_DIR)/crc32c.c $(NATIVE_DIR)/crc32c.h $(BIN)/provisor
+NATIVE_SRC := $(addprefix $(NATIVE_DIR)/,native.c sqlite_events.c crc32c.c)
+$(NATIVE): $(NATIVE_SRC) $(NATIVE_DIR)/native.h $(NATIVE_DIR)/crc32c.h $(BIN)/provisor
 	gcc $(CFLAGS_PV) -Wno-missing-field-initializers -shared \
 	  -I$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])') \
-	  $(NATIVE_DIR)/native.c $(NATIVE_DIR)/crc32c.c -o $@
+	  $(NATIVE_SRC) -lsqlite3 -ldl -o $@
 
 native: $(NATIVE)
 

@@ -80,11 +80,7 @@ def child(ring: str, d: str, db: str, native: bool) -> dict:
 
 
 def event_rows(pls: list[bytes]) -> list[tuple]:
-    from daemon.analyzer import event_row
-    from provisor.syscalls import BY_NR
-
-    evs = [decode(x, i + 1) for i, x in enumerate(pls)]
-    return [event_row(e, BY_NR.get(e.nr)) for e in evs]
+    return [schema.event_row(decode(x, i + 1)) for i, x in enumerate(pls)]
 
 
 def sqlite_ceiling(d: str, rows: list[tuple]) -> float:

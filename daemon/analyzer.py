@@ -46,7 +46,7 @@ from provisor.abi import (
 )
 from provisor.events import AF_INET, AF_INET6, ENTRY, F_PATH_UNREADABLE, Event, FileId
 from provisor.guestpath import normpath
-from provisor.syscalls import BY_NR, Arg, Family, Syscall, Trait, name_of
+from provisor.syscalls import BY_NR, Arg, Family, Syscall, Trait
 from store.schema import ARTIFACTS, PROCESSES
 
 USED_CAP = 4096  # bound on the per-process set of versions read since exec
@@ -122,7 +122,7 @@ class Art:
 class Batch:
     """Rows produced by one batch of events."""
 
-    events: list[tuple] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # their rows: store/schema.event_row
     versions: list[tuple] = field(default_factory=list)
     relations: list[tuple] = field(default_factory=list)
     names_new: list[tuple] = field(default_factory=list)
@@ -136,16 +136,6 @@ class Batch:
     used_add: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # proc: (pos, node)
     used_del: set[tuple[int, int]] = field(default_factory=set)  # (proc, pos)
     used_clear: set[int] = field(default_factory=set)  # procs whose used set was reset
-
-
-def event_row(ev: Event, sc: Syscall | None) -> tuple:
-    """The events row of an event (store/schema.py column order): a function of its payload
-    and seq alone, which is what lets chain encoding 4 chain the payload and verify check the
-    columns against it."""
-    return (ev.seq, ev.ts_ns, ev.vcpu, "exit" if ev.phase else "entry", ev.entry_seq or None,
-            ev.nr, sc.name if sc is not None else name_of(ev.nr), ev.tgid, ev.pid, ev.ppid,
-            ev.uid, ev.start_time, ev.comm, ev.cwd, "\n".join(ev.paths) if ev.paths else None,
-            ev.ret, ev.flags, ev.payload)
 
 
 class Analyzer:
@@ -553,7 +543,7 @@ class Analyzer:
         """Analyze one event (called in sequence order)."""
         p = self._proc_for(ev)
         sc = BY_NR.get(ev.nr)
-        self.b.events.append(event_row(ev, sc))
+        self.b.events.append(ev)
         if ev.phase == ENTRY:
             if sc is None or not sc.has(Trait.NO_RETURN):
                 self.pending[ev.seq] = ev

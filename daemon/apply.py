@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from daemon.analyzer import WRITE_FAMILIES, Analyzer, Art, Batch, Proc
 from pmem.layout import Record, RecType
+from provisor import gcpause
 from provisor.events import EventDecodeError, decode
 from provisor.guesttext import escape
 from provisor.syscalls import BY_NR
@@ -265,6 +266,10 @@ class Applier:
                         f"record {r.seq} (the store is at applied seq {self.applied_seq}); "
                         "nothing applied")
                 prev = r.seq
+        with gcpause.paused(collect=1):  # a batch's objects die with it (provisor/gcpause)
+            return self._apply(records)
+
+    def _apply(self, records: Sequence[Record]) -> int:
         an = self.an
         last = self.applied_seq
         for r in records:

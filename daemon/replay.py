@@ -7,10 +7,9 @@ so that the examiner depends on three calls, not on the analyzer's internals.
 
 from __future__ import annotations
 
-from daemon import analyzer
 from daemon.analyzer import Analyzer, Batch
 from provisor.events import EventDecodeError, decode
-from provisor.syscalls import BY_NR
+from store.schema import event_row as _row
 
 __all__ = ["Batch", "Replay"]
 
@@ -52,4 +51,4 @@ def event_row(payload: bytes, seq: int) -> tuple | str:
         ev = decode(payload, seq)
     except EventDecodeError as e:
         return f"payload no longer decodes ({e})"
-    return analyzer.event_row(ev, BY_NR.get(ev.nr))
+    return _row(ev)

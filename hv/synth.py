@@ -33,13 +33,11 @@ What the events carry (the daemon's contract with this producer):
 
 from __future__ import annotations
 
-import gc
 import posixpath
 import random
 import struct
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import click
@@ -47,6 +45,7 @@ import click
 from hv.eventbuild import read_entry
 from hv.memory import Unreadable
 from pmem.layout import RecType
+from provisor import gcpause
 from provisor.abi import (
     CLONE_CHILD_CLEARTID,
     CLONE_CHILD_SETTID,
@@ -113,19 +112,6 @@ ROOT_DEV, TMP_DEV, PIPE_DEV = 0x801, 0x2A, 0xD  # /dev/sda1, a tmpfs, pipefs
 ROOT_MNT, TMP_MNT = 26, 29  # mount ids: the "volume ID" of a cwd
 HOST_BOOT_NS = 1_767_225_600_000_000_000  # the guest booted at 2026-01-01T00:00:00Z, host time
 BOOT_NS = 4_000_000_000  # tracing starts 4 s after boot
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic GC off while generating: the stream allocates millions of acyclic objects,
-    and with a large live set the collector's passes cost twice the generation itself."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 class FastEncoder:
@@ -745,7 +731,7 @@ class Guest:
         ``start_seq``: ``seq`` and exits' ``entry_seq`` are filled in."""
         out: list[Event] = []
         seq = start_seq
-        with _gc_paused():
+        with gcpause.paused():
             for chunk in self.stream(n, crash_tail):
                 for ev, entry in chunk:
                     ev.seq = seq
@@ -763,7 +749,7 @@ class Guest:
         seq = start_seq
         chunks = self.stream(n, crash_tail)
         while True:
-            with _gc_paused():  # only while generating: the caller's code runs with its GC
+            with gcpause.paused():  # only while generating: the caller's code runs with its GC
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
@@ -790,7 +776,7 @@ class Guest:
             raise ProvisorError(f"rate must be positive, not {rate}")
         if rate:  # smaller batches so that throttling is smooth (about 50 persists a second)
             batch = max(1, min(batch, int(rate // 50)))
-        with _gc_paused():
+        with gcpause.paused():
             return self._run(producer, n, batch, rate, crash_tail)
 
     def _run(self, producer, n: int, batch: int, rate: float | None,

@@ -15,7 +15,7 @@ ring holds the guest's exact bytes and a payload ``encode`` made re-encodes byte
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from provisor.abi import to_signed
 from provisor.errors import ProvisorError
@@ -282,5 +282,7 @@ def decode_py(data: bytes, seq: int = 0) -> Event:
         raise EventDecodeError(f"malformed event: {e}") from None
 
 
-if _native is not None:
-    _native.setup_event(Event, FileId, Endpoint, escape)
+if _native is not None:  # native.c builds these types slot by slot: it checks their fields
+    _native.setup_event(Event, tuple(f.name for f in fields(Event)), FileId,
+                        tuple(f.name for f in fields(FileId)), Endpoint,
+                        tuple(f.name for f in fields(Endpoint)), escape)

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from provisor.errors import ProvisorError
 from store import chain, schema
+
+if TYPE_CHECKING:
+    from provisor.events import Event
 
 
 class StoreError(ProvisorError):
@@ -24,7 +28,7 @@ class Changes:
     """One batch's writes, every row in its table's declared column order (store/schema)."""
 
     last_seq: int  # the batch's last record: the store's applied_seq once it commits
-    events: list[tuple] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # rows: schema.event_row (event_rows)
     versions: list[tuple] = field(default_factory=list)
     relations: list[tuple] = field(default_factory=list)
     names: list[tuple] = field(default_factory=list)  # names bound by the batch
@@ -41,9 +45,13 @@ class Changes:
     pending_done: list[int] = field(default_factory=list)  # entries whose exit came
     pending_new: list[int] = field(default_factory=list)  # entries awaiting their exit
 
-    # the append-only tables, as (table, rows), in the order they are written
-    def appended(self) -> list[tuple[str, list[tuple]]]:
-        return [("events", self.events), ("versions", self.versions),
+    def event_rows(self) -> list[tuple]:
+        return [schema.event_row(e) for e in self.events]
+
+    # the append-only tables, as (table, rows), in the order they are written; without the
+    # events for a backend that writes them from the Events themselves
+    def appended(self, events: bool = True) -> list[tuple[str, list[tuple]]]:
+        return [("events", self.event_rows() if events else []), ("versions", self.versions),
                 ("relations", self.relations), ("names", self.names),
                 ("losses", self.losses), ("notes", self.notes), ("attrs", self.attrs)]
 
@@ -87,12 +95,15 @@ def link(prev: bytes, encoding: str, ch: Changes, st: chain.State | None) -> byt
     extra = None if st is None else chain.Extra(
         ch.versions, [r[:4] for r in ch.names], sorted(ch.unbinds), ch.losses, ch.notes,
         st.digest(), ch.attrs if encoding >= "3" else None, encoding >= "4")
-    return chain.digest(prev, ch.events, ch.relations, extra)
+    # encoding 4 chains (seq, payload); the earlier ones the whole rows
+    events = [(e.seq, e.payload) for e in ch.events] if extra is not None and extra.payloads \
+        else ch.event_rows()
+    return chain.digest(prev, events, ch.relations, extra)
 
 
 def chain_row(batch: int, ch: Changes, head: bytes, st: chain.State | None) -> tuple:
     """The ``chain`` row of a batch (encoding 1 has no state column value)."""
-    return (batch, ch.events[0][0] if ch.events else None, ch.last_seq,
+    return (batch, ch.events[0].seq if ch.events else None, ch.last_seq,
             ch.relations[0][0] if ch.relations else None,
             ch.relations[-1][0] if ch.relations else None, head,
             None if st is None else st.digest())

@@ -71,7 +71,7 @@ def digest(prev: bytes, events: Iterable[Sequence[object]],
     encoding 3 then the ``repr`` of the attrs rows (tagged A). Encoding 4 (``extra.payloads``)
     chains each event row as its seq (u64) and payload, length-prefixed (tagged P), instead of
     the ``repr`` of its columns: every other column is derived from those two
-    (``daemon/analyzer.event_row``), and verify checks each stored row against its payload.
+    (``store/schema.event_row``), and verify checks each stored row against its payload.
     Built in a few C calls per batch, not per row: the chain must not cost more than the
     analysis.
     """

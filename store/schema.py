@@ -14,6 +14,12 @@ BIGINT), ``TEXT`` (guest text is escaped to printable text before it is stored) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from provisor.syscalls import name_of
+
+if TYPE_CHECKING:
+    from provisor.events import Event
 
 INT, TEXT, BLOB = "int", "text", "blob"
 _SQL_TYPES = {"sqlite": {INT: "INTEGER", TEXT: "TEXT", BLOB: "BLOB"},
@@ -157,6 +163,20 @@ STATE_TABLES = ("processes", "fds", "proc_used", "artifacts", "pending")
 assert set(STATE_TABLES) == {t.name for t in TABLES.values() if t.state}
 
 EVENTS, PROCESSES, ARTIFACTS = TABLES["events"], TABLES["processes"], TABLES["artifacts"]
+
+
+def event_row(ev: Event) -> tuple:
+    """The events row of an event (EVENTS column order): a function of its payload and seq
+    alone, which is what lets chain encoding 4 chain the payload and verify check the columns
+    against it. provisor/native/sqlite_events.c binds the same row from the payload."""
+    return (ev.seq, ev.ts_ns, ev.vcpu, "exit" if ev.phase else "entry", ev.entry_seq or None,
+            ev.nr, name_of(ev.nr), ev.tgid, ev.pid, ev.ppid, ev.uid, ev.start_time, ev.comm,
+            ev.cwd, "\n".join(ev.paths) if ev.paths else None, ev.ret, ev.flags, ev.payload)
+
+
+# the syscall name by number, as event_row names it, for the native writer (a number past it,
+# unknown to the table, goes the Python way)
+EVENT_NAMES = tuple(name_of(nr) for nr in range(1024))
 VERSIONS, RELATIONS, NAMES, ATTRS = (TABLES["versions"], TABLES["relations"], TABLES["names"],
                                      TABLES["attrs"])
 

@@ -13,10 +13,12 @@ import json
 import os
 import sqlite3
 import stat
+import sys
 from collections.abc import Iterator, Sequence
 
 from provisor import faults, files, locks
 from provisor.errors import ProvisorError
+from provisor.native import mod as _native
 from store import base, chain, meta, schema
 from store.base import Changes, StoreError
 
@@ -107,6 +109,19 @@ def open_conn(path: str, *, readonly: bool, error: type[ProvisorError] = StoreEr
     return conn, exists
 
 
+def native_rows(conn: sqlite3.Connection, path: str) -> bool:
+    """Whether the native writer may bind events rows on ``conn`` (a connection to the file
+    ``path``): CPython's sqlite3, whose handle it finds there naming that file, and the same
+    SQLite library as this interpreter's _sqlite3 (sqlite_events.c checks both)."""
+    if _native is None or sys.implementation.name != "cpython" \
+            or not (3, 8) <= sys.version_info[:2] <= (3, 14):
+        return False
+    import _sqlite3
+
+    return bool(_native.setup_sqlite(sqlite3.Connection, conn, os.path.realpath(path),
+                                     _sqlite3.__file__, sqlite3.OperationalError))
+
+
 class SQLiteStore:
     """A provisor database in one SQLite file, bound to one ring (by UUID)."""
 
@@ -157,6 +172,7 @@ class SQLiteStore:
             raise StoreError(f"{path}: the store of machine {self.machine!r}, not "
                              f"{self._want_machine!r} (one store per machine)")
         self.has_attrs = has_table(c, "attrs")  # an old store opened read-only may lack it
+        self._native = not self.readonly and native_rows(c, path)
 
     def _probe_write(self) -> None:
         """Fail now, before any ring record is read, when the store cannot be written (a
@@ -252,7 +268,8 @@ class SQLiteStore:
                     f"{T['proc_used'].select()} WHERE proc_id=? AND pos=?", (pid, pos)
                 ).fetchone())
             head = base.link(self.chain_head, self.encoding, ch, st)
-            for table, rows in ch.appended():
+            self._write_events(ch.events)
+            for table, rows in ch.appended(events=False):
                 if rows:
                     c.executemany(T[table].insert(DIALECT), rows)
             if ch.unbinds:
@@ -296,6 +313,20 @@ class SQLiteStore:
         self.batches += 1
         self.applied_seq = ch.last_seq
         return st
+
+    def _write_events(self, events: list) -> None:
+        """The events rows: bound from their payloads in C where this Python allows it
+        (provisor/native/sqlite_events.c), by executemany of schema.event_row otherwise and
+        for any event the C code leaves."""
+        if not events:
+            return
+        sql = schema.EVENTS.insert(DIALECT)
+        if self._native:
+            left = _native.insert_events(self.conn, sql, events, schema.EVENT_NAMES)
+            if not left:
+                return
+            events = [events[i] for i in left]
+        self.conn.executemany(sql, [schema.event_row(e) for e in events])
 
     def close(self) -> None:
         self.conn.close()

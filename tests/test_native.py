@@ -174,3 +174,119 @@ def test_scan_equals_python_on_the_live_mapping(tmp_path):
         both(c.buf, c.header)
         both(c.buf, c.header, limit=5)
         assert c.read(50)
+
+
+# -- the events rows into SQLite ----------------------------------------------------------
+def written(tmp_path, evs: list, native: bool) -> list[tuple]:
+    """The events table after one batch of ``evs`` through the SQLite store's write path."""
+    from store import schema
+    from store.sqlite import SQLiteStore
+
+    db = SQLiteStore(str(tmp_path / f"{'n' if native else 'p'}.db"))
+    try:
+        assert db._native, "this CPython's sqlite3 should take the native writer"
+        db._native = native
+        db.conn.execute("BEGIN IMMEDIATE")
+        db._write_events(evs)
+        db.conn.execute("COMMIT")
+        return db.q(schema.EVENTS.select() + " ORDER BY seq")
+    finally:
+        db.close()
+
+
+def decodable(payloads) -> list:
+    out = []
+    for i, p in enumerate(payloads):
+        try:
+            out.append(events.decode(p, i + 1))
+        except events.EventDecodeError:
+            pass
+    return out
+
+
+def test_native_rows_equal_event_row_on_synthetic_streams(tmp_path):
+    """Bound from the payload in C, or schema.event_row by executemany: the same rows."""
+    evs = decodable(synth.payloads(6000, 5))
+    got = written(tmp_path, evs, native=True)
+    assert got == written(tmp_path, evs, native=False)
+    assert len(got) == len(evs) and {type(c) for c in got[0]} >= {int, str, bytes}
+
+
+def test_native_rows_equal_event_row_on_every_field_kind(tmp_path):
+    """Escaped guest text in comm, cwd and paths, no cwd, no paths, an empty path, a failed
+    and an absent ret, syscall numbers past the name table (left to Python), 2^63 - 1."""
+    rnd = random.Random(9)
+    evs = []
+    for _ in range(800):
+        ev = full_event(rnd)
+        if ev.addr is None:
+            ev.addr_family = 0
+        ev.paths = rnd.choice([[], [""], ev.paths, ["", ""]])
+        ev.nr = rnd.choice([ev.nr, 2, 59, 435, 1023, 1024])
+        evs.append(events.encode(ev))
+    evs = decodable(evs)
+    assert len(evs) > 100
+    assert written(tmp_path, evs, native=True) == written(tmp_path, evs, native=False)
+
+
+def test_native_writer_leaves_what_it_cannot_name_to_python(tmp_path):
+    from store import schema
+    from store.sqlite import SQLiteStore
+
+    ev = events.decode(events.encode(events.Event(nr=4000, tgid=1, pid=1, comm="x")), 3)
+    other = events.decode(events.encode(events.Event(nr=2, tgid=1, pid=1, comm="y")), 4)
+    db = SQLiteStore(str(tmp_path / "x.db"))
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")
+        left = mod.insert_events(db.conn, schema.EVENTS.insert("sqlite"), [ev, other],
+                                 schema.EVENT_NAMES)
+        assert left == [0]
+        assert db.q("SELECT seq, name FROM events") == [(4, "open")]
+        db.conn.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+def test_native_writer_fails_like_executemany(tmp_path):
+    """A step that fails (here a second row of one seq) raises sqlite3's error inside the
+    caller's transaction; the store rolls the batch back and reports it in one line."""
+    import sqlite3
+
+    from store import schema
+    from store.sqlite import SQLiteStore
+
+    ev = events.decode(synth.payloads(1, 1)[0], 1)
+    db = SQLiteStore(str(tmp_path / "x.db"))
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="UNIQUE constraint failed"):
+            mod.insert_events(db.conn, schema.EVENTS.insert("sqlite"), [ev, ev],
+                              schema.EVENT_NAMES)
+        db.conn.execute("ROLLBACK")
+        assert db.q("SELECT count(*) FROM events") == [(0,)]
+        with pytest.raises(sqlite3.OperationalError, match="not the events INSERT"):
+            mod.insert_events(db.conn, "INSERT INTO notes VALUES (?, ?)", [ev],
+                              schema.EVENT_NAMES)
+    finally:
+        db.close()
+    with pytest.raises(sqlite3.OperationalError, match="closed database"):
+        mod.insert_events(db.conn, schema.EVENTS.insert("sqlite"), [ev], schema.EVENT_NAMES)
+
+
+def test_native_writer_checks_the_handle_it_reads(tmp_path):
+    """setup_sqlite takes a connection only when the handle found in it names its file."""
+    import _sqlite3
+    import sqlite3
+
+    from store.sqlite import native_rows
+
+    c = sqlite3.connect(tmp_path / "a.db")
+    try:
+        assert native_rows(c, str(tmp_path / "a.db"))
+        assert not native_rows(c, str(tmp_path / "b.db"))
+        assert not mod.setup_sqlite(sqlite3.Connection, c, str(tmp_path / "a.db"),
+                                    "/nonexistent/_sqlite3.so", sqlite3.OperationalError)
+        assert not mod.setup_sqlite(sqlite3.Connection, object(), "x", _sqlite3.__file__,
+                                    sqlite3.OperationalError)
+    finally:
+        c.close()

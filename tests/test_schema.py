@@ -45,7 +45,7 @@ def test_analyzer_rows_line_up_with_the_declaration(tmp_path) -> None:
     b = an.take()
     by_seq = {e.seq: e for e in evs}
     cols = schema.EVENTS.cols
-    for row in b.events:
+    for row in map(schema.event_row, b.events):
         assert len(row) == len(cols)
         r = dict(zip(cols, row, strict=True))
         e = by_seq[r["seq"]]

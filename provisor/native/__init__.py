@@ -1,6 +1,7 @@
-"""The daemon's hot loop in C (native.c: ring scan with CRC, event decode), built by the
-Makefile as ``_native``; the Python code (pmem/layout.py ``scan``, provisor/events.py
-``decode``) is its specification and the fallback. ``mod`` is None when it is not built, or
+"""The daemon's hot loop in C (native.c: ring scan with CRC, event decode; sqlite_events.c:
+the events rows bound into SQLite from their payloads), built by the Makefile as ``_native``;
+the Python code (pmem/layout.py ``scan``, provisor/events.py ``decode``, store/schema.py
+``event_row`` by executemany) is its specification and the fallback. ``mod`` is None when it is not built, or
 when ``PROVISOR_NATIVE=0`` asks for the Python code (bench/daemon.py measures both)."""
 
 from __future__ import annotations

@@ -10,15 +10,15 @@
  *   decode(data, seq) -> Event | None
  *       provisor/events.py ``decode`` of a well-formed payload; None for anything it does not
  *       accept, and the caller then runs the Python decoder, which gives the exact error. So
- *       the native decoder can only be stricter, never more lenient.
+ *       the native decoder can only be stricter, never more lenient. ``pv_valid`` is the one
+ *       judgement of a payload, shared with the events-row writer (sqlite_events.c).
  *
  * Layouts: docs/FORMAT.md ("Record", "EVENT payload"). Untrusted bytes: every length is
  * checked against the buffer before it is read; every loop is bounded by the buffer.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
+#include "native.h"
+
+#include <structmember.h>
 
 #include "crc32c.h"
 
@@ -33,19 +33,7 @@
 enum { END_LIMIT, END_CLEAN, END_TORN, END_GAP, END_STALE, END_CHECKSUM, END_FULL,
        END_EXHAUSTED };
 
-/* provisor/events.py */
-#define EVENT_VERSION 1
-#define FIXED_SIZE 112
-#define F_HAS_RET 1
-enum { T_COMM = 1, T_CWD, T_PATH, T_ARGV, T_ENVP, T_FILE, T_OUTFD, T_CRED, T_SOCK, T_ADDR };
-#define MAX_SOCK_ADDR 108
-#define SOCK_SIZE 24
-
-static PyObject *RecordType, *EventType, *FileIdType, *EndpointType, *escape_fn;
-
-static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
-static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static PyObject *RecordType, *escape_fn;
 
 static uint64_t padded(uint64_t n) { return (REC_HDR + n + ALIGN - 1) & ~(uint64_t)(ALIGN - 1); }
 
@@ -158,17 +146,132 @@ done:
 }
 
 /* -- decode ------------------------------------------------------------------------------ */
-/* guest text (provisor/guesttext.py ``escape``): printable ASCII without a backslash is
- * itself; anything else goes through the Python function, the one definition of the rest */
+PyObject *pv_escape(const uint8_t *p, Py_ssize_t n)
+{
+    return PyObject_CallFunction(escape_fn, "y#", (const char *)p, n);
+}
+
+/* guest text as a str: printable ASCII without a backslash is itself (guesttext.escape) */
 static PyObject *text(const uint8_t *p, Py_ssize_t n)
 {
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (p[i] < 0x20 || p[i] > 0x7e || p[i] == '\\')
-            return PyObject_CallFunction(escape_fn, "y#", (const char *)p, n);
+    if (!pv_plain(p, n))
+        return pv_escape(p, n);
     PyObject *s = PyUnicode_New(n, 127);
     if (s)
         memcpy(PyUnicode_DATA(s), p, (size_t)n);
     return s;
+}
+
+/* every refusal of decode_py, and nothing else (its messages are the Python code's to give) */
+int pv_valid(const uint8_t *d, Py_ssize_t end, struct pv_shape *s)
+{
+    if (end < FIXED_SIZE || d[0] != EVENT_VERSION || d[1] > 1 ||
+        ((rd64(d + 8) | rd64(d + 16) | rd64(d + 40) | rd64(d + 56)) >> 63))
+        return 0;  /* (entry_seq, ts_ns, start_time, cwd_mnt: the store's ints are signed) */
+    long long last_file = -1, nfiles = 0;  /* the file index of the last SOCK field */
+    int cred = 0, addr = 0;
+    s->comm = s->cwd = -1;
+    s->comm_len = s->cwd_len = s->npaths = 0;
+    Py_ssize_t off = FIXED_SIZE;
+    while (off < end) {
+        if (off + 3 > end)
+            return 0;
+        unsigned tag = d[off];
+        Py_ssize_t n = rd16(d + off + 1);
+        off += 3;
+        if (off + n > end)
+            return 0;
+        const uint8_t *f = d + off;
+        switch (tag) {
+        case T_PATH:
+            s->npaths++;
+            break;
+        case T_FILE:
+            if (n < 16 || ((rd64(f) | rd64(f + 8)) >> 63))
+                return 0;
+            nfiles++;
+            break;
+        case T_COMM:
+            s->comm = off;
+            s->comm_len = n;
+            break;
+        case T_CWD:
+            s->cwd = off;
+            s->cwd_len = n;
+            break;
+        case T_OUTFD:
+            if (n != 4)
+                return 0;
+            break;
+        case T_ARGV:
+        case T_ENVP:
+            break;
+        case T_CRED:
+            if (n != 32 || cred)
+                return 0;
+            cred = 1;
+            break;
+        case T_SOCK: {
+            if (n < SOCK_SIZE)
+                return 0;
+            unsigned fi = rd16(f), ln = rd16(f + 6);
+            if ((Py_ssize_t)ln > n - SOCK_SIZE || (long long)fi <= last_file)
+                return 0;
+            last_file = fi;
+            break;
+        }
+        case T_ADDR: {
+            unsigned fam = n >= 2 ? rd16(f) : 0;
+            if (n < 2 || n > 2 + MAX_SOCK_ADDR || addr || (fam != 1 && fam != 2 && fam != 10))
+                return 0;
+            addr = 1;
+            break;
+        }
+        default:
+            return 0;
+        }
+        off += n;
+    }
+    return last_file < nfiles;
+}
+
+/* A slots dataclass built as its __init__ would, without running it: each field's slot is
+ * set directly (the offsets are taken from the type's member descriptors at setup, and the
+ * setup checks the fields are the ones named here, in order). */
+struct slots {
+    PyTypeObject *type;
+    int n;
+    const char *const *names;
+    Py_ssize_t off[32];
+};
+
+static const char *const EVENT_FIELDS[] = {
+    "nr", "phase", "ts_ns", "vcpu", "entry_seq", "tgid", "pid", "ppid", "uid", "start_time",
+    "ret", "cwd_mnt", "args", "flags", "comm", "cwd", "paths", "argv", "envp", "files",
+    "out_fds", "seq", "payload", "cred", "endpoints", "addr", "addr_family"};
+static const char *const FILEID_FIELDS[] = {"dev", "ino", "path"};
+static const char *const ENDPOINT_FIELDS[] = {"file", "family", "type", "local", "remote",
+                                              "sk", "peer"};
+static struct slots EventS = {NULL, 27, EVENT_FIELDS, {0}},
+                    FileIdS = {NULL, 3, FILEID_FIELDS, {0}},
+                    EndpointS = {NULL, 7, ENDPOINT_FIELDS, {0}};
+PyTypeObject *pv_event_type;
+Py_ssize_t pv_off_seq, pv_off_payload;
+
+/* steals the references in v; NULL (and every v released) when any is NULL */
+static PyObject *make(struct slots *s, PyObject **v)
+{
+    int ok = 1;
+    for (int i = 0; i < s->n; i++)
+        ok &= v[i] != NULL;
+    PyObject *o = ok ? s->type->tp_alloc(s->type, 0) : NULL;
+    for (int i = 0; i < s->n; i++) {
+        if (o)
+            *(PyObject **)((char *)o + s->off[i]) = v[i];
+        else
+            Py_XDECREF(v[i]);
+    }
+    return o;
 }
 
 static int append_new(PyObject *list, PyObject *item)
@@ -180,70 +283,46 @@ static int append_new(PyObject *list, PyObject *item)
     return rc;
 }
 
-#define REJECT do { rejected = 1; goto fail; } while (0)
 #define CHECK(x) do { if (!(x)) goto fail; } while (0)
 
 static PyObject *decode(PyObject *self, PyObject *args)
 {
-    const uint8_t *d;
-    Py_ssize_t end;
     PyObject *data, *seq;
+    struct pv_shape shape;
     (void)self;
     if (!PyArg_ParseTuple(args, "SO", &data, &seq))
         return NULL;
-    if (!EventType) {
+    if (!EventS.type) {
         PyErr_SetString(PyExc_RuntimeError, "decode: setup_event() was not called");
         return NULL;
     }
-    d = (const uint8_t *)PyBytes_AS_STRING(data);
-    end = PyBytes_GET_SIZE(data);
-    if (end < FIXED_SIZE || d[0] != EVENT_VERSION || d[1] > 1 ||
-        ((rd64(d + 8) | rd64(d + 16) | rd64(d + 40) | rd64(d + 56)) >> 63))
-        Py_RETURN_NONE;  /* (entry_seq, ts_ns, start_time, cwd_mnt: the store's ints are signed) */
-    int rejected = 0;
+    const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(data);
+    Py_ssize_t end = PyBytes_GET_SIZE(data);
+    if (!pv_valid(d, end, &shape))
+        Py_RETURN_NONE;
     PyObject *comm = NULL, *cwd = NULL, *paths = NULL, *files = NULL, *out_fds = NULL,
-             *argv = NULL, *envp = NULL, *cred = NULL, *eps = NULL, *addr = NULL,
-             *argt = NULL, *ev = NULL;
+             *argv = NULL, *envp = NULL, *cred = NULL, *eps = NULL, *addr = NULL, *ev = NULL;
     unsigned addr_family = 0;
-    long long last_file = -1;  /* the file index of the last SOCK field */
     CHECK(paths = PyList_New(0));
     CHECK(files = PyList_New(0));
     CHECK(out_fds = PyList_New(0));
     CHECK(eps = PyList_New(0));
-    Py_ssize_t off = FIXED_SIZE;
-    while (off < end) {
-        if (off + 3 > end)
-            REJECT;
+    for (Py_ssize_t off = FIXED_SIZE; off < end;) {  /* every field fits: pv_valid */
         unsigned tag = d[off];
         Py_ssize_t n = rd16(d + off + 1);
-        off += 3;
-        Py_ssize_t nxt = off + n;
-        if (nxt > end)
-            REJECT;
-        const uint8_t *f = d + off;
+        const uint8_t *f = d + off + 3;
+        off += 3 + n;
         switch (tag) {
         case T_PATH:
             CHECK(append_new(paths, text(f, n)) == 0);
             break;
         case T_FILE: {
-            if (n < 16 || ((rd64(f) | rd64(f + 8)) >> 63))
-                REJECT;
-            PyObject *fid = PyObject_CallFunction(FileIdType, "KKN", rd64(f), rd64(f + 8),
-                                                  text(f + 16, n - 16));
-            CHECK(append_new(files, fid) == 0);
+            PyObject *v[3] = {PyLong_FromUnsignedLongLong(rd64(f)),
+                              PyLong_FromUnsignedLongLong(rd64(f + 8)), text(f + 16, n - 16)};
+            CHECK(append_new(files, make(&FileIdS, v)) == 0);
             break;
         }
-        case T_COMM:
-            Py_XDECREF(comm);
-            CHECK(comm = text(f, n));
-            break;
-        case T_CWD:
-            Py_XDECREF(cwd);
-            CHECK(cwd = text(f, n));
-            break;
         case T_OUTFD:
-            if (n != 4)
-                REJECT;
             CHECK(append_new(out_fds, PyLong_FromLong((int32_t)rd32(f))) == 0);
             break;
         case T_ARGV:
@@ -255,68 +334,52 @@ static PyObject *decode(PyObject *self, PyObject *args)
             break;
         }
         case T_CRED:
-            if (n != 32 || cred)
-                REJECT;
             CHECK(cred = Py_BuildValue("(IIIIIIII)", rd32(f), rd32(f + 4), rd32(f + 8),
                                        rd32(f + 12), rd32(f + 16), rd32(f + 20), rd32(f + 24),
                                        rd32(f + 28)));
             break;
         case T_SOCK: {
-            if (n < SOCK_SIZE)
-                REJECT;
-            unsigned fi = rd16(f), ln = rd16(f + 6);
-            if ((Py_ssize_t)ln > n - SOCK_SIZE || (long long)fi <= last_file)
-                REJECT;
-            last_file = fi;
+            unsigned ln = rd16(f + 6);
             const uint8_t *a = f + SOCK_SIZE;
-            PyObject *ep = PyObject_CallFunction(
-                EndpointType, "IIINNKK", fi, (unsigned)rd16(f + 2), (unsigned)rd16(f + 4),
-                text(a, ln), text(a + ln, n - SOCK_SIZE - ln), rd64(f + 8), rd64(f + 16));
-            CHECK(append_new(eps, ep) == 0);
+            PyObject *v[7] = {
+                PyLong_FromUnsignedLong(rd16(f)), PyLong_FromUnsignedLong(rd16(f + 2)),
+                PyLong_FromUnsignedLong(rd16(f + 4)), text(a, ln),
+                text(a + ln, n - SOCK_SIZE - ln), PyLong_FromUnsignedLongLong(rd64(f + 8)),
+                PyLong_FromUnsignedLongLong(rd64(f + 16))};
+            CHECK(append_new(eps, make(&EndpointS, v)) == 0);
             break;
         }
         case T_ADDR:
-            if (n < 2 || n > 2 + MAX_SOCK_ADDR || addr)
-                REJECT;
             addr_family = rd16(f);
-            if (addr_family != 1 && addr_family != 2 && addr_family != 10)
-                REJECT;
             CHECK(addr = text(f + 2, n - 2));
             break;
-        default:
-            REJECT;
+        default:  /* T_COMM, T_CWD: the last of each, from the shape */
+            break;
         }
-        off = nxt;
     }
-    if (last_file >= PyList_GET_SIZE(files))
-        REJECT;
+    if (shape.comm >= 0)
+        CHECK(comm = text(d + shape.comm, shape.comm_len));
+    if (shape.cwd >= 0)
+        CHECK(cwd = text(d + shape.cwd, shape.cwd_len));
     unsigned flags = rd16(d + 6);
-    CHECK(argt = Py_BuildValue("(KKKKKK)", rd64(d + 64), rd64(d + 72), rd64(d + 80),
-                               rd64(d + 88), rd64(d + 96), rd64(d + 104)));
-    PyObject *ret = flags & F_HAS_RET ? PyLong_FromLongLong((long long)rd64(d + 48))
-                                      : Py_NewRef(Py_None);
-    CHECK(ret);
-    /* Event's fields in order (provisor/events.py) */
+    /* Event's fields in order (EVENT_FIELDS) */
     PyObject *v[27] = {
         PyLong_FromUnsignedLong(rd16(d + 4)), PyLong_FromUnsignedLong(d[1]),
         PyLong_FromUnsignedLongLong(rd64(d + 16)), PyLong_FromUnsignedLong(rd16(d + 2)),
         PyLong_FromUnsignedLongLong(rd64(d + 8)), PyLong_FromUnsignedLong(rd32(d + 24)),
         PyLong_FromUnsignedLong(rd32(d + 28)), PyLong_FromUnsignedLong(rd32(d + 32)),
         PyLong_FromUnsignedLong(rd32(d + 36)), PyLong_FromUnsignedLongLong(rd64(d + 40)),
-        ret, PyLong_FromUnsignedLongLong(rd64(d + 56)), Py_NewRef(argt),
+        flags & F_HAS_RET ? PyLong_FromLongLong((long long)rd64(d + 48)) : Py_NewRef(Py_None),
+        PyLong_FromUnsignedLongLong(rd64(d + 56)),
+        Py_BuildValue("(KKKKKK)", rd64(d + 64), rd64(d + 72), rd64(d + 80), rd64(d + 88),
+                      rd64(d + 96), rd64(d + 104)),
         PyLong_FromUnsignedLong(flags & ~F_HAS_RET),
         comm ? Py_NewRef(comm) : PyUnicode_New(0, 127), Py_NewRef(cwd ? cwd : Py_None),
         Py_NewRef(paths), Py_NewRef(argv ? argv : Py_None), Py_NewRef(envp ? envp : Py_None),
         Py_NewRef(files), Py_NewRef(out_fds), Py_NewRef(seq), Py_NewRef(data),
         Py_NewRef(cred ? cred : Py_None), Py_NewRef(eps), Py_NewRef(addr ? addr : Py_None),
         PyLong_FromUnsignedLong(addr_family)};
-    int ok = 1;
-    for (int i = 0; i < 27; i++)
-        ok &= v[i] != NULL;
-    if (ok)
-        ev = PyObject_Vectorcall(EventType, v, 27, NULL);
-    for (int i = 0; i < 27; i++)
-        Py_XDECREF(v[i]);
+    ev = make(&EventS, v);
 fail:
     Py_XDECREF(comm);
     Py_XDECREF(cwd);
@@ -328,9 +391,6 @@ fail:
     Py_XDECREF(cred);
     Py_XDECREF(eps);
     Py_XDECREF(addr);
-    Py_XDECREF(argt);
-    if (rejected && !PyErr_Occurred())
-        Py_RETURN_NONE;
     return ev;
 }
 
@@ -345,16 +405,52 @@ static PyObject *setup_record(PyObject *self, PyObject *r)
     Py_RETURN_NONE;
 }
 
+/* ``t`` must be a slots class whose fields are exactly ``s->names`` (``fields``: the names
+ * dataclasses.fields gives, in order), each an object slot and nothing else in the object */
+static int take_slots(struct slots *s, PyObject *t, PyObject *fields)
+{
+    if (!PyType_Check(t) || !PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) != s->n)
+        goto bad;
+    PyTypeObject *tp = (PyTypeObject *)t;
+    if (tp->tp_basicsize != (Py_ssize_t)(sizeof(PyObject) + s->n * sizeof(PyObject *)) ||
+        tp->tp_dictoffset || tp->tp_itemsize)
+        goto bad;
+    for (int i = 0; i < s->n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(fields, i);
+        if (!PyUnicode_Check(name) || strcmp(PyUnicode_AsUTF8(name), s->names[i]))
+            goto bad;
+        PyObject *d = PyObject_GetAttr(t, name);
+        if (!d)
+            return -1;
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok)
+            s->off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!ok)
+            goto bad;
+    }
+    Py_XSETREF(s->type, (PyTypeObject *)Py_NewRef(t));
+    return 0;
+bad:
+    PyErr_Format(PyExc_RuntimeError, "setup_event: %R is not the slots dataclass native.c "
+                 "builds (update provisor/native/native.c with provisor/events.py)", t);
+    return -1;
+}
+
 static PyObject *setup_event(PyObject *self, PyObject *args)
 {
-    PyObject *e, *f, *p, *esc;
+    PyObject *e, *ef, *f, *ff, *p, *pf, *esc;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOO", &e, &f, &p, &esc))
+    if (!PyArg_ParseTuple(args, "OOOOOOO", &e, &ef, &f, &ff, &p, &pf, &esc))
         return NULL;
-    Py_XSETREF(EventType, Py_NewRef(e));
-    Py_XSETREF(FileIdType, Py_NewRef(f));
-    Py_XSETREF(EndpointType, Py_NewRef(p));
+    if (take_slots(&EventS, e, ef) < 0 || take_slots(&FileIdS, f, ff) < 0 ||
+        take_slots(&EndpointS, p, pf) < 0)
+        return NULL;
     Py_XSETREF(escape_fn, Py_NewRef(esc));
+    pv_event_type = EventS.type;
+    pv_off_seq = EventS.off[21];
+    pv_off_payload = EventS.off[22];
     Py_RETURN_NONE;
 }
 
@@ -362,7 +458,10 @@ static PyMethodDef methods[] = {
     {"collect", collect, METH_VARARGS, "layout.scan gathered (see the module docstring)."},
     {"decode", decode, METH_VARARGS, "events.decode of a well-formed payload, else None."},
     {"setup_record", setup_record, METH_O, "setup_record(layout.Record)"},
-    {"setup_event", setup_event, METH_VARARGS, "setup_event(Event, FileId, Endpoint, escape)"},
+    {"setup_event", setup_event, METH_VARARGS,
+     "setup_event(Event, its fields, FileId, its fields, Endpoint, its fields, escape)"},
+    {"setup_sqlite", pv_setup_sqlite, METH_VARARGS, "(see sqlite_events.c)"},
+    {"insert_events", pv_insert_events, METH_VARARGS, "(see sqlite_events.c)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
