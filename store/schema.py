@@ -168,7 +168,7 @@ EVENTS, PROCESSES, ARTIFACTS = TABLES["events"], TABLES["processes"], TABLES["ar
 def event_row(ev: Event) -> tuple:
     """The events row of an event (EVENTS column order): a function of its payload and seq
     alone, which is what lets chain encoding 4 chain the payload and verify check the columns
-    against it. provisor/native/sqlite_events.c binds the same row from the payload."""
+    against it. provisor/native/sqlite_rows.c binds the same row from the payload."""
     return (ev.seq, ev.ts_ns, ev.vcpu, "exit" if ev.phase else "entry", ev.entry_seq or None,
             ev.nr, name_of(ev.nr), ev.tgid, ev.pid, ev.ppid, ev.uid, ev.start_time, ev.comm,
             ev.cwd, "\n".join(ev.paths) if ev.paths else None, ev.ret, ev.flags, ev.payload)

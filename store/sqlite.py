@@ -112,7 +112,7 @@ def open_conn(path: str, *, readonly: bool, error: type[ProvisorError] = StoreEr
 def native_rows(conn: sqlite3.Connection, path: str) -> bool:
     """Whether the native writer may bind events rows on ``conn`` (a connection to the file
     ``path``): CPython's sqlite3, whose handle it finds there naming that file, and the same
-    SQLite library as this interpreter's _sqlite3 (sqlite_events.c checks both)."""
+    SQLite library as this interpreter's _sqlite3 (sqlite_rows.c checks both)."""
     if _native is None or sys.implementation.name != "cpython" \
             or not (3, 8) <= sys.version_info[:2] <= (3, 14):
         return False
@@ -271,27 +271,27 @@ class SQLiteStore:
             self._write_events(ch.events)
             for table, rows in ch.appended(events=False):
                 if rows:
-                    c.executemany(T[table].insert(DIALECT), rows)
+                    self._many(T[table].insert(DIALECT), rows)
             if ch.unbinds:
-                c.executemany("UPDATE names SET unbind_seq=? WHERE id=?", ch.unbinds)
+                self._many("UPDATE names SET unbind_seq=? WHERE id=?", ch.unbinds)
             if ch.procs:
-                c.executemany(T["processes"].insert(DIALECT, replace=True), ch.procs)
-                c.executemany("DELETE FROM fds WHERE proc_id=?", [(r[0],) for r in ch.procs])
-                c.executemany(T["fds"].insert(DIALECT), ch.fds)
+                self._many(T["processes"].insert(DIALECT, replace=True), ch.procs)
+                self._many("DELETE FROM fds WHERE proc_id=?", [(r[0],) for r in ch.procs])
+                self._many(T["fds"].insert(DIALECT), ch.fds)
             if ch.used_clear:
-                c.executemany("DELETE FROM proc_used WHERE proc_id=?",
-                              [(i,) for i in ch.used_clear])
+                self._many("DELETE FROM proc_used WHERE proc_id=?",
+                           [(i,) for i in ch.used_clear])
             if ch.used_del:
-                c.executemany("DELETE FROM proc_used WHERE proc_id=? AND pos=?", ch.used_del)
+                self._many("DELETE FROM proc_used WHERE proc_id=? AND pos=?", list(ch.used_del))
             if ch.used_add:
-                c.executemany(T["proc_used"].insert(DIALECT), ch.used_add)
+                self._many(T["proc_used"].insert(DIALECT), ch.used_add)
             if ch.arts:
-                c.executemany(T["artifacts"].insert(DIALECT, replace=True), ch.arts)
+                self._many(T["artifacts"].insert(DIALECT, replace=True), ch.arts)
             if ch.pending_done:
-                c.executemany("DELETE FROM pending WHERE seq=?", [(s,) for s in ch.pending_done])
+                self._many("DELETE FROM pending WHERE seq=?", [(s,) for s in ch.pending_done])
             if ch.pending_new:
-                c.executemany(T["pending"].insert(DIALECT, ignore=True),
-                              [(s,) for s in ch.pending_new])
+                self._many(T["pending"].insert(DIALECT, ignore=True),
+                           [(s,) for s in ch.pending_new])
             row = base.chain_row(self.batches + 1, ch, head, st)
             cols = T["chain"].cols[:len(row) if st is not None else 6]
             c.execute(f"INSERT INTO chain ({', '.join(cols)}) VALUES "
@@ -316,7 +316,7 @@ class SQLiteStore:
 
     def _write_events(self, events: list) -> None:
         """The events rows: bound from their payloads in C where this Python allows it
-        (provisor/native/sqlite_events.c), by executemany of schema.event_row otherwise and
+        (provisor/native/sqlite_rows.c), by executemany of schema.event_row otherwise and
         for any event the C code leaves."""
         if not events:
             return
@@ -327,6 +327,16 @@ class SQLiteStore:
                 return
             events = [events[i] for i in left]
         self.conn.executemany(sql, [schema.event_row(e) for e in events])
+
+    def _many(self, sql: str, rows: list[tuple]) -> None:
+        """executemany, by the native writer where it may (rows in order: it stops at the
+        first row holding a value it does not bind, and executemany writes from there)."""
+        if self._native:
+            done = _native.insert_rows(self.conn, sql, rows)
+            if done == len(rows):
+                return
+            rows = rows[done:]
+        self.conn.executemany(sql, rows)
 
     def close(self) -> None:
         self.conn.close()

@@ -1,4 +1,4 @@
-"""The daemon's hot loop in C (native.c: ring scan with CRC, event decode; sqlite_events.c:
+"""The daemon's hot loop in C (native.c: ring scan with CRC, event decode; sqlite_rows.c:
 the events rows bound into SQLite from their payloads), built by the Makefile as ``_native``;
 the Python code (pmem/layout.py ``scan``, provisor/events.py ``decode``, store/schema.py
 ``event_row`` by executemany) is its specification and the fallback. ``mod`` is None when it is not built, or

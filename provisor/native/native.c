@@ -11,7 +11,7 @@
  *       provisor/events.py ``decode`` of a well-formed payload; None for anything it does not
  *       accept, and the caller then runs the Python decoder, which gives the exact error. So
  *       the native decoder can only be stricter, never more lenient. ``pv_valid`` is the one
- *       judgement of a payload, shared with the events-row writer (sqlite_events.c).
+ *       judgement of a payload, shared with the events-row writer (sqlite_rows.c).
  *
  * Layouts: docs/FORMAT.md ("Record", "EVENT payload"). Untrusted bytes: every length is
  * checked against the buffer before it is read; every loop is bounded by the buffer.
@@ -460,8 +460,9 @@ static PyMethodDef methods[] = {
     {"setup_record", setup_record, METH_O, "setup_record(layout.Record)"},
     {"setup_event", setup_event, METH_VARARGS,
      "setup_event(Event, its fields, FileId, its fields, Endpoint, its fields, escape)"},
-    {"setup_sqlite", pv_setup_sqlite, METH_VARARGS, "(see sqlite_events.c)"},
-    {"insert_events", pv_insert_events, METH_VARARGS, "(see sqlite_events.c)"},
+    {"setup_sqlite", pv_setup_sqlite, METH_VARARGS, "(see sqlite_rows.c)"},
+    {"insert_events", pv_insert_events, METH_VARARGS, "(see sqlite_rows.c)"},
+    {"insert_rows", pv_insert_rows, METH_VARARGS, "(see sqlite_rows.c)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",

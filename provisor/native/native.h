@@ -1,4 +1,4 @@
-/* What native.c (the decoder) shares with sqlite_events.c (the events-row writer): one
+/* What native.c (the decoder) shares with sqlite_rows.c (the events-row writer): one
  * validation of an EVENT payload, so both accept exactly the same payloads. */
 #ifndef PV_NATIVE_H
 #define PV_NATIVE_H
@@ -43,9 +43,10 @@ static inline int pv_plain(const uint8_t *p, Py_ssize_t n)
 /* guesttext.escape through the Python function (the one definition of the escapes) */
 PyObject *pv_escape(const uint8_t *p, Py_ssize_t n);
 
-/* module-level setup of the writer (sqlite_events.c), and its entry point */
+/* module-level setup of the writer (sqlite_rows.c), and its entry point */
 PyObject *pv_setup_sqlite(PyObject *self, PyObject *args);
 PyObject *pv_insert_events(PyObject *self, PyObject *args);
+PyObject *pv_insert_rows(PyObject *self, PyObject *args);
 /* the Event type's slot offsets of ``seq`` and ``payload`` (set by setup_event) */
 extern PyTypeObject *pv_event_type;
 extern Py_ssize_t pv_off_seq, pv_off_payload;
