@@ -174,9 +174,11 @@ def event_row(ev: Event) -> tuple:
             ev.cwd, "\n".join(ev.paths) if ev.paths else None, ev.ret, ev.flags, ev.payload)
 
 
-# the syscall name by number, as event_row names it, for the native writer (a number past it,
-# unknown to the table, goes the Python way)
-EVENT_NAMES = tuple(name_of(nr) for nr in range(1024))
+def event_names(limit: int = 1024) -> tuple[str, ...]:
+    """The syscall name by number below ``limit``, as event_row names it, for the native
+    writer (a number past it goes the Python way). Made per batch: the table is the one
+    source (a row added at run time is named at once)."""
+    return tuple(name_of(nr) for nr in range(limit))
 VERSIONS, RELATIONS, NAMES, ATTRS = (TABLES["versions"], TABLES["relations"], TABLES["names"],
                                      TABLES["attrs"])
 

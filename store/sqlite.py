@@ -322,7 +322,7 @@ class SQLiteStore:
             return
         sql = schema.EVENTS.insert(DIALECT)
         if self._native:
-            left = _native.insert_events(self.conn, sql, events, schema.EVENT_NAMES)
+            left = _native.insert_events(self.conn, sql, events, schema.event_names())
             if not left:
                 return
             events = [events[i] for i in left]

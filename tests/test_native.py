@@ -239,7 +239,7 @@ def test_native_writer_leaves_what_it_cannot_name_to_python(tmp_path):
     try:
         db.conn.execute("BEGIN IMMEDIATE")
         left = mod.insert_events(db.conn, schema.EVENTS.insert("sqlite"), [ev, other],
-                                 schema.EVENT_NAMES)
+                                 schema.event_names())
         assert left == [0]
         assert db.q("SELECT seq, name FROM events") == [(4, "open")]
         db.conn.execute("ROLLBACK")
@@ -261,16 +261,16 @@ def test_native_writer_fails_like_executemany(tmp_path):
         db.conn.execute("BEGIN IMMEDIATE")
         with pytest.raises(sqlite3.OperationalError, match="UNIQUE constraint failed"):
             mod.insert_events(db.conn, schema.EVENTS.insert("sqlite"), [ev, ev],
-                              schema.EVENT_NAMES)
+                              schema.event_names())
         db.conn.execute("ROLLBACK")
         assert db.q("SELECT count(*) FROM events") == [(0,)]
         with pytest.raises(sqlite3.OperationalError, match="not the events INSERT"):
             mod.insert_events(db.conn, "INSERT INTO notes VALUES (?, ?)", [ev],
-                              schema.EVENT_NAMES)
+                              schema.event_names())
     finally:
         db.close()
     with pytest.raises(sqlite3.OperationalError, match="closed database"):
-        mod.insert_events(db.conn, schema.EVENTS.insert("sqlite"), [ev], schema.EVENT_NAMES)
+        mod.insert_events(db.conn, schema.EVENTS.insert("sqlite"), [ev], schema.event_names())
 
 
 def test_native_writer_checks_the_handle_it_reads(tmp_path):
