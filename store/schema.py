@@ -123,9 +123,10 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     # used / wasGeneratedBy / wasInformedBy / wasDerivedFrom / wasInvalidatedBy, src -> dst
     _t("relations", "id int, kind text, src int, dst int, entry_seq int, exit_seq int, "
        "ts_ns int", ("id",), (
-           _ix("relations", "src", "kind"), _ix("relations", "dst", "kind"),
            # covering indexes of examiner/query's lineage walks: a step up (src -> dst) or
-           # down (dst -> src), optionally within a time window, and each edge's kind
+           # down (dst -> src), optionally within a time window, and each edge's kind; also
+           # every lookup by src or dst (with or without a kind): the (src, kind) and (dst,
+           # kind) indexes of the first stores cost a third of a relation's insert for nothing
            ("relations_up", ("src", "ts_ns", "dst", "kind")),
            ("relations_down", ("dst", "ts_ns", "src", "kind")))),
     # the paths bound to an artifact, from bind_seq until unbind_seq
@@ -152,7 +153,9 @@ VIEWS = {"outcome_unknown": "SELECT e.* FROM events e JOIN pending p ON p.seq = 
 
 # tables and indexes later provisors added, created on stores made before them (additive)
 ADDED = ("attrs", "relations_up", "relations_down")
-DROPPED_INDEXES = ("relations_walk_up", "relations_walk_down")  # relations_up/down's first form
+# relations_up/down's first form; then the (src, kind) and (dst, kind) indexes they cover
+DROPPED_INDEXES = ("relations_walk_up", "relations_walk_down", "idx_relations_src_kind",
+                   "idx_relations_dst_kind")
 
 # what a store's summary counts (the daemon's, collect's, status's and recovery's alike)
 COUNTED = ("events", "processes", "artifacts", "versions", "relations")
