@@ -103,3 +103,21 @@ def test_data_flows_one_way() -> None:
     assert "hv" not in top(ex)
     for pkg in ("provisor", "pmem", "store", "daemon", "examiner"):
         assert "hv" not in top(_imports(pkg)) - ({"hv"} if pkg == "provisor" else set()), pkg
+
+
+def test_the_writer_drops_the_indexes_a_store_no_longer_needs(tmp_path) -> None:
+    """A store made with the first relations indexes loses them on its writer's next open;
+    its rows and the lineage indexes stay."""
+    db = str(tmp_path / "s.db")
+    Applier(db, "u").close()
+    c = sqlite3.connect(db)
+    c.execute("CREATE INDEX idx_relations_src_kind ON relations(src, kind)")
+    c.execute("CREATE INDEX idx_relations_dst_kind ON relations(dst, kind)")
+    c.commit()
+    c.close()
+    Applier(db, "u").close()
+    c = sqlite3.connect(db)
+    have = {r[1] for r in c.execute("PRAGMA index_list(relations)")}
+    c.close()
+    assert not have & set(schema.DROPPED_INDEXES)
+    assert {"relations_up", "relations_down"} <= have
