@@ -1,5 +1,6 @@
 """Daemon throughput: a synthetic stream through ring -> daemon -> store, end to end, beside the
-ceiling of a bare ``executemany`` of the same event rows into the same table, in one run.
+ceiling of a bare ``executemany`` of the same event rows into the same table, in one run; beside
+it, a bare executemany of every row the store holds at the end (what its volume alone costs).
 
 Rows: the daemon with its native hot loop (provisor/native) and with the Python code
 (``PROVISOR_NATIVE=0``) into SQLite, and with the native loop into PostgreSQL (a private
@@ -98,6 +99,30 @@ def sqlite_ceiling(d: str, rows: list[tuple]) -> float:
     return rate
 
 
+def store_ceiling(d: str, db: str) -> tuple[float, int]:
+    """Every row the daemon's store holds at the end (events, graph, attrs, chain, state),
+    read back and written again by a bare executemany per table, one transaction: what the
+    store's volume alone costs. Rows the daemon rewrote (state upserts) count once here.
+    Returns (events/s, rows)."""
+    src = sqlite3.connect(db)
+    data = {t.name: src.execute(t.select()).fetchall() for t in schema.TABLES.values()
+            if t.name != "meta"}
+    n = src.execute("SELECT count(*) FROM events").fetchone()[0]
+    src.close()
+    Applier(f"{d}/s.db", "x").close()
+    conn = sqlite3.connect(f"{d}/s.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    t = time.perf_counter()
+    conn.execute("BEGIN")
+    for name, rows in data.items():
+        conn.executemany(schema.TABLES[name].insert("sqlite", replace=True), rows)
+    conn.execute("COMMIT")
+    rate = n / (time.perf_counter() - t)
+    conn.close()
+    return rate, sum(len(r) for r in data.values())
+
+
 def pg_ceiling(url: str, rows: list[tuple]) -> float:
     """The same rows into a PostgreSQL namespace made by the store's own DDL."""
     import psycopg
@@ -146,6 +171,7 @@ def main() -> None:
                           "hot loop", got))
         store_counts, mode = table[0][1]["counts"], table[0][1]["mode"]
         ceiling = sqlite_ceiling(d, rows)
+        whole, whole_rows = store_ceiling(d, f"{d}/n.db")
         pg = None
         if not args.no_pg:
             url = args.pg
@@ -175,6 +201,8 @@ def main() -> None:
     for label, got in table:
         print(f"| {label} | {got['rate']:,.0f} | {got['rate'] / ceiling:.2f} |")
     print(f"| ceiling: bare executemany of the event rows into SQLite | {ceiling:,.0f} | 1.00 |")
+    print(f"| bare executemany of every row the store holds ({whole_rows:,}) into SQLite | "
+          f"{whole:,.0f} | {whole / ceiling:.2f} |")
     if pg is not None:
         got, pceil = pg
         print(f"| ring -> daemon -> PostgreSQL, native hot loop | {got['rate']:,.0f} | "
