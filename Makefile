@@ -79,7 +79,7 @@ $(BIN)/provisor: pyproject.toml
 
 # the daemon's hot loop (ring scan, CRC, event decode) as a C extension of the venv's Python
 NATIVE := $(NATIVE_DIR)/_native.so
-NATIVE_SRC := $(addprefix $(NATIVE_DIR)/,native.c sqlite_rows.c crc32c.c)
+NATIVE_SRC := $(addprefix $(NATIVE_DIR)/,native.c sqlite_rows.c canon.c crc32c.c)
 $(NATIVE): $(NATIVE_SRC) $(NATIVE_DIR)/native.h $(NATIVE_DIR)/crc32c.h $(BIN)/provisor
 	gcc $(CFLAGS_PV) -Wno-missing-field-initializers -shared \
 	  -I$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])') \

@@ -192,7 +192,7 @@ class Applier:
                              f"provisor writes encodings {', '.join(chain.ENCODINGS)}")
         self.state: chain.State | None = None
         if self.encoding != "1":
-            self.state = db.state()
+            self.state = db.state()  # as the store's encoding hashes rows
             last = db.last_state()
             if last is not None and last != self.state.digest():
                 # continuing would chain the edited rows as if the daemon had written them

@@ -171,6 +171,7 @@ class _Extras:
 
     def __init__(self, conn: sqlite3.Connection, encoding: str = "2") -> None:
         self.payloads = encoding >= "4"  # events chained by their seq and payload
+        self.binary = chain.binary(encoding)  # encoding 5: rows by rows_bin, not repr
         # encoding 3: the attrs rows too, in the order they were written (by rowid)
         self.attrs = _Stream(conn, f"SELECT {', '.join(chain.ATTR_COLS)} FROM attrs "
                              "ORDER BY rowid", 3) if encoding >= "3" else None
@@ -185,7 +186,7 @@ class _Extras:
     def take(self, b: Batch) -> chain.Extra:
         return chain.Extra(*(s.take(b.hi) for s in self.streams), state=b.state or b"",
                            attrs=self.attrs.take(b.hi) if self.attrs else None,
-                           payloads=self.payloads)
+                           payloads=self.payloads, binary=self.binary)
 
 
 def _batch_rows(conn: sqlite3.Connection, batches: list[Batch], encoding: str
@@ -436,7 +437,7 @@ def verify(conn: sqlite3.Connection, path: str = "",
         prev = d if relink else b.digest
         tick(len(ev) + len(rel))
     if enc != "1" and batches:
-        _check_state(conn, batches, rep)
+        _check_state(conn, batches, rep, enc)
     head = meta.get("chain_head", "")
     rep.head = head
     if batches and head != batches[-1].digest.hex():
@@ -530,12 +531,13 @@ def _state_keylen(t: str) -> int:
     return len(schema.TABLES[t].pk)
 
 
-def _check_state(conn: sqlite3.Connection, batches: list[Batch], rep: Report) -> None:
+def _check_state(conn: sqlite3.Connection, batches: list[Batch], rep: Report,
+                 encoding: str) -> None:
     """The rows of the rewritten tables, as stored now, must hash to the state the last batch
     chained; a table that does not is located by a replay of the stored events."""
     last = batches[-1]
     want = chain.split_state(last.state or b"")
-    have = chain.State.of(conn).table_digests()
+    have = chain.State.of(conn, encoding).table_digests()
     bad = [t for t, d in have.items() if want.get(t) != d]
     if not bad:
         return

@@ -94,10 +94,10 @@ def link(prev: bytes, encoding: str, ch: Changes, st: chain.State | None) -> byt
     """The batch's chain link (encoding 1: events and relations only)."""
     extra = None if st is None else chain.Extra(
         ch.versions, [r[:4] for r in ch.names], sorted(ch.unbinds), ch.losses, ch.notes,
-        st.digest(), ch.attrs if encoding >= "3" else None, encoding >= "4")
-    # encoding 4 chains (seq, payload); the earlier ones the whole rows
-    events = [(e.seq, e.payload) for e in ch.events] if extra is not None and extra.payloads \
-        else ch.event_rows()
+        st.digest(), ch.attrs if encoding >= "3" else None, encoding >= "4",
+        chain.binary(encoding))
+    # encoding 4 chains each event's seq and payload; the earlier ones the whole rows
+    events = ch.events if extra is not None and extra.payloads else ch.event_rows()
     return chain.digest(prev, events, ch.relations, extra)
 
 

@@ -165,7 +165,7 @@ class PostgresStore:
                                  (list(keys),)).fetchall()
 
     def state(self) -> chain.State:
-        return chain.State.of(self.conn)
+        return chain.State.of(self.conn, self.encoding)
 
     def last_state(self) -> bytes | None:
         row = self.conn.execute("SELECT state FROM chain ORDER BY batch DESC LIMIT 1"

@@ -225,7 +225,7 @@ class SQLiteStore:
             (json.dumps(list(keys)),)).fetchall()
 
     def state(self) -> chain.State:
-        return chain.State.of(self.conn)
+        return chain.State.of(self.conn, self.encoding)
 
     def last_state(self) -> bytes | None:
         """The state digest the last batch chained, or None before any batch."""

@@ -291,8 +291,8 @@ def _recomputed_link(c: psycopg.Connection) -> bytes:
     extra = chain.Extra(rows("versions", "id"), [r[:4] for r in names],
                         sorted((r[4], r[0]) for r in names if r[4] is not None),
                         rows("losses", "seq"), rows("notes", "seq"),
-                        chain.State.of(c).digest(), rows("attrs", "rowid"),
-                        chain.ENCODING >= "4")
+                        chain.State.of(c, chain.ENCODING).digest(), rows("attrs", "rowid"),
+                        chain.ENCODING >= "4", chain.binary(chain.ENCODING))
     return chain.digest(chain.GENESIS, rows("events", "seq"), rows("relations", "id"), extra)
 
 
@@ -325,7 +325,7 @@ def test_tampering_by_writers_is_caught_by_the_chain(fleet, pg_url):
     assert d.execute("UPDATE processes SET exe = '/bin/evil' WHERE id = 1").rowcount == 1
     with psycopg.connect(pg_url) as c:
         c.execute("SET search_path TO provisor_a")
-        assert chain.State.of(c).digest() != bytes(state)
+        assert chain.State.of(c, chain.ENCODING).digest() != bytes(state)
     d.close()
     with pytest.raises(meta.DamagedStore, match="processes rows differ"):
         Applier(fleet.url(da), machine="a")

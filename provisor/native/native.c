@@ -463,6 +463,8 @@ static PyMethodDef methods[] = {
     {"setup_sqlite", pv_setup_sqlite, METH_VARARGS, "(see sqlite_rows.c)"},
     {"insert_events", pv_insert_events, METH_VARARGS, "(see sqlite_rows.c)"},
     {"insert_rows", pv_insert_rows, METH_VARARGS, "(see sqlite_rows.c)"},
+    {"rows_bin", pv_rows_bin, METH_O, "(see canon.c)"},
+    {"seq_payloads", pv_seq_payloads, METH_O, "(see canon.c)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",

@@ -47,6 +47,9 @@ PyObject *pv_escape(const uint8_t *p, Py_ssize_t n);
 PyObject *pv_setup_sqlite(PyObject *self, PyObject *args);
 PyObject *pv_insert_events(PyObject *self, PyObject *args);
 PyObject *pv_insert_rows(PyObject *self, PyObject *args);
+/* the canonical row encoding of the hash chain (canon.c) */
+PyObject *pv_rows_bin(PyObject *self, PyObject *rows);
+PyObject *pv_seq_payloads(PyObject *self, PyObject *items);
 /* the Event type's slot offsets of ``seq`` and ``payload`` (set by setup_event) */
 extern PyTypeObject *pv_event_type;
 extern Py_ssize_t pv_off_seq, pv_off_payload;
